@@ -1,0 +1,246 @@
+"""The Python DSL: builder methods of :class:`bngraph.Graph`, and the ``mlp`` sugar.
+
+Every method checks its inputs at once and raises :class:`IRError` naming the node, what it
+expected and what it got. Values are returned as :class:`bngraph.ir.Value` objects; methods accept a
+Value or a value name.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .ir import BATCH, IRError, Node, TensorType, Value
+from .ops import ACTIVATIONS, LOSS_OPS, get_op
+
+# prefixes of generated names, by op
+_AUTO_PREFIX = {"matmul": "fc", "batchnorm": "bn"}
+
+
+class GraphBuilder:
+    """Mixin holding the DSL methods; the data lives in :class:`bngraph.graph.Graph`."""
+
+    # ---- names -----------------------------------------------------------------------------
+    def _taken(self) -> set:
+        return set(self.values()) | {k for k, _ in self.outputs}
+
+    def _fresh(self, prefix: str) -> str:
+        taken = self._taken()
+        k = self._counters.get(prefix, 0)
+        while True:
+            k += 1
+            name = f"{prefix}{k}"
+            if not any(t == name or t.startswith(name + ".") for t in taken):
+                self._counters[prefix] = k
+                return name
+
+    def _claim(self, name: str | None, prefix: str, suffixes=("",)) -> str:
+        if name is None:
+            return self._fresh(prefix)
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_." for c in name):
+            raise IRError(f"bad name {name!r}: use letters, digits, '_' and '.'")
+        taken = self._taken()
+        for suf in suffixes:
+            if name + suf in taken:
+                raise IRError(f"duplicate name: %{name + suf} is already defined in graph {self.name}")
+        return name
+
+    def _ref(self, v, where: str) -> Value:
+        name = v.name if isinstance(v, Value) else v
+        vals = self.values()
+        if not isinstance(name, str) or name not in vals:
+            raise IRError(f"{where}: input {name!r} is not a value of graph {self.name}")
+        found = vals[name]
+        if isinstance(v, Value) and v.type != found.type:
+            raise IRError(f"{where}: value %{name} is {v.type} here but {found.type} in graph {self.name} "
+                          f"(a value from another graph?)")
+        return found
+
+    # ---- graph inputs, params, state -----------------------------------------------------------
+    def input(self, name: str, features: int) -> Value:
+        """A float input fed per mini-batch, ``features`` per example (stored as (features, m))."""
+        self._claim(name, "x")
+        _positive(name, "features", features)
+        v = Value(name, TensorType(self.dtype, (int(features), BATCH)), "input")
+        self.inputs.append(v)
+        return v
+
+    def labels(self, name: str, classes: int) -> Value:
+        """Integer class labels in [0, classes), one per example."""
+        self._claim(name, "y")
+        _positive(name, "classes", classes)
+        v = Value(name, TensorType("i64", (BATCH,)), "input", classes=int(classes))
+        self.inputs.append(v)
+        return v
+
+    def param(self, name: str, shape: Sequence[int]) -> Value:
+        self._claim(name, "p")
+        v = Value(name, TensorType(self.dtype, tuple(int(d) for d in shape)), "param")
+        self.params.append(v)
+        return v
+
+    def state_value(self, name: str, shape: Sequence[int]) -> Value:
+        self._claim(name, "s")
+        v = Value(name, TensorType(self.dtype, tuple(int(d) for d in shape)), "state")
+        self.state.append(v)
+        return v
+
+    # ---- nodes -------------------------------------------------------------------------------
+    def add_node(self, op: str, inputs: Sequence, attrs: dict | None = None, names: Sequence[str] = ()) -> Node:
+        """Append ``names = op[attrs](inputs)`` after checking it; returns the node."""
+        where = names[0] if names else op
+        opdef = get_op(op, where)
+        ins = [self._ref(v, where) for v in inputs]
+        attrs = opdef.normalize_attrs(where, attrs or {})
+        types = opdef.infer(where, [v.type for v in ins], attrs)
+        if len(names) != len(types):
+            raise IRError(f"{where}: {op} has {len(types)} outputs, {len(names)} names given")
+        taken = self._taken()
+        for n in names:
+            if n in taken:
+                raise IRError(f"duplicate name: %{n} is already defined in graph {self.name}")
+        node = Node.make(op, [v.name for v in ins], [Value(n, t) for n, t in zip(names, types)], attrs)
+        self.nodes.append(node)
+        return node
+
+    def matmul(self, x, units: int, bias: bool = True, name: str | None = None) -> Value:
+        """``z = W x (+ b)``: params ``name.W`` (units, in) and, with bias, ``name.b`` (units,)."""
+        name = self._claim(name, "fc", (".W", ".b", ".matmul", ""))
+        xv = self._ref(x, name)
+        _positive(name, "units", units)
+        if xv.type.rank != 2 or xv.type.shape[1] != BATCH or not xv.type.is_float:
+            raise IRError(f"{name}: matmul expects a ({'features'}, {BATCH}) float input, got %{xv.name}: {xv.type}")
+        W = self.param(f"{name}.W", (units, xv.type.shape[0]))
+        if not bias:
+            return self.add_node("matmul", [W, xv], {}, [name]).out
+        b = self.param(f"{name}.b", (units,))
+        z = self.add_node("matmul", [W, xv], {}, [f"{name}.matmul"]).out
+        return self.add_node("bias_add", [z, b], {}, [name]).out
+
+    def bias_add(self, x, name: str | None = None) -> Value:
+        name = self._claim(name, "bias", (".b", ""))
+        xv = self._ref(x, name)
+        if xv.type.rank != 2:
+            raise IRError(f"{name}: bias_add expects a (features, {BATCH}) input, got {xv.type}")
+        b = self.param(f"{name}.b", (xv.type.shape[0],))
+        return self.add_node("bias_add", [xv, b], {}, [name]).out
+
+    def batchnorm(self, x, name: str | None = None, eps: float = 1e-5, momentum: float = 0.1) -> Value:
+        """Batch norm over the mini-batch, per unit. ``momentum`` is PyTorch's: the weight of the
+        *new* batch in ``running = (1 - momentum)*running + momentum*batch_stat``."""
+        name = self._claim(name, "bn", (".gamma", ".beta", ".running_mean", ".running_var", ".mean", ".var", ""))
+        xv = self._ref(x, name)
+        if xv.type.rank != 2 or xv.type.shape[1] != BATCH:
+            raise IRError(f"{name}: batchnorm expects a (features, {BATCH}) input, got %{xv.name}: {xv.type}")
+        n = xv.type.shape[0]
+        gamma, beta = self.param(f"{name}.gamma", (n,)), self.param(f"{name}.beta", (n,))
+        rm, rv = self.state_value(f"{name}.running_mean", (n,)), self.state_value(f"{name}.running_var", (n,))
+        attrs = {"eps": eps, "momentum": momentum, "mode": "train"}
+        bn = self.add_node("batchnorm", [xv, gamma, beta, rm, rv], attrs, [name, f"{name}.mean", f"{name}.var"])
+        self.add_running_update(bn)
+        return bn.out
+
+    def add_running_update(self, bn: Node) -> Node:
+        """The node that updates bn's running statistics from its batch statistics (train mode)."""
+        z, _, _, rm, rv = bn.inputs
+        upd = self.add_node(
+            "running_update", [rm, rv, bn.outputs[1].name, bn.outputs[2].name, z],
+            {"momentum": bn.attr["momentum"]}, [f"{rm}.next", f"{rv}.next"],
+        )
+        self.outputs.append((f"state.{rm}", upd.outputs[0].name))
+        self.outputs.append((f"state.{rv}", upd.outputs[1].name))
+        return upd
+
+    def activation(self, x, kind: str, name: str | None = None, **attrs) -> Value:
+        if kind not in ACTIVATIONS:
+            raise IRError(f"{name or kind}: unknown activation {kind!r}; expected one of {', '.join(ACTIVATIONS)}")
+        name = self._claim(name, kind)
+        return self.add_node(kind, [self._ref(x, name)], attrs, [name]).out
+
+    def relu(self, x, name=None):
+        return self.activation(x, "relu", name)
+
+    def leaky_relu(self, x, negative_slope: float = 0.01, name=None):
+        return self.activation(x, "leaky_relu", name, negative_slope=negative_slope)
+
+    def tanh(self, x, name=None):
+        return self.activation(x, "tanh", name)
+
+    def sigmoid(self, x, name=None):
+        return self.activation(x, "sigmoid", name)
+
+    def identity(self, x, name=None):
+        return self.activation(x, "identity", name)
+
+    # ---- losses ------------------------------------------------------------------------------
+    def _loss(self, op: str, pred, target, name: str | None) -> Value:
+        name = self._claim(name, "loss") if name is not None else ("loss" if "loss" not in self._taken() else self._fresh("loss"))
+        if self.has_output("loss"):
+            raise IRError(f"{name}: graph {self.name} already has a loss (%{self.output('loss')}); one loss per graph")
+        pv, tv = self._ref(pred, name), self._ref(target, name)
+        if op == "softmax_cross_entropy":
+            if tv.classes is None:
+                raise IRError(f"{name}: softmax_cross_entropy expects integer class labels made with g.labels(...), "
+                              f"got %{tv.name}: {tv.type}")
+            if pv.type.rank == 2 and pv.type.shape[0] != tv.classes:
+                raise IRError(f"{name}: logits %{pv.name} expected shape "
+                              f"{TensorType(pv.type.dtype, (tv.classes, BATCH))} for {tv.classes} classes, got {pv.type}")
+        elif tv.classes is not None:
+            raise IRError(f"{name}: {op} expects a float target shaped like %{pv.name}: {pv.type}, "
+                          f"got integer class labels %{tv.name}; use softmax_cross_entropy for class labels")
+        node = self.add_node(op, [pv, tv], {}, [name])
+        self.outputs.insert(0, ("loss", name))
+        return node.out
+
+    def softmax_cross_entropy(self, logits, labels, name: str | None = None) -> Value:
+        return self._loss("softmax_cross_entropy", logits, labels, name)
+
+    def mse(self, pred, target, name: str | None = None) -> Value:
+        return self._loss("mse", pred, target, name)
+
+    def sigmoid_bce(self, logits, target, name: str | None = None) -> Value:
+        return self._loss("sigmoid_bce", logits, target, name)
+
+    def loss(self, kind: str, pred, target, name: str | None = None) -> Value:
+        if kind not in LOSS_OPS:
+            raise IRError(f"unknown loss {kind!r}; expected one of {', '.join(LOSS_OPS)}")
+        return self._loss(kind, pred, target, name)
+
+
+def _positive(where, what, n):
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise IRError(f"{where}: {what} must be a positive integer, got {n!r}")
+
+
+def mlp(
+    widths: Sequence[int],
+    activation: str = "relu",
+    batchnorm: bool = True,
+    bias: bool = True,
+    loss: str = "softmax_cross_entropy",
+    name: str = "mlp",
+    dtype: str = "f32",
+    eps: float = 1e-5,
+    momentum: float = 0.1,
+    negative_slope: float = 0.01,
+):
+    """Sequential sugar: ``widths = [inputs, hidden..., outputs]``; each hidden layer is
+    matmul (+bias) -> batchnorm (if ``batchnorm``) -> activation; the last layer is a matmul with
+    bias feeding ``loss``. Classification losses take labels ``y``; mse/sigmoid_bce a float ``y``."""
+    from .graph import Graph
+
+    widths = list(widths)
+    if len(widths) < 2:
+        raise IRError(f"mlp: widths needs at least [inputs, outputs], got {widths}")
+    if loss not in LOSS_OPS:
+        raise IRError(f"mlp: unknown loss {loss!r}; expected one of {', '.join(LOSS_OPS)}")
+    g = Graph(name, dtype)
+    h = g.input("x", widths[0])
+    y = g.labels("y", widths[-1]) if loss == "softmax_cross_entropy" else g.input("y", widths[-1])
+    for k, n in enumerate(widths[1:-1], start=1):
+        h = g.matmul(h, n, bias=bias, name=f"fc{k}")
+        if batchnorm:
+            h = g.batchnorm(h, name=f"bn{k}", eps=eps, momentum=momentum)
+        extra = {"negative_slope": negative_slope} if activation == "leaky_relu" else {}
+        h = g.activation(h, activation, name=f"act{k}", **extra)
+    out = g.matmul(h, widths[-1], bias=True, name="out")
+    g.loss(loss, out, y)
+    return g

@@ -1,0 +1,601 @@
+"""The op table: every rule for one op in one place.
+
+Each op is an :class:`OpDef` registered in ``OPS`` with
+
+* ``attrs``: the attribute names with their type and default (the IR text shows them in ``[k=v]``);
+* ``infer``: the shape/dtype rule, ``(where, input types, attrs) -> output types``;
+  ``where`` names the node for error messages;
+* ``ref``: the reference NumPy semantics, ``(input arrays, attrs) -> output arrays``; the
+  reference interpreter (:mod:`bngraph.interpreter`) is nothing but these functions, and it is the
+  oracle for every backend;
+* ``grad``: the gradient rule used by autodiff, ``(emit, node, output cotangents) -> input
+  cotangents`` (value names or None). ``emit(op, inputs, attrs, names)`` adds a node to the
+  backward graph and returns its output names. Backward ops and ops on state are not
+  differentiated: ``differentiable=False``.
+* the NumPy code template ``templates/numpy/<op>.j2`` (and, later, ``templates/cuda/<op>.j2``),
+  found by the op's name.
+
+``tests/test_ops.py`` walks this table and fails on an incomplete op.
+
+Layout: activations are ``(features, batch)``; per-unit vectors are ``(n,)`` and broadcast as
+``(n, 1)``. Losses are means: over the batch (cross-entropy) or over all elements (mse, bce), as
+PyTorch's default ``reduction='mean'``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .ir import BATCH, IRError, TensorType
+
+# --------------------------------------------------------------------------------------------
+# Activations: one table, used by the plain activation ops and by every fused op.
+# The derivative is written in terms of the *output* y = g(x) (what fused ops keep around).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    forward: Callable  # (x, negative_slope) -> y
+    derivative: Callable  # (y, negative_slope) -> dy/dx, from the output
+    formula: str
+
+
+def _leaky(x, s):
+    return np.where(x > 0, x, x * s)
+
+
+ACTIVATIONS = {
+    "identity": Activation("identity", lambda x, s: x, lambda y, s: np.ones_like(y), "g(x) = x"),
+    "relu": Activation("relu", lambda x, s: np.maximum(x, 0), lambda y, s: (y > 0).astype(y.dtype), "g(x) = max(x, 0)"),
+    "leaky_relu": Activation(
+        "leaky_relu",
+        _leaky,
+        lambda y, s: np.where(y > 0, 1.0, s).astype(y.dtype),
+        "g(x) = x if x > 0 else negative_slope*x",
+    ),
+    "tanh": Activation("tanh", lambda x, s: np.tanh(x), lambda y, s: 1 - y * y, "g(x) = tanh(x)"),
+    "sigmoid": Activation(
+        "sigmoid", lambda x, s: _sigmoid(x), lambda y, s: y * (1 - y), "g(x) = 1/(1 + exp(-x))"
+    ),
+}
+
+
+def _sigmoid(x):
+    # numerically stable in both tails
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1 / (1 + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (1 + e)
+    return out
+
+
+def act_fn(attrs) -> Callable:
+    a = ACTIVATIONS[attrs["act"]]
+    s = attrs.get("negative_slope", 0.0)
+    return lambda x: a.forward(x, s)
+
+
+def act_derivative(attrs) -> Callable:
+    a = ACTIVATIONS[attrs["act"]]
+    s = attrs.get("negative_slope", 0.0)
+    return lambda y: a.derivative(y, s)
+
+
+# --------------------------------------------------------------------------------------------
+# The OpDef record and the registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    doc: str  # one line: what it computes, in the project's notation
+    infer: Callable
+    ref: Callable
+    grad: Callable | None = None
+    attrs: dict = field(default_factory=dict)  # name -> (type, default); default None = required
+    kind: str = "forward"  # 'forward', 'loss', 'state' (running-stat update) or 'backward'
+
+    @property
+    def differentiable(self) -> bool:
+        return self.kind in ("forward", "loss")
+
+    def normalize_attrs(self, where: str, attrs: dict) -> dict:
+        """Check names, fill defaults and coerce types (so 1 and 1.0 print the same)."""
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise IRError(f"{where}: op {self.name} has no attribute(s) {sorted(unknown)}; "
+                          f"expected {sorted(self.attrs) or 'none'}")
+        out = {}
+        for k, (typ, default) in self.attrs.items():
+            v = attrs.get(k, default)
+            if v is None:
+                raise IRError(f"{where}: op {self.name} needs attribute {k}")
+            try:
+                if typ is bool and not isinstance(v, (bool, np.bool_)):
+                    raise TypeError
+                v = typ(v)
+            except (TypeError, ValueError):
+                raise IRError(f"{where}: attribute {k} of {self.name} must be {typ.__name__}, got {v!r}") from None
+            out[k] = v
+        if "act" in out and out["act"] not in ACTIVATIONS:
+            raise IRError(f"{where}: unknown activation {out['act']!r}; expected one of {', '.join(ACTIVATIONS)}")
+        if "mode" in out and out["mode"] not in ("train", "eval"):
+            raise IRError(f"{where}: mode must be 'train' or 'eval', got {out['mode']!r}")
+        if "eps" in out and not out["eps"] > 0:
+            raise IRError(f"{where}: eps must be > 0, got {out['eps']}")
+        if "momentum" in out and not 0 <= out["momentum"] <= 1:
+            raise IRError(f"{where}: momentum (the weight of the new batch, as in PyTorch) must lie in [0, 1], "
+                          f"got {out['momentum']}")
+        return out
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in OPS:
+        raise ValueError(f"op {op.name} registered twice")
+    OPS[op.name] = op
+    return op
+
+
+def get_op(name: str, where: str = "") -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise IRError(f"{where + ': ' if where else ''}unknown op {name!r}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Shape-rule helpers: each raises IRError naming the node, what was expected and what it got.
+# --------------------------------------------------------------------------------------------
+
+
+def _expect_arity(where, op, types, n):
+    if len(types) != n:
+        raise IRError(f"{where}: {op} takes {n} inputs, got {len(types)}")
+
+
+def _expect_float(where, what, t: TensorType):
+    if not t.is_float:
+        raise IRError(f"{where}: {what} must be a float tensor, got {t}")
+
+
+def _expect_same_dtype(where, types):
+    dts = {t.dtype for t in types if t.is_float}
+    if len(dts) > 1:
+        raise IRError(f"{where}: inputs mix dtypes {sorted(dts)}; expected one float dtype")
+
+
+def _expect_shape(where, what, t: TensorType, shape):
+    if tuple(t.shape) != tuple(shape):
+        want = TensorType(t.dtype, tuple(shape))
+        raise IRError(f"{where}: {what} expected shape {want}, got {t}")
+
+
+def _expect_activation(where, what, t: TensorType):
+    """(features, m) float activations."""
+    _expect_float(where, what, t)
+    if t.rank != 2 or t.shape[1] != BATCH:
+        raise IRError(f"{where}: {what} expected a (features, {BATCH}) activation, got {t}")
+
+
+def _per_unit(where, what, t: TensorType, n, dtype):
+    _expect_float(where, what, t)
+    _expect_shape(where, what, t, (n,))
+
+
+def _scalar(dtype):
+    return TensorType(dtype, ())
+
+
+# --------------------------------------------------------------------------------------------
+# matmul
+# --------------------------------------------------------------------------------------------
+
+
+def _matmul_infer(where, types, attrs):
+    _expect_arity(where, "matmul", types, 2)
+    a, b = types
+    _expect_float(where, "matmul operand a", a)
+    _expect_float(where, "matmul operand b", b)
+    _expect_same_dtype(where, types)
+    if a.rank != 2 or b.rank != 2:
+        raise IRError(f"{where}: matmul expects 2-D operands, got {a} and {b}")
+    ar, ac = a.shape[::-1] if attrs["ta"] else a.shape
+    br, bc = b.shape[::-1] if attrs["tb"] else b.shape
+    if ac != br:
+        raise IRError(
+            f"{where}: matmul inner dimensions differ: {'a^T' if attrs['ta'] else 'a'} is {a} "
+            f"(inner {ac}) but {'b^T' if attrs['tb'] else 'b'} is {b} (inner {br})"
+        )
+    return (TensorType(a.dtype, (ar, bc)),)
+
+
+def _matmul_ref(ins, attrs):
+    a, b = ins
+    a = a.T if attrs["ta"] else a
+    b = b.T if attrs["tb"] else b
+    return (a @ b,)
+
+
+def _matmul_grad(emit, node, cts):
+    # C = A' B' with A' = A^T if ta else A (likewise B'):  dA' = dC B'^T,  dB' = A'^T dC
+    (dc,) = cts
+    a, b = node.inputs
+    ta, tb = node.attr["ta"], node.attr["tb"]
+    if ta:
+        da = emit("matmul", [b, dc], dict(ta=tb, tb=True))[0]  # dA = B' dC^T
+    else:
+        da = emit("matmul", [dc, b], dict(ta=False, tb=not tb))[0]  # dA = dC B'^T
+    if tb:
+        db = emit("matmul", [dc, a], dict(ta=True, tb=ta))[0]  # dB = dC^T A'
+    else:
+        db = emit("matmul", [a, dc], dict(ta=not ta, tb=False))[0]  # dB = A'^T dC
+    return [da, db]
+
+
+register(OpDef(
+    "matmul", "C = op(a) @ op(b), op = transpose when ta/tb; z[l] = W[l] a[l-1] is matmul W, a",
+    _matmul_infer, _matmul_ref, _matmul_grad, attrs={"ta": (bool, False), "tb": (bool, False)},
+))
+
+# --------------------------------------------------------------------------------------------
+# bias_add and the fused bias_add_act (produced by fold_bn_into_weights / fuse_bias_act)
+# --------------------------------------------------------------------------------------------
+
+
+def _bias_add_infer(where, types, attrs):
+    _expect_arity(where, "bias_add", types, 2)
+    z, b = types
+    _expect_activation(where, "bias_add input", z)
+    _same_float(where, z, b)
+    _per_unit(where, "bias", b, z.shape[0], z.dtype)
+    return (z,)
+
+
+def _same_float(where, *types):
+    _expect_same_dtype(where, types)
+
+
+register(OpDef(
+    "bias_add", "y = z + b[:, None]  (one bias per unit)",
+    _bias_add_infer,
+    lambda ins, attrs: (ins[0] + ins[1][:, None],),
+    lambda emit, node, cts: [cts[0], emit("sum_batch", [cts[0]], {})[0]],
+))
+
+
+def _bias_add_act_grad(emit, node, cts):
+    dy = emit("act_grad", [cts[0], node.out.name], _act_attrs(node))[0]
+    return [dy, emit("sum_batch", [dy], {})[0]]
+
+
+def _act_attrs(node):
+    a = node.attr
+    return {"act": a["act"], "negative_slope": a["negative_slope"]}
+
+
+ACT_ATTRS = {"act": (str, None), "negative_slope": (float, 0.0)}
+
+register(OpDef(
+    "bias_add_act", "a = g(z + b[:, None])  (bias and activation in one pass)",
+    _bias_add_infer,
+    lambda ins, attrs: (act_fn(attrs)(ins[0] + ins[1][:, None]),),
+    _bias_add_act_grad, attrs=dict(ACT_ATTRS),
+))
+
+# --------------------------------------------------------------------------------------------
+# Activations as ops (one op per activation so the IR reads `relu %h`)
+# --------------------------------------------------------------------------------------------
+
+
+def _unary_infer(opname):
+    def infer(where, types, attrs):
+        _expect_arity(where, opname, types, 1)
+        _expect_float(where, f"{opname} input", types[0])
+        return (types[0],)
+
+    return infer
+
+
+def _make_activation_op(name):
+    slope_attr = {"negative_slope": (float, 0.01)} if name == "leaky_relu" else {}
+
+    def ref(ins, attrs):
+        return (ACTIVATIONS[name].forward(ins[0], attrs.get("negative_slope", 0.0)),)
+
+    def grad(emit, node, cts):
+        if name == "identity":
+            return [cts[0]]
+        attrs = {"act": name, "negative_slope": node.attr.get("negative_slope", 0.0)}
+        return [emit("act_grad", [cts[0], node.out.name], attrs)[0]]
+
+    register(OpDef(name, ACTIVATIONS[name].formula, _unary_infer(name), ref, grad, attrs=slope_attr))
+
+
+for _name in ACTIVATIONS:
+    _make_activation_op(_name)
+
+# --------------------------------------------------------------------------------------------
+# Batch normalization
+#   train: mu = mean(z), var = mean((z-mu)^2) over the batch; outputs (y, mu, var)
+#   eval:  mu, var = running_mean, running_var;              outputs (y,)
+#   y = gamma * (z - mu) / sqrt(var + eps) + beta
+# The running statistics are updated by the separate `running_update` node, so the graph stays a
+# pure function and the update is visible in the IR.
+# --------------------------------------------------------------------------------------------
+
+BN_ATTRS = {"eps": (float, 1e-5), "momentum": (float, 0.1), "mode": (str, "train")}
+
+
+def _bn_infer(opname):
+    def infer(where, types, attrs):
+        _expect_arity(where, opname, types, 5)
+        z, gamma, beta, rm, rv = types
+        _expect_activation(where, f"{opname} input", z)
+        _expect_same_dtype(where, types)
+        n = z.shape[0]
+        for what, t in (("gamma", gamma), ("beta", beta), ("running_mean", rm), ("running_var", rv)):
+            _per_unit(where, what, t, n, z.dtype)
+        if attrs["mode"] == "train":
+            return (z, gamma, gamma)  # y, batch mean, batch variance (biased)
+        return (z,)
+
+    return infer
+
+
+def bn_statistics(z, rm, rv, attrs):
+    """(mean, var) used to normalize: the batch's own in training, the running ones in eval."""
+    if attrs["mode"] == "train":
+        mu = z.mean(axis=1)
+        var = ((z - mu[:, None]) ** 2).mean(axis=1)
+        return mu, var
+    return rm, rv
+
+
+def bn_scale_shift(gamma, beta, mu, var, eps):
+    """s = gamma / sqrt(var + eps),  t = beta - mu * s   (so that BN(z) = z*s + t)."""
+    s = gamma / np.sqrt(var + eps)
+    return s, beta - mu * s
+
+
+def _bn_ref(ins, attrs):
+    # The textbook form: normalize, then scale and shift (three passes over z).
+    z, gamma, beta, rm, rv = ins
+    mu, var = bn_statistics(z, rm, rv, attrs)
+    z_hat = (z - mu[:, None]) / np.sqrt(var[:, None] + attrs["eps"])
+    y = gamma[:, None] * z_hat + beta[:, None]
+    return (y, mu, var) if attrs["mode"] == "train" else (y,)
+
+
+def _bn_act_ref(ins, attrs):
+    # The fused form: per-unit s, t once, then a = g(z*s + t) in one pass.
+    z, gamma, beta, rm, rv = ins
+    mu, var = bn_statistics(z, rm, rv, attrs)
+    s, t = bn_scale_shift(gamma, beta, mu, var, attrs["eps"])
+    a = act_fn(attrs)(z * s[:, None] + t[:, None])
+    return (a, mu, var) if attrs["mode"] == "train" else (a,)
+
+
+def _check_no_stat_cotangents(node, cts):
+    if any(c is not None for c in cts[1:]):
+        raise IRError(f"{node.name}: cannot differentiate through the batch statistics outputs of {node.op}")
+
+
+def _bn_grad(emit, node, cts):
+    _check_no_stat_cotangents(node, cts)
+    z, gamma, beta, rm, rv = node.inputs
+    mode = node.attr["mode"]
+    mu, var = (node.outputs[1].name, node.outputs[2].name) if mode == "train" else (rm, rv)
+    attrs = {"eps": node.attr["eps"], "mode": mode}
+    dz, dgamma, dbeta = emit("batchnorm_grad", [cts[0], z, gamma, mu, var], attrs)
+    return [dz, dgamma, dbeta, None, None]
+
+
+def _bn_act_grad(emit, node, cts):
+    _check_no_stat_cotangents(node, cts)
+    z, gamma, beta, rm, rv = node.inputs
+    mode = node.attr["mode"]
+    mu, var = (node.outputs[1].name, node.outputs[2].name) if mode == "train" else (rm, rv)
+    attrs = {"eps": node.attr["eps"], "mode": mode, **_act_attrs(node)}
+    dz, dgamma, dbeta = emit("batchnorm_act_grad", [cts[0], node.out.name, z, gamma, mu, var], attrs)
+    return [dz, dgamma, dbeta, None, None]
+
+
+register(OpDef(
+    "batchnorm",
+    "y = gamma*(z - mu)/sqrt(var + eps) + beta; train: batch mu/var (also returned), eval: running stats",
+    _bn_infer("batchnorm"), _bn_ref, _bn_grad, attrs=dict(BN_ATTRS),
+))
+
+register(OpDef(
+    "batchnorm_act",
+    "a = g(z*s + t), s = gamma/sqrt(var + eps), t = beta - mu*s  (normalize, scale, shift, activate: one pass)",
+    _bn_infer("batchnorm_act"), _bn_act_ref, _bn_act_grad, attrs={**BN_ATTRS, **ACT_ATTRS},
+))
+
+
+def _running_update_infer(where, types, attrs):
+    _expect_arity(where, "running_update", types, 5)
+    rm, rv, mu, var, z = types
+    _expect_activation(where, "running_update batch input", z)
+    for what, t in (("running_mean", rm), ("running_var", rv), ("batch mean", mu), ("batch var", var)):
+        _per_unit(where, what, t, z.shape[0], z.dtype)
+    return (rm, rv)
+
+
+def _running_update_ref(ins, attrs):
+    rm, rv, mu, var, z = ins
+    m = z.shape[1]
+    mom = attrs["momentum"]
+    unbiased = var * (m / (m - 1)) if m > 1 else np.full_like(var, np.nan)
+    return ((1 - mom) * rm + mom * mu, (1 - mom) * rv + mom * unbiased)
+
+
+register(OpDef(
+    "running_update",
+    "running = (1 - momentum)*running + momentum*batch_stat; the variance uses the unbiased var*m/(m-1)",
+    _running_update_infer, _running_update_ref, None, attrs={"momentum": (float, 0.1)}, kind="state",
+))
+
+# --------------------------------------------------------------------------------------------
+# Losses (scalar, mean reduction)
+# --------------------------------------------------------------------------------------------
+
+
+def _log_softmax(logits):
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=0, keepdims=True))
+
+
+def _sce_infer(where, types, attrs, classes=None):
+    _expect_arity(where, "softmax_cross_entropy", types, 2)
+    logits, labels = types
+    _expect_activation(where, "softmax_cross_entropy logits", logits)
+    if labels.dtype != "i64" or labels.shape != (BATCH,):
+        raise IRError(f"{where}: softmax_cross_entropy expects integer class labels i64[{BATCH}], got {labels}")
+    return (_scalar(logits.dtype),)
+
+
+def _sce_ref(ins, attrs):
+    logits, labels = ins
+    m = logits.shape[1]
+    return (-_log_softmax(logits)[labels, np.arange(m)].mean(),)
+
+
+def _pair_infer(opname):
+    def infer(where, types, attrs):
+        _expect_arity(where, opname, types, 2)
+        pred, target = types
+        _expect_activation(where, f"{opname} prediction", pred)
+        if not target.is_float:
+            raise IRError(f"{where}: {opname} expects a float target shaped like its input {pred}, got {target}")
+        _expect_same_dtype(where, types)
+        _expect_shape(where, f"{opname} target", target, pred.shape)
+        return (_scalar(pred.dtype),)
+
+    return infer
+
+
+def _bce_ref(ins, attrs):
+    z, t = ins
+    # log(1 + exp(-|z|)) + max(z, 0) - z*t : stable for large |z| (as BCEWithLogitsLoss)
+    return ((np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).mean(),)
+
+
+register(OpDef(
+    "softmax_cross_entropy", "L = mean over the batch of -log softmax(logits)[y]  (integer labels)",
+    _sce_infer, _sce_ref,
+    lambda emit, node, cts: [emit("softmax_cross_entropy_grad", list(node.inputs), {})[0], None],
+    kind="loss",
+))
+register(OpDef(
+    "mse", "L = mean over all elements of (pred - target)^2",
+    _pair_infer("mse"), lambda ins, attrs: (((ins[0] - ins[1]) ** 2).mean(),),
+    lambda emit, node, cts: [emit("mse_grad", list(node.inputs), {})[0], None],
+    kind="loss",
+))
+register(OpDef(
+    "sigmoid_bce", "L = mean over all elements of BCE(sigmoid(logits), target)  (binary, with logits)",
+    _pair_infer("sigmoid_bce"), _bce_ref,
+    lambda emit, node, cts: [emit("sigmoid_bce_grad", list(node.inputs), {})[0], None],
+    kind="loss",
+))
+
+# --------------------------------------------------------------------------------------------
+# Backward ops (made by the gradient rules above; not differentiated again)
+# --------------------------------------------------------------------------------------------
+
+
+def _same_as_input(index, arity, opname):
+    def infer(where, types, attrs):
+        _expect_arity(where, opname, types, arity)
+        return (types[index],)
+
+    return infer
+
+
+def _sum_batch_infer(where, types, attrs):
+    _expect_arity(where, "sum_batch", types, 1)
+    _expect_activation(where, "sum_batch input", types[0])
+    return (TensorType(types[0].dtype, (types[0].shape[0],)),)
+
+
+register(OpDef("sum_batch", "s = sum(x, axis=batch)", _sum_batch_infer,
+               lambda ins, attrs: (ins[0].sum(axis=1),), kind="backward"))
+
+register(OpDef("add", "c = a + b  (accumulates gradients of a value with several users)",
+               _same_as_input(0, 2, "add"), lambda ins, attrs: (ins[0] + ins[1],), kind="backward"))
+
+register(OpDef("act_grad", "dx = dy * g'(x), g' computed from the output y",
+               _same_as_input(0, 2, "act_grad"),
+               lambda ins, attrs: (ins[0] * act_derivative(attrs)(ins[1]),),
+               attrs=dict(ACT_ATTRS), kind="backward"))
+
+
+def _bn_grad_infer(opname, arity):
+    def infer(where, types, attrs):
+        _expect_arity(where, opname, types, arity)
+        dy, gamma = types[0], types[-3]
+        return (dy, gamma, gamma)
+
+    return infer
+
+
+def bn_backward(dy, z, gamma, mu, var, eps, mode):
+    """The compact formula (NOTES.md): dz = (gamma*inv_std/m) * (m*dy - dbeta - z_hat*dgamma).
+
+    In eval mode the statistics are constants: dz = dy * gamma * inv_std.
+    """
+    inv_std = 1 / np.sqrt(var + eps)
+    z_hat = (z - mu[:, None]) * inv_std[:, None]
+    dbeta = dy.sum(axis=1)
+    dgamma = (dy * z_hat).sum(axis=1)
+    if mode == "train":
+        m = z.shape[1]
+        dz = (gamma * inv_std / m)[:, None] * (m * dy - dbeta[:, None] - z_hat * dgamma[:, None])
+    else:
+        dz = dy * (gamma * inv_std)[:, None]
+    return dz, dgamma, dbeta
+
+
+register(OpDef(
+    "batchnorm_grad", "dbeta = sum(dy), dgamma = sum(dy*z_hat), dz = (gamma*inv_std/m)*(m*dy - dbeta - z_hat*dgamma)",
+    _bn_grad_infer("batchnorm_grad", 5),
+    lambda ins, attrs: bn_backward(*ins, attrs["eps"], attrs["mode"]),
+    attrs={"eps": (float, 1e-5), "mode": (str, "train")}, kind="backward",
+))
+register(OpDef(
+    "batchnorm_act_grad", "dy = da*g'(a), then batchnorm_grad: one fused backward pass",
+    _bn_grad_infer("batchnorm_act_grad", 6),
+    lambda ins, attrs: bn_backward(ins[0] * act_derivative(attrs)(ins[1]), *ins[2:], attrs["eps"], attrs["mode"]),
+    attrs={"eps": (float, 1e-5), "mode": (str, "train"), **ACT_ATTRS}, kind="backward",
+))
+
+
+def _sce_grad_ref(ins, attrs):
+    logits, labels = ins
+    m = logits.shape[1]
+    p = np.exp(_log_softmax(logits))
+    p[labels, np.arange(m)] -= 1
+    return (p / m,)
+
+
+register(OpDef("softmax_cross_entropy_grad", "dlogits = (softmax(logits) - onehot(y)) / m",
+               _same_as_input(0, 2, "softmax_cross_entropy_grad"), _sce_grad_ref, kind="backward"))
+register(OpDef("mse_grad", "dpred = 2*(pred - target) / numel",
+               _same_as_input(0, 2, "mse_grad"),
+               lambda ins, attrs: (2 * (ins[0] - ins[1]) / ins[0].size,), kind="backward"))
+register(OpDef("sigmoid_bce_grad", "dlogits = (sigmoid(logits) - target) / numel",
+               _same_as_input(0, 2, "sigmoid_bce_grad"),
+               lambda ins, attrs: ((_sigmoid(ins[0]) - ins[1]) / ins[0].size,), kind="backward"))
+
+LOSS_OPS = tuple(n for n, o in OPS.items() if o.kind == "loss")
+BN_OPS = ("batchnorm", "batchnorm_act")

@@ -1,0 +1,47 @@
+"""The IR as text (grammar: docs/ir.md). One node per line, every value with its type."""
+from __future__ import annotations
+
+from .ir import Node, Value
+
+
+def format_attr_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def format_attrs(attrs) -> str:
+    """``[k=v, ...]`` sorted by key; boolean attributes that are false are left out (their default)."""
+    shown = [(k, v) for k, v in attrs if v is not False]
+    if not shown:
+        return ""
+    return "[" + ", ".join(f"{k}={format_attr_value(v)}" for k, v in shown) + "]"
+
+
+def format_binder(v: Value) -> str:
+    s = f"%{v.name}: {v.type}"
+    if v.classes is not None:
+        s += f" classes={v.classes}"
+    return s
+
+
+def format_node(n: Node) -> str:
+    outs = ", ".join(format_binder(o) for o in n.outputs)
+    args = ", ".join(f"%{i}" for i in n.inputs)
+    return f"{outs} = {n.op}{format_attrs(n.attrs)} {args}".rstrip()
+
+
+def format_outputs(outputs) -> str:
+    return ", ".join(f"{k}=%{v}" for k, v in outputs)
+
+
+def format_graph(g) -> str:
+    lines = [f"graph {g.name}({', '.join(format_binder(v) for v in g.inputs)}) {{"]
+    lines += [f"  param {format_binder(p)}" for p in g.params]
+    lines += [f"  state {format_binder(s)}" for s in g.state]
+    lines += [f"  {format_node(n)}" for n in g.nodes]
+    lines.append(f"  return {format_outputs(g.outputs)}")
+    lines.append("}")
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""The verifier: a graph is well formed or the error names the node (and the pass that ran last)."""
+from __future__ import annotations
+
+from .ir import IRError
+from .ops import get_op
+
+
+class VerifyError(IRError):
+    pass
+
+
+def verify(g, after: str | None = None, allow_dead: bool = False):
+    """Check names, topological order, op attributes, types against each op's shape rule, outputs,
+    and that nothing dangles (dead nodes, unused inputs/params/state). Returns the graph."""
+    ctx = f"graph {g.name}" + (f" after pass {after}" if after else "")
+
+    def fail(msg):
+        raise VerifyError(f"{ctx}: {msg}")
+
+    seen: dict = {}
+    for kind, vals in (("input", g.inputs), ("param", g.params), ("state", g.state)):
+        for v in vals:
+            if v.kind != kind:
+                fail(f"%{v.name} is listed as {kind} but has kind {v.kind}")
+            if v.name in seen:
+                fail(f"duplicate name %{v.name}")
+            seen[v.name] = v
+    later = {o.name for n in g.nodes for o in n.outputs}
+    used: set = set()
+    for n in g.nodes:
+        where = f"node %{n.name} ({n.op})"
+        try:
+            op = get_op(n.op)
+            attrs = op.normalize_attrs(where, n.attr)
+        except IRError as e:
+            fail(str(e))
+        if attrs != n.attr:
+            fail(f"{where}: attributes {n.attr} are not normalized (expected {attrs})")
+        for i in n.inputs:
+            if i not in seen:
+                fail(f"{where} uses %{i} " + ("before it is defined (not in topological order)" if i in later
+                                              else "which is not defined"))
+        used.update(n.inputs)
+        try:
+            types = op.infer(where, [seen[i].type for i in n.inputs], attrs)
+        except IRError as e:
+            fail(str(e))
+        if len(types) != len(n.outputs):
+            fail(f"{where}: {n.op} has {len(types)} outputs, the node declares {len(n.outputs)}")
+        for o, t in zip(n.outputs, types):
+            if o.type != t:
+                fail(f"{where}: output %{o.name} expected type {t}, got {o.type}")
+            if o.name in seen:
+                fail(f"{where}: duplicate name %{o.name}")
+            seen[o.name] = o
+        if n.op == "softmax_cross_entropy":
+            logits, labels = (seen[i] for i in n.inputs)
+            if labels.classes is not None and logits.type.shape[0] != labels.classes:
+                fail(f"{where}: logits %{logits.name} expected {labels.classes} rows for labels %{labels.name} "
+                     f"(classes={labels.classes}), got {logits.type}")
+    keys = set()
+    for k, v in g.outputs:
+        if k in keys:
+            fail(f"duplicate output key {k}")
+        keys.add(k)
+        if v not in seen:
+            fail(f"output {k} refers to %{v}, which is not defined")
+        used.add(v)
+        t = seen[v].type
+        if k == "loss" and t.shape != ():
+            fail(f"output loss must be a scalar, got %{v}: {t}")
+        for prefix, pool in (("state.", g.state), ("grad.", g.params)):
+            if k.startswith(prefix):
+                target = next((p for p in pool if p.name == k[len(prefix):]), None)
+                if target is None:
+                    fail(f"output {k} names {k[len(prefix):]}, which is not a {prefix[:-1] if prefix == 'state.' else 'param'}")
+                if target.type != t:
+                    fail(f"output {k}: expected type {target.type}, got %{v}: {t}")
+    if not g.outputs:
+        fail("the graph has no outputs")
+    if not allow_dead:
+        for n in g.nodes:
+            if not any(o.name in used for o in n.outputs):
+                fail(f"node %{n.name} ({n.op}) is dead: none of its outputs is used (run the dce pass)")
+        for v in (*g.inputs, *g.params, *g.state):
+            if v.name not in used:
+                fail(f"{v.kind} %{v.name} is not used by any node")
+    return g
