@@ -1,0 +1,109 @@
+"""From a DSL graph to programs and code: the driver behind ``bg.compile`` and ``bg.emit``.
+
+A compiled model holds three *programs*, each an ordinary graph rendered by the backend:
+
+* ``train_step``: the training pipeline's graph + autodiff: forward with batch statistics, loss,
+  backward, new running statistics (outputs ``loss``, ``grad.*``, ``state.*``);
+* ``forward``: the same model in inference mode (running statistics), output ``out``;
+* ``forward_train``: the forward pass with batch statistics, output ``out`` (no state update).
+
+``emit(..., inference=True)`` renders the inference pipeline instead (batch norm folded into the
+weights), for reading or for deployment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .autodiff import grad_graph, prune, require_loss
+from .ir import IRError, TensorType, Value, ir_dtype
+from .passes import INFERENCE_PIPELINE, TRAINING_PIPELINE, run_pipeline, to_inference
+from .verifier import verify
+
+PROGRAM_DOCS = {
+    "train_step": "One training step on a mini-batch: forward with the batch's own statistics, loss, "
+                  "backward.\n    Returns the loss, grad.<param> for every param and state.<name>, the new running "
+                  "statistics.\n    Reads P and S, writes only into B.",
+    "forward": "Inference: batch norm with the running statistics. Returns out, the loss's input.",
+    "forward_train": "Forward pass with the batch's own statistics (training mode), without updating "
+                     "state. Returns out.",
+}
+
+
+def cast_graph(g, dtype) -> "Graph":
+    """The same graph with every float value in ``dtype`` ('f32'/'f64' or a NumPy name)."""
+    dt = ir_dtype(dtype)
+    if dt not in ("f32", "f64"):
+        raise IRError(f"dtype must be float32 or float64, got {dtype!r}")
+    if dt == g.dtype and all(v.type.dtype in (dt, "i64") for v in g.values().values()):
+        return g
+
+    def cv(v: Value) -> Value:
+        t = v.type
+        return Value(v.name, TensorType(dt, t.shape), v.kind, v.classes) if t.is_float else v
+
+    nodes = [n.replace(outputs=tuple(cv(o) for o in n.outputs)) for n in g.nodes]
+    return g.rebuild(dtype=dt, inputs=[cv(v) for v in g.inputs], params=[cv(v) for v in g.params],
+                     state=[cv(v) for v in g.state], nodes=nodes)
+
+
+def forward_program(g) -> "Graph":
+    """Output the loss's input as ``out``; drop the loss, state updates and what only they used."""
+    loss = require_loss(g)
+    h = g.rebuild(outputs=[("out", loss.inputs[0])])
+    h = prune(h)
+    used = {i for n in h.nodes for i in n.inputs} | h.output_names
+    return h.rebuild(inputs=[v for v in h.inputs if v.name in used],
+                     params=[v for v in h.params if v.name in used],
+                     state=[v for v in h.state if v.name in used])
+
+
+@dataclass
+class Programs:
+    """What compiling one graph produces (before code generation)."""
+
+    source: object  # the graph as given (cast to the dtype)
+    graph: object  # after the training pipeline: the model as optimized
+    programs: dict  # name -> graph
+    pipeline: object  # PipelineResult of the training pipeline (report, remap, snapshots)
+    extra_reports: list = field(default_factory=list)
+
+
+def build_programs(g, dtype="float32", passes=None, print_after=False, file=None) -> Programs:
+    g = cast_graph(g, dtype)
+    verify(g)
+    require_loss(g)
+    if g.is_training is False and any(n.op in ("batchnorm", "batchnorm_act") for n in g.nodes):
+        raise IRError(f"graph {g.name} is an inference graph (batch norm in eval mode): it cannot be trained")
+    res = run_pipeline(g, TRAINING_PIPELINE if passes is None else passes, print_after=print_after, file=file)
+    opt = res.graph
+    train = grad_graph(opt)
+    verify(train, after="autodiff")
+    fwd_train = verify(forward_program(opt), after="forward_program")
+    eval_res = run_pipeline(to_inference(opt), ["fuse_bn", "fuse_bias_act", "dce"])
+    programs = {"train_step": train, "forward": eval_res.graph, "forward_train": fwd_train}
+    return Programs(g, opt, programs, res, [eval_res])
+
+
+def inference_graph(g, dtype="float32", passes=None, print_after=False, file=None):
+    """The inference pipeline's result (a PipelineResult): batch norm folded into the weights."""
+    g = cast_graph(g, dtype)
+    verify(g)
+    start = to_inference(g)
+    return run_pipeline(start, INFERENCE_PIPELINE if passes is None else passes, print_after=print_after, file=file)
+
+
+def emit(g, target: str = "numpy", dtype="float32", inference: bool = False, passes=None) -> dict:
+    """Generated source for ``g``: {file name: source}. No model (and no values) needed.
+
+    ``inference=False``: the training module (train_step, forward, forward_train);
+    ``inference=True``: one ``forward`` function of the inference pipeline's graph.
+    """
+    from .backends import get_backend
+
+    backend = get_backend(target)
+    if inference:
+        graph = inference_graph(g, dtype, passes).graph
+        programs = {"forward": graph}
+    else:
+        programs = build_programs(g, dtype, passes).programs
+    return backend.emit(programs, ir_dtype(dtype), g.name, docs=PROGRAM_DOCS)
