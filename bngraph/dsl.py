@@ -6,6 +6,8 @@ Value or a value name.
 """
 from __future__ import annotations
 
+import numbers
+import re
 from typing import Sequence
 
 from .ir import BATCH, IRError, Node, TensorType, Value
@@ -13,6 +15,15 @@ from .ops import ACTIVATIONS, LOSS_OPS, get_op
 
 # prefixes of generated names, by op
 _AUTO_PREFIX = {"matmul": "fc", "batchnorm": "bn"}
+
+# the names the parser can read back (bngraph.parser._NAME): parse(str(g)) == g needs this
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def check_name(name) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise IRError(f"bad name {name!r}: expected a letter or '_' followed by letters, digits, '_' and '.'")
+    return name
 
 
 class GraphBuilder:
@@ -35,8 +46,7 @@ class GraphBuilder:
     def _claim(self, name: str | None, prefix: str, suffixes=("",)) -> str:
         if name is None:
             return self._fresh(prefix)
-        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_." for c in name):
-            raise IRError(f"bad name {name!r}: use letters, digits, '_' and '.'")
+        check_name(name)
         taken = self._taken()
         for suf in suffixes:
             if name + suf in taken:
@@ -57,7 +67,7 @@ class GraphBuilder:
     # ---- graph inputs, params, state -----------------------------------------------------------
     def input(self, name: str, features: int) -> Value:
         """A float input fed per mini-batch, ``features`` per example (stored as (features, m))."""
-        self._claim(name, "x")
+        name = self._claim(name, "x")
         _positive(name, "features", features)
         v = Value(name, TensorType(self.dtype, (int(features), BATCH)), "input")
         self.inputs.append(v)
@@ -65,20 +75,20 @@ class GraphBuilder:
 
     def labels(self, name: str, classes: int) -> Value:
         """Integer class labels in [0, classes), one per example."""
-        self._claim(name, "y")
+        name = self._claim(name, "y")
         _positive(name, "classes", classes)
         v = Value(name, TensorType("i64", (BATCH,)), "input", classes=int(classes))
         self.inputs.append(v)
         return v
 
     def param(self, name: str, shape: Sequence[int]) -> Value:
-        self._claim(name, "p")
+        name = self._claim(name, "p")
         v = Value(name, TensorType(self.dtype, tuple(int(d) for d in shape)), "param")
         self.params.append(v)
         return v
 
     def state_value(self, name: str, shape: Sequence[int]) -> Value:
-        self._claim(name, "s")
+        name = self._claim(name, "s")
         v = Value(name, TensorType(self.dtype, tuple(int(d) for d in shape)), "state")
         self.state.append(v)
         return v
@@ -95,6 +105,7 @@ class GraphBuilder:
             raise IRError(f"{where}: {op} has {len(types)} outputs, {len(names)} names given")
         taken = self._taken()
         for n in names:
+            check_name(n)
             if n in taken:
                 raise IRError(f"duplicate name: %{n} is already defined in graph {self.name}")
         node = Node.make(op, [v.name for v in ins], [Value(n, t) for n, t in zip(names, types)], attrs)
@@ -130,10 +141,10 @@ class GraphBuilder:
         xv = self._ref(x, name)
         if xv.type.rank != 2 or xv.type.shape[1] != BATCH:
             raise IRError(f"{name}: batchnorm expects a (features, {BATCH}) input, got %{xv.name}: {xv.type}")
-        n = xv.type.shape[0]
+        attrs = get_op("batchnorm").normalize_attrs(name, {"eps": eps, "momentum": momentum, "mode": "train"})
+        n = xv.type.shape[0]  # attrs are checked before any param is added: a failed call leaves g unchanged
         gamma, beta = self.param(f"{name}.gamma", (n,)), self.param(f"{name}.beta", (n,))
         rm, rv = self.state_value(f"{name}.running_mean", (n,)), self.state_value(f"{name}.running_var", (n,))
-        attrs = {"eps": eps, "momentum": momentum, "mode": "train"}
         bn = self.add_node("batchnorm", [xv, gamma, beta, rm, rv], attrs, [name, f"{name}.mean", f"{name}.var"])
         self.add_running_update(bn)
         return bn.out
@@ -206,7 +217,7 @@ class GraphBuilder:
 
 
 def _positive(where, what, n):
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:  # numpy ints are fine
         raise IRError(f"{where}: {what} must be a positive integer, got {n!r}")
 
 
@@ -232,6 +243,10 @@ def mlp(
         raise IRError(f"mlp: widths needs at least [inputs, outputs], got {widths}")
     if loss not in LOSS_OPS:
         raise IRError(f"mlp: unknown loss {loss!r}; expected one of {', '.join(LOSS_OPS)}")
+    for k, n in enumerate(widths):
+        _positive("mlp", f"widths[{k}]", n)
+    if activation not in ACTIVATIONS:
+        raise IRError(f"mlp: unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
     g = Graph(name, dtype)
     h = g.input("x", widths[0])
     y = g.labels("y", widths[-1]) if loss == "softmax_cross_entropy" else g.input("y", widths[-1])

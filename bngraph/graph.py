@@ -4,8 +4,10 @@
 """
 from __future__ import annotations
 
+import re
+
 from .dsl import GraphBuilder
-from .ir import IRError, Node, Value, ir_dtype
+from .ir import FLOAT_DTYPES, IRError, Node, Value, ir_dtype
 
 
 class Graph(GraphBuilder):
@@ -16,10 +18,12 @@ class Graph(GraphBuilder):
     """
 
     def __init__(self, name: str = "graph", dtype="f32", *, inputs=(), params=(), state=(), nodes=(), outputs=()):
-        if not isinstance(name, str) or not name.replace("_", "a").replace(".", "a").isalnum():
-            raise IRError(f"graph name must be an identifier, got {name!r}")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
+            raise IRError(f"graph name must be an identifier (as the parser reads it), got {name!r}")
         self.name = name
         self.dtype = ir_dtype(dtype)
+        if self.dtype not in FLOAT_DTYPES:  # the dtype of new params and float inputs
+            raise IRError(f"graph {name}: dtype must be float32 or float64, got {dtype!r}")
         self.inputs = list(inputs)
         self.params = list(params)
         self.state = list(state)

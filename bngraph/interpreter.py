@@ -29,6 +29,13 @@ def interpret(g, feeds: dict, values: dict, return_env: bool = False) -> dict:
                 m = s
             elif d != s:
                 raise IRError(f"input %{v.name}: expected shape {v.type}, got array of shape {a.shape}")
+        if v.classes is not None:  # out-of-range labels would index silently (negative ones wrap)
+            if a.dtype.kind not in "iu":
+                raise IRError(f"input %{v.name}: expected integer class labels ({v.type}), got dtype {a.dtype}")
+            bad = (a < 0) | (a >= v.classes)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise IRError(f"input %{v.name}: labels must lie in [0, {v.classes}), got {a[i]} at index {i}")
         env[v.name] = a
     for v in (*g.params, *g.state):
         if v.name not in values:

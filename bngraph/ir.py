@@ -40,7 +40,7 @@ def ir_dtype(dtype) -> str:
     except TypeError as e:
         raise IRError(f"unknown dtype {dtype!r}: expected one of float32, float64") from e
     if name not in NUMPY_TO_IR:
-        raise IRError(f"unsupported dtype {name!r}: expected one of float32, float64, int64")
+        raise IRError(f"unsupported dtype {dtype!r} (numpy {name}): expected one of float32, float64, int64")
     return NUMPY_TO_IR[name]
 
 

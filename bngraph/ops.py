@@ -125,6 +125,9 @@ class OpDef:
             out[k] = v
         if "act" in out and out["act"] not in ACTIVATIONS:
             raise IRError(f"{where}: unknown activation {out['act']!r}; expected one of {', '.join(ACTIVATIONS)}")
+        if "negative_slope" in out and not out["negative_slope"] >= 0:
+            # g' is computed from the output y (y > 0 <=> x > 0), which needs a slope >= 0
+            raise IRError(f"{where}: negative_slope must be >= 0, got {out['negative_slope']}")
         if "mode" in out and out["mode"] not in ("train", "eval"):
             raise IRError(f"{where}: mode must be 'train' or 'eval', got {out['mode']!r}")
         if "eps" in out and not out["eps"] > 0:
@@ -531,8 +534,18 @@ def _sum_batch_infer(where, types, attrs):
 register(OpDef("sum_batch", "s = sum(x, axis=batch)", _sum_batch_infer,
                lambda ins, attrs: (ins[0].sum(axis=1),), kind="backward"))
 
-register(OpDef("add", "c = a + b  (accumulates gradients of a value with several users)",
-               _same_as_input(0, 2, "add"), lambda ins, attrs: (ins[0] + ins[1],), kind="backward"))
+def _add_infer(where, types, attrs):
+    _expect_arity(where, "add", types, 2)
+    a, b = types
+    _expect_float(where, "add operand a", a)
+    _expect_shape(where, "add operand b", b, a.shape)
+    _expect_same_dtype(where, types)
+    return (a,)
+
+
+register(OpDef("add", "c = a + b  (elementwise; autodiff uses it to sum the gradients of a value with several users)",
+               _add_infer, lambda ins, attrs: (ins[0] + ins[1],),
+               lambda emit, node, cts: [cts[0], cts[0]]))
 
 register(OpDef("act_grad", "dx = dy * g'(x), g' computed from the output y",
                _same_as_input(0, 2, "act_grad"),
@@ -567,7 +580,9 @@ def bn_backward(dy, z, gamma, mu, var, eps, mode):
 
 
 register(OpDef(
-    "batchnorm_grad", "dbeta = sum(dy), dgamma = sum(dy*z_hat), dz = (gamma*inv_std/m)*(m*dy - dbeta - z_hat*dgamma)",
+    "batchnorm_grad",
+    "dbeta = sum(dy), dgamma = sum(dy*z_hat); train: dz = (gamma*inv_std/m)*(m*dy - dbeta - z_hat*dgamma), "
+    "eval: dz = dy*gamma*inv_std",
     _bn_grad_infer("batchnorm_grad", 5),
     lambda ins, attrs: bn_backward(*ins, attrs["eps"], attrs["mode"]),
     attrs={"eps": (float, 1e-5), "mode": (str, "train")}, kind="backward",

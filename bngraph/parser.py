@@ -108,14 +108,19 @@ def parse(text: str):
                 raise ParseError(f"line {lineno}: cannot read {ln!r}")
             outs = [_parse_binder(o, "node", lineno) for o in _split_top(nm["outs"])]
             where = outs[0].name
-            op = get_op(nm["op"], f"line {lineno}: {where}")
             attrs = {}
             for item in _split_top(nm["attrs"] or ""):
                 if "=" not in item:
                     raise ParseError(f"line {lineno}: expected 'key=value' attribute, got {item!r}")
                 k, v = item.split("=", 1)
                 attrs[k.strip()] = _parse_attr_value(v.strip())
-            attrs = op.normalize_attrs(f"line {lineno}: {where}", attrs)
+            try:  # the op table's errors already name the line; raise them as ParseError
+                op = get_op(nm["op"], f"line {lineno}: {where}")
+                attrs = op.normalize_attrs(f"line {lineno}: {where}", attrs)
+            except ParseError:
+                raise
+            except IRError as e:
+                raise ParseError(str(e)) from None
             args = [_parse_ref(a, lineno) for a in _split_top(nm["args"] or "")]
             nodes.append(Node.make(op.name, args, outs, attrs))
     if not closed:

@@ -30,7 +30,7 @@ def verify(g, after: str | None = None, allow_dead: bool = False):
     for n in g.nodes:
         where = f"node %{n.name} ({n.op})"
         try:
-            op = get_op(n.op)
+            op = get_op(n.op, where)
             attrs = op.normalize_attrs(where, n.attr)
         except IRError as e:
             fail(str(e))

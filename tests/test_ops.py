@@ -1,0 +1,679 @@
+"""The op table (bngraph.ops.OPS): completeness, and every op's rules against oracles.
+
+* Walk OPS and fail on an incomplete op (doc, infer, ref, grad, well-formed attrs, a test case here).
+* The shape rule (infer) agrees with the reference semantics (ref) in float32 and float64.
+* The reference semantics agree with PyTorch (float64; our layout is (features, batch), PyTorch's
+  is (batch, features), so every comparison transposes).
+* Every gradient *rule* is checked twice: against torch.autograd, and against central finite
+  differences of the op's ref. A rule is run eagerly: ``emit(op, inputs, attrs)`` type-checks the
+  backward op with its shape rule, evaluates its ref and returns the names of its outputs.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bngraph as bg
+from bngraph.ir import BATCH, Node, TensorType, Value
+from bngraph.ops import ACTIVATIONS, OPS, get_op
+
+
+M = 6  # batch size; no feature dimension below equals M
+N = 4  # units
+K = 3  # inputs / classes
+REPO = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------------------------
+# Test cases: for every op, inputs (kind, shape) and attributes
+#   kind: "x" standard normal, "pos" positive (variances), "prob" in (0, 1) (targets),
+#         "labels" integer class labels i64[m] (shape = number of classes)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    op: str
+    inputs: list
+    attrs: dict = field(default_factory=dict)
+
+    def __str__(self):
+        attrs = ",".join(f"{k}={v}" for k, v in sorted(self.attrs.items()))
+        return f"{self.op}[{attrs}]" if attrs else self.op
+
+
+BN_IN = [("x", (N, BATCH)), ("x", (N,)), ("x", (N,)), ("x", (N,)), ("pos", (N,))]  # z, gamma, beta, rm, rv
+BN_GRAD_IN = [("x", (N, BATCH)), ("x", (N, BATCH)), ("x", (N,)), ("x", (N,)), ("pos", (N,))]  # dy, z, gamma, mu, var
+ACT_VARIANTS = [dict(act=a) for a in ACTIVATIONS] + [dict(act="leaky_relu", negative_slope=0.2)]
+MODES = ("train", "eval")
+
+
+def _cases() -> list:
+    c = []
+    c += [Case("matmul", [("x", (N, K)), ("x", (K, BATCH))]),
+          Case("matmul", [("x", (K, N)), ("x", (K, BATCH))], dict(ta=True)),
+          Case("matmul", [("x", (N, K)), ("x", (BATCH, K))], dict(tb=True)),
+          Case("matmul", [("x", (K, N)), ("x", (BATCH, K))], dict(ta=True, tb=True)),
+          Case("matmul", [("x", (N, BATCH)), ("x", (K, BATCH))], dict(tb=True)),  # dW = dz a^T
+          Case("matmul", [("x", (N, K)), ("x", (N, BATCH))], dict(ta=True))]  # da = W^T dz
+    c.append(Case("bias_add", [("x", (N, BATCH)), ("x", (N,))]))
+    c += [Case("bias_add_act", [("x", (N, BATCH)), ("x", (N,))], a) for a in ACT_VARIANTS]
+    c += [Case(a, [("x", (N, BATCH))]) for a in ACTIVATIONS]
+    c.append(Case("leaky_relu", [("x", (N, BATCH))], dict(negative_slope=0.2)))
+    c += [Case("batchnorm", BN_IN, dict(mode=mode)) for mode in MODES]
+    c.append(Case("batchnorm", BN_IN, dict(mode="train", eps=1e-2, momentum=0.3)))
+    c += [Case("batchnorm_act", BN_IN, dict(mode=mode, eps=1e-3, **a)) for mode in MODES for a in ACT_VARIANTS]
+    c.append(Case("running_update", [("x", (N,)), ("pos", (N,)), ("x", (N,)), ("pos", (N,)), ("x", (N, BATCH))],
+                  dict(momentum=0.3)))
+    c.append(Case("softmax_cross_entropy", [("x", (K, BATCH)), ("labels", K)]))
+    c.append(Case("mse", [("x", (N, BATCH)), ("x", (N, BATCH))]))
+    c.append(Case("sigmoid_bce", [("x", (N, BATCH)), ("prob", (N, BATCH))]))
+    c.append(Case("sum_batch", [("x", (N, BATCH))]))
+    c.append(Case("add", [("x", (N, BATCH)), ("x", (N, BATCH))]))
+    c += [Case("act_grad", [("x", (N, BATCH)), ("prob", (N, BATCH))], a) for a in ACT_VARIANTS]
+    c += [Case("batchnorm_grad", BN_GRAD_IN, dict(mode=mode)) for mode in MODES]
+    c += [Case("batchnorm_act_grad", [("x", (N, BATCH))] + BN_GRAD_IN, dict(mode=mode, **a))
+          for mode in MODES for a in ACT_VARIANTS]
+    c.append(Case("softmax_cross_entropy_grad", [("x", (K, BATCH)), ("labels", K)]))
+    c.append(Case("mse_grad", [("x", (N, BATCH)), ("x", (N, BATCH))]))
+    c.append(Case("sigmoid_bce_grad", [("x", (N, BATCH)), ("prob", (N, BATCH))]))
+    return c
+
+
+CASES = _cases()
+DIFF_CASES = [c for c in CASES if OPS[c.op].differentiable]
+
+# inputs whose gradient rule returns None on purpose: class labels, loss targets (data), and the
+# running statistics (state is never differentiated)
+NO_GRAD = {
+    "softmax_cross_entropy": {1}, "mse": {1}, "sigmoid_bce": {1},
+    "batchnorm": {3, 4}, "batchnorm_act": {3, 4},
+}
+
+
+def input_type(spec, dtype="f64") -> TensorType:
+    kind, shape = spec
+    if kind == "labels":
+        return TensorType("i64", (BATCH,))
+    return TensorType(dtype, shape)
+
+
+def make_inputs(case: Case, rng: np.random.Generator, dtype="f64") -> list:
+    np_dtype = np.float32 if dtype == "f32" else np.float64
+    arrays = []
+    for kind, shape in case.inputs:
+        if kind == "labels":
+            arrays.append(rng.integers(0, shape, size=M))
+            continue
+        concrete = TensorType(dtype, shape).concrete_shape(M)
+        a = {"x": lambda: rng.standard_normal(concrete),
+             "pos": lambda: rng.uniform(0.5, 2.0, concrete),
+             "prob": lambda: rng.uniform(0.05, 0.95, concrete)}[kind]()
+        arrays.append(a.astype(np_dtype))
+    return arrays
+
+
+def attrs_of(case: Case) -> dict:
+    return get_op(case.op).normalize_attrs(str(case), case.attrs)
+
+
+# --------------------------------------------------------------------------------------------
+# The op table is complete
+# --------------------------------------------------------------------------------------------
+
+ATTR_TYPES = (bool, int, float, str)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_is_complete(name):
+    op = OPS[name]
+    assert op.name == name
+    assert isinstance(op.doc, str) and op.doc.strip() and "\n" not in op.doc, f"{name}: needs a one-line doc"
+    assert callable(op.infer), f"{name}: no shape rule"
+    assert callable(op.ref), f"{name}: no reference semantics"
+    assert op.kind in ("forward", "loss", "state", "backward"), f"{name}: unknown kind {op.kind!r}"
+    if op.kind in ("forward", "loss"):
+        assert op.differentiable and callable(op.grad), f"{name}: a {op.kind} op needs a gradient rule"
+    else:
+        assert not op.differentiable and op.grad is None, f"{name}: {op.kind} ops are not differentiated"
+    assert name.isidentifier() and name == name.lower()
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_attrs_are_well_formed(name):
+    op = OPS[name]
+    assert isinstance(op.attrs, dict)
+    required = {}
+    for k, spec in op.attrs.items():
+        assert isinstance(k, str) and k.isidentifier(), f"{name}: bad attribute name {k!r}"
+        assert isinstance(spec, tuple) and len(spec) == 2, f"{name}.{k}: expected (type, default)"
+        typ, default = spec
+        assert typ in ATTR_TYPES, f"{name}.{k}: attribute type {typ} is not one of {ATTR_TYPES}"
+        if default is None:
+            required[k] = {"act": "relu", "mode": "train"}.get(k)
+            assert required[k] is not None, f"{name}.{k}: required attribute without a known test value"
+        else:
+            assert type(default) is typ, f"{name}.{k}: default {default!r} is not a {typ.__name__}"
+    # the defaults normalize to themselves, and normalizing is idempotent
+    attrs = op.normalize_attrs(name, required)
+    assert set(attrs) == set(op.attrs)
+    assert op.normalize_attrs(name, attrs) == attrs
+    with pytest.raises(bg.IRError, match=rf"{name}: op {name} has no attribute\(s\) \['bogus'\]"):
+        op.normalize_attrs(name, {**required, "bogus": 1})
+
+
+def test_loss_and_bn_tables():
+    from bngraph.ops import BN_OPS, LOSS_OPS
+
+    assert set(LOSS_OPS) == {n for n, o in OPS.items() if o.kind == "loss"} == {"softmax_cross_entropy", "mse", "sigmoid_bce"}
+    assert set(BN_OPS) <= set(OPS)
+    for a in ACTIVATIONS:
+        assert a in OPS and OPS[a].kind == "forward", f"activation {a} has no op"
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_op_has_a_test_case(name):
+    assert any(c.op == name for c in CASES), f"op {name} has no Case in tests/test_ops.py: add one"
+
+
+@pytest.mark.parametrize("name", sorted(NO_GRAD))
+def test_no_grad_table_names_real_ops(name):
+    assert OPS[name].differentiable
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_op_has_numpy_template(name):
+    assert (REPO / "templates" / "numpy" / f"{name}.j2").is_file(), f"templates/numpy/{name}.j2 is missing"
+
+
+def test_unknown_op_error():
+    with pytest.raises(bg.IRError, match="fc9: unknown op 'conv2d'"):
+        get_op("conv2d", "fc9")
+
+
+# --------------------------------------------------------------------------------------------
+# Shape rule vs reference semantics
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_ref_agrees_with_shape_rule(case, dtype):
+    op = OPS[case.op]
+    attrs = attrs_of(case)
+    types = op.infer(str(case), [input_type(s, dtype) for s in case.inputs], attrs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow / invalid-value warnings from a reference
+        outs = op.ref(make_inputs(case, np.random.default_rng(0), dtype), attrs)
+    assert len(outs) == len(types)
+    for out, t in zip(outs, types):
+        out = np.asarray(out)
+        assert out.shape == t.concrete_shape(M), f"{case}: ref gives {out.shape}, the shape rule says {t}"
+        assert out.dtype == np.dtype(bg.ir.DTYPES[t.dtype]), f"{case}: ref gives {out.dtype}, the shape rule says {t}"
+        assert np.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Running a gradient rule eagerly
+# --------------------------------------------------------------------------------------------
+
+
+class Eager:
+    """An env of named arrays and types; ``emit`` runs one backward op at once (type-checked)."""
+
+    def __init__(self):
+        self.env, self.types, self.emitted = {}, {}, []
+
+    def bind(self, name, array, type_):
+        self.env[name], self.types[name] = np.asarray(array), type_
+
+    def emit(self, op, inputs, attrs, names=None):
+        opdef = get_op(op, "emit")
+        attrs = opdef.normalize_attrs(f"emit {op}", attrs)
+        types = opdef.infer(f"emit {op}", [self.types[i] for i in inputs], attrs)  # rules emit well-typed nodes
+        outs = opdef.ref([self.env[i] for i in inputs], attrs)
+        names = list(names) if names else [f"%t{len(self.env)}.{j}" for j in range(len(types))]
+        for n, t, a in zip(names, types, outs):
+            assert np.shape(a) == t.concrete_shape(M), f"emitted {op}: ref shape {np.shape(a)} vs rule {t}"
+            self.bind(n, a, t)
+        self.emitted.append(op)
+        return names
+
+
+def run_rule(case: Case, arrays: list, ct: np.ndarray):
+    """Forward the op, then its gradient rule with cotangent ``ct`` on output 0 (None on the
+    batch-statistics outputs). Returns (input cotangents or None, the Eager record)."""
+    op = OPS[case.op]
+    attrs = attrs_of(case)
+    eager = Eager()
+    in_types = [input_type(s) for s in case.inputs]
+    in_names = [f"in{i}" for i in range(len(arrays))]
+    for n, a, t in zip(in_names, arrays, in_types):
+        eager.bind(n, a, t)
+    out_types = op.infer(str(case), in_types, attrs)
+    outs = op.ref(arrays, attrs)
+    out_vals = [Value(f"out{j}", t) for j, t in enumerate(out_types)]
+    for v, a in zip(out_vals, outs):
+        eager.bind(v.name, a, v.type)
+    eager.bind("ct", ct, out_types[0])
+    node = Node.make(case.op, in_names, out_vals, attrs)
+    cts = ["ct"] + [None] * (len(out_vals) - 1)
+    result = op.grad(eager.emit, node, cts)
+    assert len(result) == len(arrays), f"{case}: the rule returns {len(result)} cotangents for {len(arrays)} inputs"
+    return [None if r is None else eager.env[r] for r in result], eager
+
+
+def cotangent(case: Case, rng) -> np.ndarray:
+    if OPS[case.op].kind == "loss":
+        return np.array(1.0)  # the loss is the root: its seed is 1 (loss rules do not read cts)
+    t = OPS[case.op].infer(str(case), [input_type(s) for s in case.inputs], attrs_of(case))[0]
+    return rng.standard_normal(t.concrete_shape(M))
+
+
+def scalar_objective(case: Case, arrays: list, ct: np.ndarray) -> float:
+    return float((ct * OPS[case.op].ref(arrays, attrs_of(case))[0]).sum())
+
+
+def finite_difference(case: Case, arrays: list, ct: np.ndarray, i: int, h: float = 1e-6) -> np.ndarray:
+    grad = np.zeros_like(arrays[i])
+    for idx in np.ndindex(arrays[i].shape):
+        plus = [a.copy() for a in arrays]
+        minus = [a.copy() for a in arrays]
+        plus[i][idx] += h
+        minus[i][idx] -= h
+        grad[idx] = (scalar_objective(case, plus, ct) - scalar_objective(case, minus, ct)) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("case", DIFF_CASES, ids=str)
+def test_gradient_rule_vs_finite_differences(case):
+    rng = np.random.default_rng(1)
+    arrays = make_inputs(case, rng)
+    ct = cotangent(case, rng)
+    grads, eager = run_rule(case, arrays, ct)
+    assert all(OPS[op].kind in ("forward", "backward") for op in eager.emitted), eager.emitted
+    for i, (spec, g) in enumerate(zip(case.inputs, grads)):
+        if i in NO_GRAD.get(case.op, ()):
+            assert g is None, f"{case}: input {i} ({spec}) should have no gradient"
+            continue
+        assert g is not None, f"{case}: the rule gives no gradient for input {i}"
+        assert g.shape == arrays[i].shape
+        fd = finite_difference(case, arrays, ct, i)
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-7, err_msg=f"{case}: d/d input {i}")
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch as the oracle: forward ops, then their gradient rules vs torch.autograd
+# --------------------------------------------------------------------------------------------
+
+T_ACT = {
+    "identity": lambda x, s: x,
+    "relu": lambda x, s: torch.relu(x),
+    "leaky_relu": lambda x, s: F.leaky_relu(x, s),
+    "tanh": lambda x, s: torch.tanh(x),
+    "sigmoid": lambda x, s: torch.sigmoid(x),
+}
+
+
+def t_batchnorm(ins, at):
+    z, gamma, beta, rm, rv = ins
+    train = at["mode"] == "train"
+    y = F.batch_norm(z.T, rm.detach().clone(), rv.detach().clone(), gamma, beta, training=train,
+                     momentum=at["momentum"], eps=at["eps"]).T
+    return [y, z.mean(dim=1), z.var(dim=1, unbiased=False)] if train else [y]
+
+
+def t_batchnorm_act(ins, at):
+    y, *stats = t_batchnorm(ins, at)
+    return [T_ACT[at["act"]](y, at["negative_slope"]), *stats]
+
+
+TORCH = {
+    "matmul": lambda ins, at: [(ins[0].T if at["ta"] else ins[0]) @ (ins[1].T if at["tb"] else ins[1])],
+    "bias_add": lambda ins, at: [ins[0] + ins[1][:, None]],
+    "bias_add_act": lambda ins, at: [T_ACT[at["act"]](ins[0] + ins[1][:, None], at["negative_slope"])],
+    **{a: (lambda ins, at, a=a: [T_ACT[a](ins[0], at.get("negative_slope", 0.0))]) for a in ACTIVATIONS},
+    "batchnorm": t_batchnorm,
+    "batchnorm_act": t_batchnorm_act,
+    "softmax_cross_entropy": lambda ins, at: [F.cross_entropy(ins[0].T, ins[1])],
+    "mse": lambda ins, at: [F.mse_loss(ins[0], ins[1])],
+    "sigmoid_bce": lambda ins, at: [F.binary_cross_entropy_with_logits(ins[0], ins[1])],
+    "add": lambda ins, at: [ins[0] + ins[1]],
+}
+
+
+def test_every_differentiable_op_has_a_torch_oracle():
+    assert {n for n, o in OPS.items() if o.differentiable} == set(TORCH)
+
+
+@pytest.mark.parametrize("case", DIFF_CASES, ids=str)
+def test_forward_and_gradient_rule_vs_torch(case):
+    rng = np.random.default_rng(2)
+    arrays = make_inputs(case, rng)
+    ct = cotangent(case, rng)
+    attrs = attrs_of(case)
+    no_grad = NO_GRAD.get(case.op, set())
+    tins = [torch.tensor(a, requires_grad=(a.dtype.kind == "f" and i not in no_grad)) for i, a in enumerate(arrays)]
+    touts = TORCH[case.op](tins, attrs)
+    outs = OPS[case.op].ref(arrays, attrs)
+    assert len(outs) == len(touts)
+    for o, t in zip(outs, touts):
+        np.testing.assert_allclose(o, t.detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=f"{case}: forward")
+    (touts[0] * torch.tensor(ct)).sum().backward()
+    grads, _ = run_rule(case, arrays, ct)
+    for i, (g, t) in enumerate(zip(grads, tins)):
+        if g is None:
+            continue
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=f"{case}: d/d input {i}")
+
+
+# --------------------------------------------------------------------------------------------
+# Batch norm vs PyTorch, spelled out
+# --------------------------------------------------------------------------------------------
+
+
+def _bn_inputs(rng, n=5, m=8):
+    z = rng.standard_normal((n, m)) * 3 + 1
+    gamma, beta = rng.standard_normal(n), rng.standard_normal(n)
+    rm, rv = rng.standard_normal(n), rng.uniform(0.5, 2, n)
+    return z, gamma, beta, rm, rv
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.5])
+@pytest.mark.parametrize("m", [2, 3, 16])
+def test_batchnorm_train_vs_torch(eps, m):
+    z, gamma, beta, rm, rv = _bn_inputs(np.random.default_rng(m), m=m)
+    y, mu, var = OPS["batchnorm"].ref([z, gamma, beta, rm, rv], dict(eps=eps, momentum=0.1, mode="train"))
+    zt = torch.tensor(z.T)  # torch is (batch, features)
+    yt = F.batch_norm(zt, None, None, torch.tensor(gamma), torch.tensor(beta), training=True, eps=eps)
+    np.testing.assert_allclose(y, yt.numpy().T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mu, zt.mean(dim=0).numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(var, zt.var(dim=0, unbiased=False).numpy(), rtol=1e-12)  # biased
+
+
+def test_batchnorm_eval_vs_torch():
+    z, gamma, beta, rm, rv = _bn_inputs(np.random.default_rng(3))
+    (y,) = OPS["batchnorm"].ref([z, gamma, beta, rm, rv], dict(eps=1e-5, momentum=0.1, mode="eval"))
+    yt = F.batch_norm(torch.tensor(z.T), torch.tensor(rm), torch.tensor(rv), torch.tensor(gamma), torch.tensor(beta),
+                      training=False, eps=1e-5)
+    np.testing.assert_allclose(y, yt.numpy().T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, gamma[:, None] * (z - rm[:, None]) / np.sqrt(rv[:, None] + 1e-5) + beta[:, None])
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.01, 0.5, 0.9, 1.0, 0.0])
+@pytest.mark.parametrize("m", [2, 5, 32])
+def test_running_update_vs_batchnorm1d(momentum, m):
+    """One train-mode forward of nn.BatchNorm1d updates its running stats exactly like
+    batchnorm (batch mean, biased var) followed by running_update (unbiased var, PyTorch momentum)."""
+    n = 5
+    rng = np.random.default_rng(int(momentum * 100) + m)
+    z, gamma, beta, rm, rv = _bn_inputs(rng, n=n, m=m)
+    module = torch.nn.BatchNorm1d(n, eps=1e-5, momentum=momentum, dtype=torch.float64)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(gamma))
+        module.bias.copy_(torch.tensor(beta))
+        module.running_mean.copy_(torch.tensor(rm))
+        module.running_var.copy_(torch.tensor(rv))
+    module.train()
+    yt = module(torch.tensor(z.T)).detach().numpy().T
+    y, mu, var = OPS["batchnorm"].ref([z, gamma, beta, rm, rv], dict(eps=1e-5, momentum=momentum, mode="train"))
+    rm_next, rv_next = OPS["running_update"].ref([rm, rv, mu, var, z], dict(momentum=momentum))
+    np.testing.assert_allclose(y, yt, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rm_next, module.running_mean.numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(rv_next, module.running_var.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_running_update_defaults_follow_pytorch():
+    module = torch.nn.BatchNorm1d(3)
+    assert OPS["running_update"].attrs["momentum"] == (float, module.momentum)
+    assert OPS["batchnorm"].attrs["eps"] == (float, module.eps)
+    # momentum is the weight of the NEW batch: momentum=1 forgets the old value entirely
+    rm, rv, mu, var = np.zeros(3), np.ones(3), np.full(3, 2.0), np.full(3, 4.0)
+    rm1, rv1 = OPS["running_update"].ref([rm, rv, mu, var, np.zeros((3, 5))], dict(momentum=1.0))
+    np.testing.assert_allclose(rm1, mu)
+    np.testing.assert_allclose(rv1, var * 5 / 4)  # unbiased
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("act", ACT_VARIANTS, ids=lambda a: "-".join(str(v) for v in a.values()))
+def test_batchnorm_act_is_act_of_batchnorm(mode, act):
+    ins = list(_bn_inputs(np.random.default_rng(4)))
+    bn_attrs = dict(eps=1e-3, momentum=0.1, mode=mode)
+    fused_attrs = OPS["batchnorm_act"].normalize_attrs("t", {**bn_attrs, **act})
+    plain = OPS["batchnorm"].ref(ins, bn_attrs)
+    fused = OPS["batchnorm_act"].ref(ins, fused_attrs)
+    a = ACTIVATIONS[act["act"]].forward(plain[0], fused_attrs["negative_slope"])
+    np.testing.assert_allclose(fused[0], a, rtol=1e-12, atol=1e-12)
+    for p, f in zip(plain[1:], fused[1:]):  # the same batch statistics
+        np.testing.assert_allclose(f, p, rtol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------
+# Activations and losses vs PyTorch, including large inputs
+# --------------------------------------------------------------------------------------------
+
+LARGE = np.array([[-1000.0, -50.0, -1e-3, 0.0, 1e-3, 50.0, 1000.0]])
+
+
+@pytest.mark.parametrize("act", ACT_VARIANTS, ids=lambda a: "-".join(str(v) for v in a.values()))
+def test_activation_vs_torch(act):
+    name, slope = act["act"], act.get("negative_slope", 0.01 if act["act"] == "leaky_relu" else 0.0)
+    x = np.concatenate([np.random.default_rng(5).standard_normal((3, 7)) * 4, LARGE])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (y,) = OPS[name].ref([x], OPS[name].normalize_attrs(name, {"negative_slope": slope} if name == "leaky_relu" else {}))
+    np.testing.assert_allclose(y, T_ACT[name](torch.tensor(x), slope).numpy(), rtol=1e-14, atol=1e-300)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
+def test_softmax_cross_entropy_vs_torch(scale):
+    rng = np.random.default_rng(6)
+    logits, labels = rng.standard_normal((5, 9)) * scale, rng.integers(0, 5, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (loss,) = OPS["softmax_cross_entropy"].ref([logits, labels], {})
+        (grad,) = OPS["softmax_cross_entropy_grad"].ref([logits, labels], {})
+    lt = torch.tensor(logits.T, requires_grad=True)
+    ref = F.cross_entropy(lt, torch.tensor(labels))
+    ref.backward()
+    np.testing.assert_allclose(loss, ref.item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, lt.grad.numpy().T, rtol=1e-10, atol=1e-15)
+
+
+def test_mse_vs_torch():
+    rng = np.random.default_rng(7)
+    pred, target = rng.standard_normal((3, 8)), rng.standard_normal((3, 8))
+    (loss,) = OPS["mse"].ref([pred, target], {})
+    (grad,) = OPS["mse_grad"].ref([pred, target], {})
+    pt = torch.tensor(pred, requires_grad=True)
+    ref = F.mse_loss(pt, torch.tensor(target))  # reduction='mean' over all elements
+    ref.backward()
+    np.testing.assert_allclose(loss, ref.item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, pt.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
+def test_sigmoid_bce_vs_torch(scale):
+    rng = np.random.default_rng(8)
+    logits = np.concatenate([rng.standard_normal((3, 7)) * scale, LARGE])
+    target = np.concatenate([rng.uniform(0, 1, (3, 7)), (LARGE > 0).astype(float)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (loss,) = OPS["sigmoid_bce"].ref([logits, target], {})
+        (grad,) = OPS["sigmoid_bce_grad"].ref([logits, target], {})
+    lt = torch.tensor(logits, requires_grad=True)
+    ref = F.binary_cross_entropy_with_logits(lt, torch.tensor(target))
+    ref.backward()
+    assert np.isfinite(loss)
+    np.testing.assert_allclose(loss, ref.item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, lt.grad.numpy(), rtol=1e-10, atol=1e-300)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward ops vs torch.autograd on the same inputs
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batchnorm_grad_vs_torch(mode):
+    rng = np.random.default_rng(9)
+    z, gamma, beta, rm, rv = _bn_inputs(rng, m=7)
+    dy = rng.standard_normal(z.shape)
+    attrs = dict(eps=1e-5, momentum=0.1, mode=mode)
+    fwd = OPS["batchnorm"].ref([z, gamma, beta, rm, rv], attrs)
+    mu, var = (fwd[1], fwd[2]) if mode == "train" else (rm, rv)
+    dz, dgamma, dbeta = OPS["batchnorm_grad"].ref([dy, z, gamma, mu, var], dict(eps=1e-5, mode=mode))
+    zt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (z, gamma, beta))
+    yt = F.batch_norm(zt.T, torch.tensor(rm), torch.tensor(rv), gt, bt, training=mode == "train", eps=1e-5).T
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dgamma, gt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dbeta, bt.grad.numpy(), rtol=1e-12)
+
+
+def test_bias_before_batchnorm_gets_zero_gradient():
+    """NOTES.md: with a bias before a training-mode BN, db = sum(dz) = 0 exactly (up to rounding)."""
+    rng = np.random.default_rng(10)
+    z, gamma, beta, rm, rv = _bn_inputs(rng)
+    dy = rng.standard_normal(z.shape)
+    y, mu, var = OPS["batchnorm"].ref([z, gamma, beta, rm, rv], dict(eps=1e-5, momentum=0.1, mode="train"))
+    dz, _, _ = OPS["batchnorm_grad"].ref([dy, z, gamma, mu, var], dict(eps=1e-5, mode="train"))
+    (db,) = OPS["sum_batch"].ref([dz], {})
+    np.testing.assert_allclose(db, 0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("act", ACT_VARIANTS, ids=lambda a: "-".join(str(v) for v in a.values()))
+def test_batchnorm_act_grad_vs_torch(mode, act):
+    rng = np.random.default_rng(11)
+    z, gamma, beta, rm, rv = _bn_inputs(rng, m=7)
+    da = rng.standard_normal(z.shape)
+    attrs = OPS["batchnorm_act"].normalize_attrs("t", dict(eps=1e-5, mode=mode, **act))
+    fwd = OPS["batchnorm_act"].ref([z, gamma, beta, rm, rv], attrs)
+    a = fwd[0]
+    mu, var = (fwd[1], fwd[2]) if mode == "train" else (rm, rv)
+    grad_attrs = OPS["batchnorm_act_grad"].normalize_attrs("t", dict(eps=1e-5, mode=mode, **act))
+    dz, dgamma, dbeta = OPS["batchnorm_act_grad"].ref([da, a, z, gamma, mu, var], grad_attrs)
+    zt, gt, bt = (torch.tensor(v, requires_grad=True) for v in (z, gamma, beta))
+    yt = F.batch_norm(zt.T, torch.tensor(rm), torch.tensor(rv), gt, bt, training=mode == "train", eps=1e-5).T
+    T_ACT[act["act"]](yt, attrs["negative_slope"]).backward(torch.tensor(da))
+    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dgamma, gt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dbeta, bt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ACT_VARIANTS, ids=lambda a: "-".join(str(v) for v in a.values()))
+def test_act_grad_vs_torch(act):
+    rng = np.random.default_rng(12)
+    x, dy = rng.standard_normal((4, 9)) * 3, rng.standard_normal((4, 9))
+    attrs = OPS["act_grad"].normalize_attrs("t", act)
+    y = ACTIVATIONS[act["act"]].forward(x, attrs["negative_slope"])
+    (dx,) = OPS["act_grad"].ref([dy, y], attrs)  # g' from the output y
+    xt = torch.tensor(x, requires_grad=True)
+    T_ACT[act["act"]](xt, attrs["negative_slope"]).backward(torch.tensor(dy))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_sum_batch_is_the_bias_gradient():
+    rng = np.random.default_rng(13)
+    z, b, dy = rng.standard_normal((4, 6)), rng.standard_normal(4), rng.standard_normal((4, 6))
+    bt = torch.tensor(b, requires_grad=True)
+    (torch.tensor(z) + bt[:, None]).backward(torch.tensor(dy))
+    np.testing.assert_allclose(OPS["sum_batch"].ref([dy], {})[0], bt.grad.numpy(), rtol=1e-14)
+
+
+def test_add_accumulates():
+    a, b = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    np.testing.assert_array_equal(OPS["add"].ref([a, b], {})[0], a + b)
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_matmul_and_its_rule_vs_torch(ta, tb):
+    rng = np.random.default_rng(14)
+    a = rng.standard_normal((3, 4) if ta else (4, 3))
+    b = rng.standard_normal((M, 3) if tb else (3, M))
+    case = Case("matmul", [("x", a.shape), ("x", tuple(BATCH if d == M else d for d in b.shape))], dict(ta=ta, tb=tb))
+    (c,) = OPS["matmul"].ref([a, b], attrs_of(case))
+    at, bt = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    ct = (at.T if ta else at) @ (bt.T if tb else bt)
+    np.testing.assert_allclose(c, ct.detach().numpy(), rtol=1e-13)
+    dc = rng.standard_normal(c.shape)
+    ct.backward(torch.tensor(dc))
+    (da, db), eager = run_rule(case, [a, b], dc)
+    assert eager.emitted == ["matmul", "matmul"]
+    np.testing.assert_allclose(da, at.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(db, bt.grad.numpy(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# A whole graph through the interpreter vs the same network in PyTorch
+# --------------------------------------------------------------------------------------------
+
+
+def test_interpreted_mlp_matches_torch_module():
+    g = bg.mlp([6, 5, 4, 3], activation="tanh", dtype="f64", momentum=0.2)
+    rng = np.random.default_rng(15)
+    m = 10
+    X, y = rng.standard_normal((m, 6)), rng.integers(0, 3, m)  # samples by rows, as at the public API
+    net = torch.nn.Sequential(
+        torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5, momentum=0.2), torch.nn.Tanh(),
+        torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4, momentum=0.2), torch.nn.Tanh(),
+        torch.nn.Linear(4, 3),
+    ).double().train()
+    sd = net.state_dict()
+    values = {
+        "fc1.W": sd["0.weight"], "fc1.b": sd["0.bias"], "bn1.gamma": sd["1.weight"], "bn1.beta": sd["1.bias"],
+        "bn1.running_mean": sd["1.running_mean"], "bn1.running_var": sd["1.running_var"],
+        "fc2.W": sd["3.weight"], "fc2.b": sd["3.bias"], "bn2.gamma": sd["4.weight"], "bn2.beta": sd["4.bias"],
+        "bn2.running_mean": sd["4.running_mean"], "bn2.running_var": sd["4.running_var"],
+        "out.W": sd["6.weight"], "out.b": sd["6.bias"],
+    }
+    values = {k: v.detach().numpy().copy() for k, v in values.items()}
+    out = bg.interpret(g, {"x": X.T, "y": y}, values)  # transposed once, at the boundary
+    loss = F.cross_entropy(net(torch.tensor(X)), torch.tensor(y))
+    np.testing.assert_allclose(out["loss"], loss.item(), rtol=1e-12)
+    for k in ("bn1.running_mean", "bn1.running_var", "bn2.running_mean", "bn2.running_var"):
+        layer, stat = k.split(".")
+        idx = {"bn1": "1", "bn2": "4"}[layer]
+        np.testing.assert_allclose(out[f"state.{k}"], net.state_dict()[f"{idx}.{stat}"].numpy(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# docs/ir.md carries the op table generated from OPS (BNGRAPH_UPDATE_GOLDEN=1 rewrites it)
+# --------------------------------------------------------------------------------------------
+
+TABLE_BEGIN, TABLE_END = "<!-- op-table:begin (generated from bngraph.ops.OPS) -->", "<!-- op-table:end -->"
+
+
+def op_table_markdown() -> str:
+    def attrs(op):
+        parts = [f"`{k}`: {t.__name__}" + (" (required)" if d is None else f" = `{d!r}`")
+                 for k, (t, d) in op.attrs.items()]
+        return ", ".join(parts) or "—"
+
+    rows = ["| op | kind | attributes | what it computes |", "|---|---|---|---|"]
+    for name, op in OPS.items():
+        doc = op.doc.replace("|", "\\|")
+        rows.append(f"| `{name}` | {op.kind} | {attrs(op)} | {doc} |")
+    return "\n".join(rows)
+
+
+def test_docs_op_table_is_current():
+    import os
+
+    path = REPO / "docs" / "ir.md"
+    text = path.read_text()
+    assert TABLE_BEGIN in text and TABLE_END in text, f"{path}: the op table markers are missing"
+    head, rest = text.split(TABLE_BEGIN, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    fresh = f"{head}{TABLE_BEGIN}\n{op_table_markdown()}\n{TABLE_END}{tail}"
+    if os.environ.get("BNGRAPH_UPDATE_GOLDEN"):
+        path.write_text(fresh)
+        text = fresh
+    assert text == fresh, "docs/ir.md's op table is stale: rerun with BNGRAPH_UPDATE_GOLDEN=1 and review the diff"
