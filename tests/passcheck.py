@@ -1,0 +1,199 @@
+"""Numeric checks for graph rewrites, reusable by any test that transforms a graph.
+
+    from passcheck import check_preserves, random_values, random_feeds, build_graph, Layer
+
+``check_preserves(before, after, remap)`` runs both graphs with the reference interpreter in the
+graphs' dtype (use float64 graphs) on random inputs and random parameters -- gamma, beta and the
+running statistics random too, running_var positive -- and asserts that
+
+* ``remap(values)`` did not mutate ``values`` and holds exactly the new graph's params and state;
+* every output is equal, except ``state.*`` outputs: those are compared after remapping the old
+  graph's new state (``remap({**old params, **old state outputs})``), since a remap may move
+  quantities into the state (``fold_bias``: ``running_mean -= b``);
+* (when ``bngraph.autodiff.grad_graph`` is available and the graph has a loss) the gradients of the
+  params that survive are equal, and the params folded away had a zero gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import bngraph as bg
+from bngraph.ir import DTYPES
+from bngraph.ops import BN_OPS
+
+# ------------------------------------------------------------------------------------------------
+# Random values and feeds
+# ------------------------------------------------------------------------------------------------
+
+
+def _roles(g) -> dict:
+    """param/state name -> 'gamma', 'beta', 'running_mean' or 'running_var' for BN inputs."""
+    roles = {}
+    for n in g.nodes:
+        if n.op in BN_OPS:
+            for name, role in zip(n.inputs[1:], ("gamma", "beta", "running_mean", "running_var")):
+                roles[name] = role
+    return roles
+
+
+def random_values(g, seed: int = 0) -> dict:
+    """Random params and state for ``g``: weights ~ N(0, 1/fan_in), gamma of random sign and size
+    in [0.5, 1.5], beta/bias/running_mean ~ N(0, 1), running_var in [0.5, 2]."""
+    rng = np.random.default_rng(seed)
+    roles = _roles(g)
+    out = {}
+    for v in (*g.params, *g.state):
+        shape = tuple(v.type.shape)
+        role = roles.get(v.name)
+        if role == "running_var":
+            a = rng.uniform(0.5, 2.0, shape)
+        elif role == "gamma":
+            a = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+        elif len(shape) == 2:
+            a = rng.normal(size=shape) / np.sqrt(max(shape[1], 1))
+        else:
+            a = rng.normal(size=shape)
+        out[v.name] = a.astype(DTYPES[v.type.dtype])
+    return out
+
+
+def random_feeds(g, batch: int = 6, seed: int = 0) -> dict:
+    """Random inputs: class labels for label inputs, targets in [0, 1] for sigmoid_bce, N(0, 1)
+    otherwise; arrays in the compiler's layout (features, m)."""
+    rng = np.random.default_rng(seed + 1_000_003)
+    bce_targets = {n.inputs[1] for n in g.nodes if n.op == "sigmoid_bce"}
+    feeds = {}
+    for v in g.inputs:
+        shape = v.type.concrete_shape(batch)
+        if v.classes is not None:
+            feeds[v.name] = rng.integers(0, v.classes, shape).astype(np.int64)
+        elif v.name in bce_targets:
+            feeds[v.name] = rng.uniform(0.0, 1.0, shape).astype(DTYPES[v.type.dtype])
+        else:
+            feeds[v.name] = rng.normal(size=shape).astype(DTYPES[v.type.dtype])
+    return feeds
+
+
+# ------------------------------------------------------------------------------------------------
+# The check
+# ------------------------------------------------------------------------------------------------
+
+
+def check_preserves(before, after, remap=None, *, batch: int = 6, seed: int = 0, values=None, feeds=None,
+                    rtol: float = 1e-9, atol: float = 1e-10, grads: bool = True) -> dict:
+    """Assert that ``after`` with ``remap(values)`` computes what ``before`` computes with
+    ``values``. Returns ``{"before": outputs, "after": outputs}``."""
+    values = random_values(before, seed) if values is None else values
+    feeds = random_feeds(before, batch, seed) if feeds is None else feeds
+    snapshot = {k: np.array(v, copy=True) for k, v in values.items()}
+    new_values = remap(values) if remap is not None else dict(values)
+    assert new_values is not values, "remap must return a new dict"
+    for k, v in snapshot.items():
+        assert k in values and np.array_equal(values[k], v), f"remap mutated the values dict at {k}"
+    want = {p.name for p in (*after.params, *after.state)}
+    assert set(new_values) == want, (
+        f"remap should give exactly the new graph's params and state: missing {sorted(want - set(new_values))}, "
+        f"extra {sorted(set(new_values) - want)}")
+
+    old = bg.interpret(before, feeds, values)
+    new = bg.interpret(after, {v.name: feeds[v.name] for v in after.inputs}, new_values)
+    assert set(old) == set(new), f"outputs differ: before {sorted(old)}, after {sorted(new)}"
+
+    state_keys = [k for k in old if k.startswith("state.")]
+    carried = None
+    if state_keys and remap is not None:
+        # the old graph's next state, carried through the remap, is what the new graph's must be
+        carried = remap({**values, **{k[len("state."):]: old[k] for k in state_keys}})
+    for k in old:
+        expected = old[k]
+        if k.startswith("state.") and carried is not None:
+            expected = carried[k[len("state."):]]
+        np.testing.assert_allclose(new[k], expected, rtol=rtol, atol=atol, err_msg=f"output {k}")
+
+    if grads and before.loss_node is not None and _grad_graph() is not None:
+        check_grads_preserved(before, after, values, new_values, feeds, rtol=rtol, atol=atol)
+    return {"before": old, "after": new}
+
+
+def _grad_graph():
+    try:
+        from bngraph.autodiff import grad_graph
+    except ImportError:
+        return None
+    return grad_graph
+
+
+def check_grads_preserved(before, after, values, new_values, feeds, *, rtol=1e-9, atol=1e-10):
+    """Gradients of the loss: equal for the params in both graphs whose value the remap left
+    unchanged; zero for params that were removed (a folded-away param must not have mattered to
+    training). Params created by a pass (``fc1.W_folded``) are not compared."""
+    grad_graph = _grad_graph()
+    try:
+        gb = grad_graph(before)
+    except bg.IRError:
+        return  # e.g. a param no gradient reaches (the input of a dce test): nothing to compare
+    ga = grad_graph(after)
+    old = bg.interpret(gb, feeds, values)
+    new = bg.interpret(ga, {v.name: feeds[v.name] for v in ga.inputs}, new_values)
+    after_params = {p.name for p in after.params}
+    for p in before.params:
+        key = f"grad.{p.name}"
+        if key not in old:
+            continue
+        if p.name in after_params:
+            if f"grad.{p.name}" in new and np.array_equal(values[p.name], new_values[p.name]):
+                np.testing.assert_allclose(new[key], old[key], rtol=rtol, atol=atol, err_msg=key)
+        elif not _folded_into_new_params(p.name, after):
+            np.testing.assert_allclose(old[key], 0.0, atol=max(atol, 1e-9),
+                                       err_msg=f"{p.name} was removed but its gradient is not zero")
+
+
+def _folded_into_new_params(name: str, after) -> bool:
+    """True when ``after`` has params a pass made from others (fold_bn_into_weights): then the old
+    params live on inside the new ones and their gradients need not be zero."""
+    return any(p.name.endswith("_folded") for p in after.params)
+
+
+def check_roundtrip(g, allow_dead: bool = False):
+    """The printed IR parses back to an equal graph, and the graph verifies."""
+    bg.verify(g, allow_dead=allow_dead)
+    text = str(g)
+    assert bg.parse(text) == g, f"parse(print(g)) != g for\n{text}"
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Test graphs: MLP-shaped, each layer with its own choices
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    units: int
+    bias: bool = True
+    bn: bool = True
+    act: str | None = "relu"  # an activation op name, or None
+    negative_slope: float = 0.01
+
+
+def build_graph(inputs: int, layers, outputs: int, *, loss: str = "softmax_cross_entropy", out_bias: bool = True,
+                out_bn: bool = False, dtype: str = "f64", eps: float = 1e-5, momentum: float = 0.1,
+                name: str = "net"):
+    """x -> [matmul (+bias) -> batchnorm? -> activation?] per layer -> matmul (+bias) -> batchnorm? -> loss."""
+    g = bg.Graph(name, dtype)
+    h = g.input("x", inputs)
+    y = g.labels("y", outputs) if loss == "softmax_cross_entropy" else g.input("y", outputs)
+    for k, layer in enumerate(layers, start=1):
+        h = g.matmul(h, layer.units, bias=layer.bias, name=f"fc{k}")
+        if layer.bn:
+            h = g.batchnorm(h, name=f"bn{k}", eps=eps, momentum=momentum)
+        if layer.act is not None:
+            extra = {"negative_slope": layer.negative_slope} if layer.act == "leaky_relu" else {}
+            h = g.activation(h, layer.act, name=f"act{k}", **extra)
+    h = g.matmul(h, outputs, bias=out_bias, name="out")
+    if out_bn:
+        h = g.batchnorm(h, name="bn_out", eps=eps, momentum=momentum)
+    g.loss(loss, h, y)
+    return g
