@@ -3,20 +3,33 @@
     import bngraph as bg
     g = bg.Graph("mlp")
     x = g.input("x", 64)
-    ...
-    print(g)                       # the IR as text
+    y = g.labels("y", 10)
+    h = g.relu(g.batchnorm(g.matmul(x, 128, name="fc1"), name="bn1"))
+    g.softmax_cross_entropy(g.matmul(h, 10, name="out"), y)
+    print(g)                                   # the IR as text
+    model = bg.compile(g, target="numpy")      # passes, autodiff, code generation
+    print(model.source)                        # the exact code that runs
 """
+__version__ = "0.1.0"
+
+from . import datasets, optim, passes
+from .autodiff import grad_graph
+from .compiler import emit
 from .dsl import mlp
 from .graph import Graph
 from .interpreter import interpret
 from .ir import IRError, Node, TensorType, Value
+from .model import CheckpointError, DataError, History, Model, TrainingDiverged, compile, load
 from .ops import ACTIVATIONS, OPS
 from .parser import ParseError, parse
+from .datasets import Dataset, DatasetError, load_dataset
+from .passes import (INFERENCE_PIPELINE, PASSES, TRAINING_PIPELINE, Pass, PassError, PassResult, PipelineResult,
+                     run_pipeline, to_inference)
 from .verifier import VerifyError, verify
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "ACTIVATIONS", "Graph", "IRError", "Node", "OPS", "ParseError", "TensorType", "Value",
-    "VerifyError", "interpret", "mlp", "parse", "verify",
+    "ACTIVATIONS", "CheckpointError", "DataError", "Dataset", "DatasetError", "Graph", "History", "INFERENCE_PIPELINE", "IRError", "Model",
+    "Node", "OPS", "PASSES", "ParseError", "Pass", "PassError", "PassResult", "PipelineResult", "TRAINING_PIPELINE", "TensorType", "TrainingDiverged", "Value", "VerifyError",
+    "compile", "datasets", "emit", "grad_graph", "interpret", "load", "load_dataset", "mlp", "optim", "parse", "passes", "run_pipeline",
+    "to_inference", "verify",
 ]

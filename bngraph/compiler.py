@@ -24,6 +24,8 @@ PROGRAM_DOCS = {
                   "backward.\n    Returns the loss, grad.<param> for every param and state.<name>, the new running "
                   "statistics.\n    Reads P and S, writes only into B.",
     "forward": "Inference: batch norm with the running statistics. Returns out, the loss's input.",
+    "forward_inference": "Inference with batch norm folded into the weights (the inference pipeline). P holds "
+                         "the folded params:\n    PipelineResult.remap computes them from trained ones. Returns out.",
     "forward_train": "Forward pass with the batch's own statistics (training mode), without updating "
                      "state. Returns out.",
 }
@@ -106,4 +108,5 @@ def emit(g, target: str = "numpy", dtype="float32", inference: bool = False, pas
         programs = {"forward": graph}
     else:
         programs = build_programs(g, dtype, passes).programs
-    return backend.emit(programs, ir_dtype(dtype), g.name, docs=PROGRAM_DOCS)
+    docs = {**PROGRAM_DOCS, "forward": PROGRAM_DOCS["forward_inference"]} if inference else PROGRAM_DOCS
+    return backend.emit(programs, ir_dtype(dtype), g.name, docs=docs)

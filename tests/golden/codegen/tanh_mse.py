@@ -1,0 +1,144 @@
+"""Graph regressor, compiled by bngraph 0.1.0 for NumPy (float32).
+
+Generated code: do not edit. Regenerate with `bngraph emit`.
+Each statement is one IR node; the comment above it is that node as `print(graph)` shows it.
+Layout: activations are (features, m), m = the batch size; the caller transposes X (m, features)
+once per batch. P holds the parameters, S the state (running statistics), by IR name; B holds
+preallocated buffers for one batch size (made by the matching alloc_* function).
+"""
+import numpy as np
+
+DTYPE = np.float32
+
+
+def train_step(x, y, P, S, B):
+    """One training step on a mini-batch: forward with the batch's own statistics, loss, backward.
+    Returns the loss, grad.<param> for every param and state.<name>, the new running statistics.
+    Reads P and S, writes only into B."""
+    m = x.shape[1]
+    # %fc1.matmul: f32[4,m] = matmul %fc1.W, %x
+    fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
+    # %act1: f32[4,m], %bn1.mean: f32[4], %bn1.var: f32[4] = batchnorm_act[act=tanh, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
+    bn1_mean = fc1_matmul.mean(axis=1)  # batch mean, per unit
+    bn1_var = fc1_matmul.var(axis=1)  # batch variance (biased), per unit
+    act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
+    act1_t = P["bn1.beta"] - bn1_mean * act1_s  # t = beta - mean * s, per unit
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: tanh(z*s + t)
+    act1 += act1_t[:, None]
+    np.tanh(act1, out=act1)
+    # %bn1.running_mean.next: f32[4], %bn1.running_var.next: f32[4] = running_update[momentum=0.1] %bn1.running_mean, %bn1.running_var, %bn1.mean, %bn1.var, %fc1.matmul
+    bn1_running_mean_next = (1 - 0.1) * S["bn1.running_mean"] + 0.1 * bn1_mean
+    bn1_running_var_next = (1 - 0.1) * S["bn1.running_var"] + 0.1 * bn1_var * (m / (m - 1))  # unbiased batch variance
+    # %out.matmul: f32[2,m] = matmul %out.W, %act1
+    out_matmul = np.matmul(P["out.W"], act1, out=B["out.matmul"])
+    # %out: f32[2,m] = bias_add %out.matmul, %out.b
+    out = np.add(out_matmul, P["out.b"][:, None], out=B["out"])
+    # %loss: f32[] = mse %out, %y
+    loss = np.square(out - y).mean()
+    # %out.grad: f32[2,m] = mse_grad %out, %y
+    out_grad = np.subtract(out, y, out=B["out.grad"])
+    out_grad *= 2 / out_grad.size
+    # %out.b.grad: f32[2] = sum_batch %out.grad
+    out_b_grad = out_grad.sum(axis=1)
+    # %out.W.grad: f32[2,4] = matmul[tb=true] %out.grad, %act1
+    out_W_grad = np.matmul(out_grad, act1.T)
+    # %act1.grad: f32[4,m] = matmul[ta=true] %out.W, %out.grad
+    act1_grad = np.matmul(P["out.W"].T, out_grad, out=B["act1.grad"])
+    # %fc1.matmul.grad: f32[4,m], %bn1.gamma.grad: f32[4], %bn1.beta.grad: f32[4] = batchnorm_act_grad[act=tanh, eps=1e-05, mode=train, negative_slope=0.0] %act1.grad, %act1, %fc1.matmul, %bn1.gamma, %bn1.mean, %bn1.var
+    fc1_matmul_grad_dy = act1_grad * (1 - act1 * act1)  # dy = da * tanh'(z~), from the output a
+    fc1_matmul_grad_inv_std = 1 / np.sqrt(bn1_var + 1e-05)  # per unit
+    fc1_matmul_grad_zhat = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["fc1.matmul.grad"])  # z_hat = (z - mean) * inv_std
+    fc1_matmul_grad_zhat *= fc1_matmul_grad_inv_std[:, None]
+    bn1_beta_grad = fc1_matmul_grad_dy.sum(axis=1)  # dbeta = sum(dy)
+    bn1_gamma_grad = np.einsum("ij,ij->i", fc1_matmul_grad_dy, fc1_matmul_grad_zhat)  # dgamma = sum(dy * z_hat)
+    fc1_matmul_grad_zhat *= bn1_gamma_grad[:, None]  # dz = (gamma*inv_std/m) * (m*dy - dbeta - z_hat*dgamma), in place
+    fc1_matmul_grad_zhat += bn1_beta_grad[:, None]
+    fc1_matmul_grad = np.subtract(m * fc1_matmul_grad_dy, fc1_matmul_grad_zhat, out=fc1_matmul_grad_zhat)
+    fc1_matmul_grad *= (P["bn1.gamma"] * fc1_matmul_grad_inv_std / m)[:, None]
+    # %fc1.W.grad: f32[4,3] = matmul[tb=true] %fc1.matmul.grad, %x
+    fc1_W_grad = np.matmul(fc1_matmul_grad, x.T)
+    return {
+        "loss": loss,
+        "state.bn1.running_mean": bn1_running_mean_next,
+        "state.bn1.running_var": bn1_running_var_next,
+        "grad.fc1.W": fc1_W_grad,
+        "grad.bn1.gamma": bn1_gamma_grad,
+        "grad.bn1.beta": bn1_beta_grad,
+        "grad.out.W": out_W_grad,
+        "grad.out.b": out_b_grad,
+    }
+
+
+def alloc_train_step(m):
+    """Buffers for train_step at batch size m: one per batch-sized value written with out=."""
+    return {
+        "fc1.matmul": np.empty((4, m), DTYPE),
+        "act1": np.empty((4, m), DTYPE),
+        "out.matmul": np.empty((2, m), DTYPE),
+        "out": np.empty((2, m), DTYPE),
+        "out.grad": np.empty((2, m), DTYPE),
+        "act1.grad": np.empty((4, m), DTYPE),
+        "fc1.matmul.grad": np.empty((4, m), DTYPE),
+    }
+
+
+def forward(x, P, S, B):
+    """Inference: batch norm with the running statistics. Returns out, the loss's input."""
+    m = x.shape[1]
+    # %fc1.matmul: f32[4,m] = matmul %fc1.W, %x
+    fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
+    # %act1: f32[4,m] = batchnorm_act[act=tanh, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
+    act1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(var + eps), per unit
+    act1_t = P["bn1.beta"] - S["bn1.running_mean"] * act1_s  # t = beta - mean * s, per unit
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: tanh(z*s + t)
+    act1 += act1_t[:, None]
+    np.tanh(act1, out=act1)
+    # %out.matmul: f32[2,m] = matmul %out.W, %act1
+    out_matmul = np.matmul(P["out.W"], act1, out=B["out.matmul"])
+    # %out: f32[2,m] = bias_add %out.matmul, %out.b
+    out = np.add(out_matmul, P["out.b"][:, None], out=B["out"])
+    return {
+        "out": out,
+    }
+
+
+def alloc_forward(m):
+    """Buffers for forward at batch size m: one per batch-sized value written with out=."""
+    return {
+        "fc1.matmul": np.empty((4, m), DTYPE),
+        "act1": np.empty((4, m), DTYPE),
+        "out.matmul": np.empty((2, m), DTYPE),
+        "out": np.empty((2, m), DTYPE),
+    }
+
+
+def forward_train(x, P, S, B):
+    """Forward pass with the batch's own statistics (training mode), without updating state. Returns out."""
+    m = x.shape[1]
+    # %fc1.matmul: f32[4,m] = matmul %fc1.W, %x
+    fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
+    # %act1: f32[4,m], %bn1.mean: f32[4], %bn1.var: f32[4] = batchnorm_act[act=tanh, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
+    bn1_mean = fc1_matmul.mean(axis=1)  # batch mean, per unit
+    bn1_var = fc1_matmul.var(axis=1)  # batch variance (biased), per unit
+    act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
+    act1_t = P["bn1.beta"] - bn1_mean * act1_s  # t = beta - mean * s, per unit
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: tanh(z*s + t)
+    act1 += act1_t[:, None]
+    np.tanh(act1, out=act1)
+    # %out.matmul: f32[2,m] = matmul %out.W, %act1
+    out_matmul = np.matmul(P["out.W"], act1, out=B["out.matmul"])
+    # %out: f32[2,m] = bias_add %out.matmul, %out.b
+    out = np.add(out_matmul, P["out.b"][:, None], out=B["out"])
+    return {
+        "out": out,
+    }
+
+
+def alloc_forward_train(m):
+    """Buffers for forward_train at batch size m: one per batch-sized value written with out=."""
+    return {
+        "fc1.matmul": np.empty((4, m), DTYPE),
+        "act1": np.empty((4, m), DTYPE),
+        "out.matmul": np.empty((2, m), DTYPE),
+        "out": np.empty((2, m), DTYPE),
+    }

@@ -1,0 +1,288 @@
+"""The `bngraph` command (bngraph/cli.py): train, emit, show, and its errors.
+
+Commands run in-process through ``bngraph.cli.main([...])``; one test runs the installed console
+script in a subprocess. Model files live in tests/models/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bngraph as bg
+from bngraph.cli import main
+from bngraph.datasets import load_dataset
+
+MODELS = Path(__file__).parent / "models"
+SMALL = str(MODELS / "small.py")
+
+
+def run(argv, capsys):
+    """(exit code, stdout, stderr) of ``bngraph argv``; argparse's SystemExit is an exit code too."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_default_reaches_95_percent(capsys):
+    """`bngraph train` with no arguments: the default MLP with batch norm on the built-in digits."""
+    code, out, err = run(["train"], capsys)
+    assert code == 0, err
+    m = re.fullmatch(r"test loss (\d+\.\d{4})  test accuracy (\d+\.\d{4})\n", out)
+    assert m, out
+    assert float(m.group(2)) >= 0.95
+    lines = err.splitlines()
+    ds = load_dataset("digits", seed=0)
+    assert len(ds.X_train) + len(ds.X_test) == 1797
+    assert lines[0] == (f"bngraph: training mlp on digits ({len(ds.X_train)} train / {len(ds.X_test)} test examples), "
+                        f"adam lr=0.003, 15 epochs, batch 64, target numpy")
+    assert [ln.split("  ")[0] for ln in lines[1:]] == [f"epoch {i}" for i in range(1, 16)]  # one line per epoch
+
+
+def test_train_json_and_save(tmp_path, capsys):
+    js, ck = tmp_path / "out" / "run.json", tmp_path / "run.npz"
+    code, out, err = run(["train", "--epochs", "2", "--json", js, "--save", ck, "--quiet"], capsys)
+    assert code == 0, err
+    assert err == ""  # --quiet: only the final metrics
+    doc = json.loads(js.read_text())
+    assert {"model", "dataset", "optimizer", "lr", "epochs", "batch_size", "seed", "target", "history",
+            "stop_reason", "test"} <= set(doc)
+    assert (doc["model"], doc["dataset"], doc["optimizer"], doc["lr"], doc["epochs"]) == ("mlp", "digits", "adam",
+                                                                                         0.003, 2)
+    assert (doc["batch_size"], doc["seed"], doc["target"], doc["stop_reason"]) == (64, 0, "numpy", None)
+    assert [r["epoch"] for r in doc["history"]] == [1, 2]
+    for rec in doc["history"]:
+        assert {"epoch", "loss", "steps", "lr", "seconds", "val_loss", "val_accuracy"} <= set(rec)
+    assert set(doc["test"]) == {"loss", "accuracy"}
+    assert out == f"test loss {doc['test']['loss']:.4f}  test accuracy {doc['test']['accuracy']:.4f}\n"
+    assert doc["history"][-1]["val_loss"] == doc["test"]["loss"]
+    # the checkpoint loads and gives the same test metrics
+    model = bg.load(ck)
+    ds = load_dataset("digits", seed=0)
+    assert (model.epoch, model.step) == (2, 2 * -(-len(ds.X_train) // 64))
+    assert model.evaluate(ds.X_test, ds.y_test) == doc["test"]
+    assert type(model.optimizer).__name__ == "Adam"
+    assert sorted(os.listdir(tmp_path)) == ["out", "run.npz"] and os.listdir(tmp_path / "out") == ["run.json"]
+
+
+def test_train_console_script_subprocess():
+    exe = Path(sys.executable).with_name("bngraph")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bngraph.cli"]
+    p = subprocess.run([*cmd, "train", "--epochs", "3", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    m = re.fullmatch(r"test loss \d+\.\d{4}  test accuracy (\d+\.\d{4})\n", p.stdout)
+    assert m and float(m.group(1)) > 0.9
+
+
+def test_train_model_file_and_options(tmp_path, capsys):
+    js = tmp_path / "h.json"
+    code, out, err = run([
+        "train", f"{SMALL}:make", "--optimizer", "momentum", "--lr", "0.02", "--epochs", "2", "--batch-size", "100",
+        "--seed", "3", "--dtype", "float64", "--json", js], capsys)
+    assert code == 0, err
+    doc = json.loads(js.read_text())
+    assert (doc["model"], doc["optimizer"], doc["lr"], doc["batch_size"], doc["seed"]) == ("made", "momentum", 0.02,
+                                                                                           100, 3)
+    n = len(load_dataset("digits", seed=3).X_train)
+    assert [r["steps"] for r in doc["history"]] == [-(-n // 100)] * 2
+    assert "momentum lr=0.02, 2 epochs, batch 100" in err
+
+
+def test_train_npz_dataset(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "blobs.npz", X=rng.standard_normal((60, 4)), y=np.arange(60) % 3)
+    code, out, err = run(["train", f"{SMALL}:tiny", "--dataset", tmp_path / "blobs.npz", "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert "training tiny on blobs (48 train / 12 test examples)" in err
+    assert out.startswith("test loss ")
+
+
+def test_train_divergence_exits_1(tmp_path, capsys):
+    js = tmp_path / "d.json"
+    with np.errstate(all="ignore"):
+        code, out, err = run(["train", f"{SMALL}:nobn", "--optimizer", "sgd", "--lr", "1e300", "--epochs", "2",
+                              "--json", js, "--quiet"], capsys)
+    assert code == 1
+    assert "bngraph: stopped early at epoch 1, step " in err and "Traceback" not in err
+    assert json.loads(js.read_text())["stop_reason"].startswith("stopped early at epoch 1")
+
+
+# --------------------------------------------------------------------------------------------
+# emit and show
+# --------------------------------------------------------------------------------------------
+
+
+def test_emit_prints_the_training_module(capsys):
+    code, out, err = run(["emit", SMALL], capsys)
+    assert code == 0 and err == ""
+    assert "def train_step(" in out and "def forward(" in out and "def forward_train(" in out
+    from bngraph.cli import load_model_spec
+
+    assert out == bg.emit(load_model_spec(SMALL))["small_numpy.py"]  # exactly what emit makes
+
+
+@pytest.mark.parametrize("spec, name", [(f"{SMALL}:model", "small"), (f"{SMALL}:make", "made"),
+                                        (f"{SMALL}:tiny", "tiny")])
+def test_model_spec_graph_or_function(spec, name, capsys):
+    code, out, err = run(["emit", spec, "--dtype", "float64"], capsys)
+    assert code == 0, err
+    assert out.startswith(f'"""Graph {name}, compiled by bngraph') and "DTYPE = np.float64" in out
+
+
+def test_emit_inference_to_a_folder(tmp_path, capsys):
+    out_dir = tmp_path / "gen" / "code"
+    code, out, err = run(["emit", SMALL, "--inference", "--out", out_dir], capsys)
+    assert code == 0, err
+    path = out_dir / "small_numpy.py"
+    assert out == f"{path}\n"
+    assert os.listdir(out_dir) == ["small_numpy.py"]
+    src = path.read_text()
+    from bngraph.cli import load_model_spec
+
+    assert src == bg.emit(load_model_spec(SMALL), inference=True)["small_numpy.py"]
+    assert "def forward(" in src and "def train_step" not in src and "W_folded" in src
+    compile(src, str(path), "exec")
+
+
+def test_show_print_after_all(capsys):
+    code, out, err = run(["show", SMALL, "--print-after-all"], capsys)
+    assert code == 0 and err == ""
+    headers = [ln for ln in out.splitlines() if ln.startswith("// ")]
+    assert headers == ["// IR before the passes", "// IR after fold_bias", "// IR after fuse_bn", "// IR after dce",
+                       "// what the passes did"]
+    # each block is the IR as text: it parses back
+    blocks = re.split(r"^// .*\n", out, flags=re.M)[1:]
+    graphs = [bg.parse(b) for b in blocks[:4]]
+    from bngraph.cli import load_model_spec
+
+    assert graphs[0] == load_model_spec(SMALL)
+    assert graphs[3] == bg.compile(load_model_spec(SMALL)).graph
+    assert "%fc1.b" in blocks[0] and "%fc1.b" not in blocks[1]  # fold_bias removed it
+    assert "batchnorm_act" not in blocks[1] and "batchnorm_act" in blocks[2]  # fuse_bn fused it
+    assert "pipeline fold_bias, fuse_bn, dce on graph small" in blocks[4]
+
+
+def test_show_passes_and_inference(capsys):
+    code, out, err = run(["show", SMALL, "--passes", "fold_bias, dce"], capsys)
+    assert code == 0, err
+    assert "// IR after fold_bias, dce" in out and "batchnorm_act" not in out
+    code, out, err = run(["show", SMALL, "--inference", "--print-after-all"], capsys)
+    assert code == 0, err
+    assert "// IR after fold_bn_into_weights" in out and "W_folded" in out
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: exit code 2, one line on stderr, no traceback
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_data(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wrongshape.npz", X=rng.standard_normal((20, 4, 2)), y=np.zeros(20, int))
+    np.savez(tmp_path / "negative.npz", X=rng.standard_normal((20, 4)), y=np.full(20, -1))
+    np.savez(tmp_path / "fivelabels.npz", X=rng.standard_normal((40, 4)), y=np.arange(40) % 5)
+    np.savez(tmp_path / "count.npz", X=rng.standard_normal((20, 4)), y=np.zeros(19, int))
+    np.savez(tmp_path / "floaty.npz", X=rng.standard_normal((20, 4)), y=np.zeros(20))
+    np.savez(tmp_path / "nokey.npz", X=rng.standard_normal((20, 4)))
+    (tmp_path / "junk.npz").write_text("not a zip file")
+    return tmp_path
+
+
+ERRORS = [
+    ("missing-file", ["train", "{tmp}/nope.py"], r"model file not found: .*nope\.py"),
+    ("not-py", ["emit", "{tmp}/model.txt"], r"MODEL must be path/to/file\.py\[:name\], got '.*model\.txt'"),
+    ("missing-name", ["emit", SMALL + ":missing"],
+     r"small\.py defines no 'missing' \(found: broken, make, model, nobn, tiny\)"),
+    ("not-a-graph", ["emit", SMALL + ":notgraph"],
+     r"small\.py:notgraph is a int, expected a bngraph\.Graph or a function returning one"),
+    ("function-raises", ["emit", SMALL + ":broken"], r"small\.py:broken\(\): RuntimeError: cannot build this one"),
+    ("file-raises", ["emit", str(MODELS / "raises.py")], r"raises\.py:5: RuntimeError: this model file is broken"),
+    ("missing-dataset", ["train", "--dataset", "{tmp}/missing.npz"], r"missing\.npz: no such file"),
+    ("unknown-dataset", ["train", "--dataset", "iris.csv"], r"unknown data set 'iris\.csv'"),
+    ("dataset-wrong-shape", ["train", "--dataset", "{tmp}/wrongshape.npz"],
+     r"wrongshape\.npz: X must be 2-D \(samples, features\), got shape \(20, 4, 2\)"),
+    ("dataset-negative-labels", ["train", "--dataset", "{tmp}/negative.npz"],
+     r"negative\.npz: y row 0 is -1; labels must be integers >= 0"),
+    ("dataset-label-count", ["train", "--dataset", "{tmp}/count.npz"],
+     r"count\.npz: X has 20 rows but y has 19 labels"),
+    ("dataset-float-labels", ["train", "--dataset", "{tmp}/floaty.npz"], r"floaty\.npz: y must be a 1-D array of "
+                                                                         r"integer class labels.*y\.astype\(int\)"),
+    ("dataset-missing-key", ["train", "--dataset", "{tmp}/nokey.npz"], r"nokey\.npz: missing key 'y'"),
+    ("dataset-not-npz", ["train", "--dataset", "{tmp}/junk.npz"], r"junk\.npz: cannot read as \.npz"),
+    ("more-labels-than-classes", ["train", SMALL + ":tiny", "--dataset", "{tmp}/fivelabels.npz"],
+     r"the model has 3 classes but dataset fivelabels has labels up to 4"),
+    ("feature-mismatch", ["train", SMALL + ":tiny"],
+     r"the model's input takes 4 features but dataset digits has 64"),
+    ("unknown-target-train", ["train", "--target", "cuda"],
+     r"unknown target 'cuda': available targets are numpy"),
+    ("unknown-target-emit", ["emit", SMALL, "--target", "cuda"], r"unknown target 'cuda': available targets are numpy"),
+    ("unknown-pass", ["show", SMALL, "--passes", "fold_bias,no_such_pass"],
+     r"unknown pass\(es\) no_such_pass; available: fold_bias, fuse_bn, fold_bn_into_weights, fuse_bias_act, dce"),
+    ("unwritable-json", ["train", "--epochs", "1", "--quiet", "--json", "{tmp}/junk.npz/h.json"], r"junk\.npz"),
+]
+
+
+@pytest.mark.parametrize("argv, match", [pytest.param(a, m, id=i) for i, a, m in ERRORS])
+def test_error_paths_exit_2_with_one_line(argv, match, bad_data, capsys):
+    code, out, err = run([a.replace("{tmp}", str(bad_data)) for a in argv], capsys)
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bngraph: error: ")
+    assert re.search(match, lines[0]), lines[0]
+    assert "test accuracy" not in out
+
+
+ARGPARSE_ERRORS = [
+    ("unknown-option", ["train", "--bogus"], r"unrecognized arguments: --bogus"),
+    ("bad-lr", ["train", "--lr", "abc"], r"argument --lr: expected a number, got 'abc'"),
+    ("negative-lr", ["train", "--lr", "-1"], r"argument --lr: must be > 0, got -1"),
+    ("zero-epochs", ["train", "--epochs", "0"], r"argument --epochs: must be >= 1, got 0"),
+    ("bad-optimizer", ["train", "--optimizer", "lbfgs"], r"argument --optimizer: invalid choice: 'lbfgs'"),
+    ("bad-dtype", ["emit", SMALL, "--dtype", "float16"], r"argument --dtype: invalid choice: 'float16'"),
+    ("no-command", [], r"required: \{train,emit,show\}|the following arguments are required"),
+    ("emit-without-model", ["emit"], r"the following arguments are required: model"),
+]
+
+
+@pytest.mark.parametrize("argv, match", [pytest.param(a, m, id=i) for i, a, m in ARGPARSE_ERRORS])
+def test_argument_errors_exit_2_without_traceback(argv, match, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert out == "" and "Traceback" not in err
+    assert re.search(match, err.splitlines()[-1]), err  # the last line says what is wrong
+
+
+@pytest.mark.parametrize("argv", [["train", "--bogus"], ["train", "--lr", "abc"]], ids=["unknown-option", "bad-lr"])
+def test_argument_errors_are_one_line(argv, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+
+
+def test_version_and_help(capsys):
+    code, out, err = run(["--version"], capsys)
+    assert code == 0 and out == f"bngraph {bg.__version__}\n"
+    code, out, err = run(["train", "--help"], capsys)
+    assert code == 0 and "--dataset" in out and "--json" in out
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_emitted_files_mode_follows_the_umask(tmp_path, capsys):
+    old = os.umask(0)
+    os.umask(old)
+    code, out, err = run(["emit", SMALL, "--out", tmp_path], capsys)
+    assert code == 0, err
+    assert ((tmp_path / "small_numpy.py").stat().st_mode & 0o777) == (0o666 & ~old)
