@@ -249,7 +249,7 @@ ARGPARSE_ERRORS = [
     ("unknown-option", ["train", "--bogus"], r"unrecognized arguments: --bogus"),
     ("bad-lr", ["train", "--lr", "abc"], r"argument --lr: expected a number, got 'abc'"),
     ("negative-lr", ["train", "--lr", "-1"], r"argument --lr: must be > 0, got -1"),
-    ("zero-epochs", ["train", "--epochs", "0"], r"argument --epochs: must be >= 1, got 0"),
+    ("zero-epochs", ["train", "--epochs", "0"], r"argument --epochs: must be > 0, got 0"),
     ("bad-optimizer", ["train", "--optimizer", "lbfgs"], r"argument --optimizer: invalid choice: 'lbfgs'"),
     ("bad-dtype", ["emit", SMALL, "--dtype", "float16"], r"argument --dtype: invalid choice: 'float16'"),
     ("no-command", [], r"required: \{train,emit,show\}|the following arguments are required"),
