@@ -121,7 +121,12 @@ class Model:
         self.loss_kind = _loss_kind(g)
         loss = g.loss_node
         vals = g.values()
-        self._x_input = next(v for v in g.inputs if v.name != loss.inputs[1])
+        features = [v for v in g.inputs if v.name != loss.inputs[1]]
+        if len(features) != 1 or loss.inputs[1] not in {v.name for v in g.inputs}:
+            raise IRError(f"graph {g.name}: a model takes one feature input and the loss's labels/targets as a graph "
+                          f"input; got inputs {', '.join('%' + v.name for v in g.inputs)} and the loss reads "
+                          f"%{loss.inputs[1]}")
+        self._x_input = features[0]
         self._y_input = vals[loss.inputs[1]]
         self.n_features = self._x_input.type.shape[0]
         self.n_outputs = vals[loss.inputs[0]].type.shape[0]
@@ -498,10 +503,13 @@ class _Progress:
         self.quiet = verbose is False or verbose == 0
         self.bar = not self.quiet and _isatty(self.stream)
         self.open = False
+        self.last = 0.0
 
     def update(self, epoch, epochs, t, T, loss):
-        if not self.bar:
+        now = time.perf_counter()
+        if not self.bar or (t < T and now - self.last < 0.1):  # redraw at most 10 times a second
             return
+        self.last = now
         width = 24
         done = int(width * t / T)
         self.stream.write(f"\repoch {epoch}/{epochs} [{'#' * done}{'.' * (width - done)}] {t}/{T} loss {loss:.4f}")

@@ -655,3 +655,13 @@ def test_custom_optimizer_matches_sgd():
     b.fit(X, y, optimizer=bg.optim.SGD(lr=0.1), epochs=2, batch_size=8, verbose=False)
     for k in a.params:
         np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-12, atol=1e-15)
+
+
+def test_a_graph_with_two_feature_inputs_is_refused_clearly():
+    g = bg.Graph("two")
+    a, b = g.input("a", 3), g.input("b", 3)
+    y = g.labels("y", 2)
+    s = g.add_node("add", [g.matmul(a, 4, name="fa"), g.matmul(b, 4, name="fb")], {}, ["sum"]).out
+    g.softmax_cross_entropy(g.matmul(s, 2, name="out"), y)
+    with pytest.raises(bg.IRError, match=r"one feature input .* got inputs %a, %b, %y"):
+        bg.compile(g)
