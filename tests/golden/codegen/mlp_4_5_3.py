@@ -23,7 +23,7 @@ def train_step(x, y, P, S, B):
     bn1_var = fc1_matmul.var(axis=1)  # batch variance (biased), per unit
     act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
     act1_t = P["bn1.beta"] - bn1_mean * act1_s  # t = beta - mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: relu(z*s + t)
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = relu(z*s + t), in place in the output buffer
     act1 += act1_t[:, None]
     np.maximum(act1, 0, out=act1)
     # %bn1.running_mean.next: f32[5], %bn1.running_var.next: f32[5] = running_update[momentum=0.1] %bn1.running_mean, %bn1.running_var, %bn1.mean, %bn1.var, %fc1.matmul
@@ -95,7 +95,7 @@ def forward(x, P, S, B):
     # %act1: f32[5,m] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
     act1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(var + eps), per unit
     act1_t = P["bn1.beta"] - S["bn1.running_mean"] * act1_s  # t = beta - mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: relu(z*s + t)
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = relu(z*s + t), in place in the output buffer
     act1 += act1_t[:, None]
     np.maximum(act1, 0, out=act1)
     # %out.matmul: f32[3,m] = matmul %out.W, %act1
@@ -127,7 +127,7 @@ def forward_train(x, P, S, B):
     bn1_var = fc1_matmul.var(axis=1)  # batch variance (biased), per unit
     act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
     act1_t = P["bn1.beta"] - bn1_mean * act1_s  # t = beta - mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: relu(z*s + t)
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = relu(z*s + t), in place in the output buffer
     act1 += act1_t[:, None]
     np.maximum(act1, 0, out=act1)
     # %out.matmul: f32[3,m] = matmul %out.W, %act1

@@ -23,7 +23,7 @@ def train_step(x, y, P, S, B):
     bn1_var = fc1_matmul.var(axis=1)  # batch variance (biased), per unit
     act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
     act1_t = P["bn1.beta"] - bn1_mean * act1_s  # t = beta - mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: tanh(z*s + t)
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = tanh(z*s + t), in place in the output buffer
     act1 += act1_t[:, None]
     np.tanh(act1, out=act1)
     # %bn1.running_mean.next: f32[4], %bn1.running_var.next: f32[4] = running_update[momentum=0.1] %bn1.running_mean, %bn1.running_var, %bn1.mean, %bn1.var, %fc1.matmul
@@ -90,7 +90,7 @@ def forward(x, P, S, B):
     # %act1: f32[4,m] = batchnorm_act[act=tanh, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
     act1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(var + eps), per unit
     act1_t = P["bn1.beta"] - S["bn1.running_mean"] * act1_s  # t = beta - mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: tanh(z*s + t)
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = tanh(z*s + t), in place in the output buffer
     act1 += act1_t[:, None]
     np.tanh(act1, out=act1)
     # %out.matmul: f32[2,m] = matmul %out.W, %act1
@@ -122,7 +122,7 @@ def forward_train(x, P, S, B):
     bn1_var = fc1_matmul.var(axis=1)  # batch variance (biased), per unit
     act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
     act1_t = P["bn1.beta"] - bn1_mean * act1_s  # t = beta - mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # one pass: tanh(z*s + t)
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = tanh(z*s + t), in place in the output buffer
     act1 += act1_t[:, None]
     np.tanh(act1, out=act1)
     # %out.matmul: f32[2,m] = matmul %out.W, %act1
