@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .ir import IRError, Node, Value
 from .ops import get_op
+from .passes import dce
 
 
 def require_loss(g):
@@ -113,16 +114,5 @@ def grad_graph(g):
     if missing:
         raise IRError(f"graph {g.name}: no gradient reaches param(s) {', '.join(missing)} from the loss")
     out = g.rebuild(nodes=[*g.nodes, *named], outputs=[*g.outputs, *grad_outputs])
-    return prune(out)
-
-
-def prune(g):
-    """Remove nodes whose outputs nothing uses (the rules emit cotangents for every input)."""
-    live = set(v for _, v in g.outputs)
-    kept = []
-    for n in reversed(g.nodes):
-        if any(o.name in live for o in n.outputs):
-            kept.append(n)
-            live.update(n.inputs)
-    kept.reverse()
-    return g if len(kept) == len(g.nodes) else g.rebuild(nodes=kept)
+    # the rules emit a cotangent for every input (e.g. dx of the first matmul): drop what nothing uses
+    return dce.run(out).graph

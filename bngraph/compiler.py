@@ -12,11 +12,12 @@ weights), for reading or for deployment.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .autodiff import grad_graph, prune, require_loss
-from .ir import IRError, TensorType, Value, ir_dtype
-from .passes import INFERENCE_PIPELINE, TRAINING_PIPELINE, run_pipeline, to_inference
+from .autodiff import grad_graph, require_loss
+from .ir import IRError, Value, ir_dtype
+from .ops import BN_OPS
+from .passes import INFERENCE_PIPELINE, TRAINING_PIPELINE, dce, run_pipeline, to_inference
 from .verifier import verify
 
 PROGRAM_DOCS = {
@@ -37,11 +38,11 @@ def cast_graph(g, dtype) -> "Graph":
     if dt not in ("f32", "f64"):
         raise IRError(f"dtype must be float32 or float64, got {dtype!r}")
     if dt == g.dtype and all(v.type.dtype in (dt, "i64") for v in g.values().values()):
-        return g
+        return g.copy()  # a model must not change when the user goes on building g
 
     def cv(v: Value) -> Value:
         t = v.type
-        return Value(v.name, TensorType(dt, t.shape), v.kind, v.classes) if t.is_float else v
+        return Value(v.name, t.with_dtype(dt), v.kind, v.classes) if t.is_float else v
 
     nodes = [n.replace(outputs=tuple(cv(o) for o in n.outputs)) for n in g.nodes]
     return g.rebuild(dtype=dt, inputs=[cv(v) for v in g.inputs], params=[cv(v) for v in g.params],
@@ -49,14 +50,9 @@ def cast_graph(g, dtype) -> "Graph":
 
 
 def forward_program(g) -> "Graph":
-    """Output the loss's input as ``out``; drop the loss, state updates and what only they used."""
+    """Output the loss's input as ``out``; dce drops the loss, the state updates and what only they used."""
     loss = require_loss(g)
-    h = g.rebuild(outputs=[("out", loss.inputs[0])])
-    h = prune(h)
-    used = {i for n in h.nodes for i in n.inputs} | h.output_names
-    return h.rebuild(inputs=[v for v in h.inputs if v.name in used],
-                     params=[v for v in h.params if v.name in used],
-                     state=[v for v in h.state if v.name in used])
+    return dce.run(g.rebuild(outputs=[("out", loss.inputs[0])])).graph
 
 
 @dataclass
@@ -67,14 +63,13 @@ class Programs:
     graph: object  # after the training pipeline: the model as optimized
     programs: dict  # name -> graph
     pipeline: object  # PipelineResult of the training pipeline (report, remap, snapshots)
-    extra_reports: list = field(default_factory=list)
 
 
 def build_programs(g, dtype="float32", passes=None, print_after=False, file=None) -> Programs:
     g = cast_graph(g, dtype)
     verify(g)
     require_loss(g)
-    if g.is_training is False and any(n.op in ("batchnorm", "batchnorm_act") for n in g.nodes):
+    if g.is_training is False and any(n.op in BN_OPS for n in g.nodes):
         raise IRError(f"graph {g.name} is an inference graph (batch norm in eval mode): it cannot be trained")
     res = run_pipeline(g, TRAINING_PIPELINE if passes is None else passes, print_after=print_after, file=file)
     opt = res.graph
@@ -83,7 +78,7 @@ def build_programs(g, dtype="float32", passes=None, print_after=False, file=None
     fwd_train = verify(forward_program(opt), after="forward_program")
     eval_res = run_pipeline(to_inference(opt), ["fuse_bn", "fuse_bias_act", "dce"])
     programs = {"train_step": train, "forward": eval_res.graph, "forward_train": fwd_train}
-    return Programs(g, opt, programs, res, [eval_res])
+    return Programs(g, opt, programs, res)
 
 
 def inference_graph(g, dtype="float32", passes=None, print_after=False, file=None):

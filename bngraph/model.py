@@ -18,7 +18,8 @@ from . import __version__, optim as optim_mod
 from .compiler import PROGRAM_DOCS, build_programs
 from .fileio import atomic_write
 from .init import init_values
-from .ir import BATCH, DTYPES, IRError
+from .ir import DTYPES, IRError, ir_dtype
+from .ops import BN_OPS, OPS
 
 
 class DataError(ValueError):
@@ -44,10 +45,6 @@ class History(list):
         return [r.get(key) for r in self]
 
 
-def _loss_kind(g):
-    return g.loss_node.op
-
-
 class Model:
     """Made by :func:`bngraph.compile`; see the README for the contract."""
 
@@ -56,7 +53,7 @@ class Model:
     def __init__(self, graph, target="numpy", dtype="float32", seed=0, passes=None, print_after=False):
         from .backends import get_backend
 
-        self._dtype_name = DTYPES[graph.dtype if dtype is None else _ir(dtype)]
+        self._dtype_name = DTYPES[graph.dtype if dtype is None else ir_dtype(dtype)]
         self.dtype = np.dtype(self._dtype_name)
         self.target = target
         self.seed = seed
@@ -74,8 +71,8 @@ class Model:
         # initial values for the graph as written, then mapped through the passes (folded params go)
         values = self.report.remap(init_values(self.source_graph, seed))
         self._values = {k: self.backend.asarray(v, self.dtype) for k, v in values.items()}
-        self._param_names = [p.name for p in self.graph.params]
-        self._state_names = [s.name for s in self.graph.state]
+        self._param_names = self.graph.param_names()
+        self._state_names = self.graph.state_names()
         self.optimizer = None
         self.step = 0  # optimizer steps taken
         self.epoch = 0  # epochs completed by fit
@@ -118,7 +115,7 @@ class Model:
     # ---- data checks -------------------------------------------------------------------------
     def _describe_io(self):
         g = self.source_graph
-        self.loss_kind = _loss_kind(g)
+        self.loss_kind = g.loss_node.op
         loss = g.loss_node
         vals = g.values()
         features = [v for v in g.inputs if v.name != loss.inputs[1]]
@@ -131,7 +128,7 @@ class Model:
         self.n_features = self._x_input.type.shape[0]
         self.n_outputs = vals[loss.inputs[0]].type.shape[0]
         self.classes = self._y_input.classes
-        self._bn_training = any(n.op in ("batchnorm", "batchnorm_act") for n in self.graph.nodes)
+        self._bn_training = any(n.op in BN_OPS for n in self.graph.nodes)  # a batch of one cannot be normalized
 
     def _check_x(self, X, where) -> np.ndarray:
         X = np.asarray(X)
@@ -204,7 +201,6 @@ class Model:
 
         Everything is checked before anything changes; a NaN/inf loss or gradient raises
         TrainingDiverged and leaves params, state and the optimizer untouched."""
-        optimizer = self._optimizer(optimizer)
         X = self._check_x(xb, "train_step")
         y = self._check_y(yb, X.shape[0], "train_step")
         if X.shape[0] < 2 and self._bn_training:
@@ -213,7 +209,7 @@ class Model:
                 "with the mini-batch's own variance, which is 0 for a single example (PyTorch raises 'Expected "
                 "more than 1 value per channel when training'). fit() merges a last batch of one example into "
                 "the batch before it.")
-        return self._step(X, y, optimizer)
+        return self._step(X, y, self._optimizer(optimizer))
 
     def _step(self, X, y, optimizer) -> float:
         """train_step on data already checked (fit checks the whole data set once)."""
@@ -222,17 +218,17 @@ class Model:
         if not np.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss} at step {self.step + 1}; nothing was updated")
         grads = {p: out[f"grad.{p}"] for p in self._param_names}
-        for p, gr in grads.items():
-            if not np.all(np.isfinite(gr)):
-                raise TrainingDiverged(f"the gradient of {p} contains NaN or inf at step {self.step + 1}; "
-                                       f"nothing was updated")
+        bad = _first_nonfinite(grads)
+        if bad is not None:
+            raise TrainingDiverged(f"the gradient of {bad} contains NaN or inf at step {self.step + 1}; "
+                                   f"nothing was updated")
         params = self.params
         optimizer.step(params, grads)
-        for p, a in params.items():
-            if not np.all(np.isfinite(a)):
-                raise TrainingDiverged(f"the update at step {self.step + 1} made {p} NaN or inf (finite loss and "
-                                       f"gradients: is the learning rate too large?); the parameters are no longer "
-                                       f"usable: reload a checkpoint")
+        bad = _first_nonfinite(params)
+        if bad is not None:
+            raise TrainingDiverged(f"the update at step {self.step + 1} made {bad} NaN or inf (finite loss and "
+                                   f"gradients: is the learning rate too large?); the parameters are no longer "
+                                   f"usable: reload a checkpoint")
         for s in self._state_names:
             self._values[s][...] = out[f"state.{s}"]
         self.step += 1
@@ -252,6 +248,12 @@ class Model:
         """The loss's input (e.g. logits), shaped (batch, outputs). ``training=True`` normalizes with
         the batch's own statistics (state is not updated). ``batch_size`` bounds memory in eval mode."""
         X = self._check_x(X, "forward")
+        if batch_size is not None:
+            _check_batch_size("forward", batch_size)
+        return self._forward(X, training, batch_size)
+
+    def _forward(self, X, training, batch_size):
+        """forward on data already checked."""
         program = "forward_train" if training else "forward"
         if training and X.shape[0] < 2 and self._bn_training:
             raise DataError("forward(training=True) needs at least 2 examples (batch statistics of one example "
@@ -276,11 +278,15 @@ class Model:
 
     def evaluate(self, X, y, batch_size: int | None = 1024) -> dict:
         """Mean loss (inference mode) and, for classification, accuracy."""
-        from .ops import OPS
-
         X = self._check_x(X, "evaluate")
         y = self._check_y(y, X.shape[0], "evaluate")
-        out = self.forward(X, batch_size=batch_size).astype(np.float64)
+        if batch_size is not None:
+            _check_batch_size("evaluate", batch_size)
+        return self._evaluate(X, y, batch_size)
+
+    def _evaluate(self, X, y, batch_size=1024) -> dict:
+        """evaluate on data already checked (fit checks its validation data once)."""
+        out = self._forward(X, False, batch_size).astype(np.float64)
         yy = y if self.classes is not None else y.T.astype(np.float64)
         loss = float(OPS[self.loss_kind].ref([out.T, yy], {})[0])
         res = {"loss": loss}
@@ -300,7 +306,6 @@ class Model:
         example). ``lr_schedule(epoch, step) -> lr`` sets ``optimizer.lr`` before each step.
         ``checkpoint``: a path saved (atomically) after every epoch. ``verbose``: None = a progress
         bar on a terminal and one line per epoch, False = quiet."""
-        optimizer = self._optimizer(optimizer)
         X = self._check_x(X, "fit")
         y = self._check_y(y, X.shape[0], "fit")
         if validation_data is not None:
@@ -309,8 +314,9 @@ class Model:
             yv = self._check_y(yv, Xv.shape[0], "fit validation_data")
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"fit: batch_size must be a positive integer, got {batch_size!r}")
+        _check_batch_size("fit", batch_size)
+        optimizer = self._optimizer(optimizer)
+        X = X.astype(self.dtype, copy=False)  # cast once, not per batch
         n = X.shape[0]
         if self._bn_training and (n < 2 or batch_size < 2):
             raise DataError(f"fit: batch norm needs at least 2 examples per batch (got {n} examples, "
@@ -339,7 +345,7 @@ class Model:
             rec = {"epoch": ep, "loss": float(np.mean(losses)), "steps": len(bounds),
                    "lr": float(getattr(optimizer, "lr", float("nan"))), "seconds": time.perf_counter() - t0}
             if validation_data is not None:
-                for k, v in self.evaluate(Xv, yv).items():
+                for k, v in self._evaluate(Xv, yv).items():
                     rec[f"val_{k}"] = v
             self.epoch = ep
             history.append(rec)
@@ -413,6 +419,9 @@ class Model:
             try:
                 if optimizer is None:
                     optimizer = optim_mod.from_state_dict(sd)
+                elif not callable(getattr(optimizer, "load_state_dict", None)):
+                    raise TypeError(f"the checkpoint holds {om.get('type')} state but the given "
+                                    f"{type(optimizer).__name__} has no load_state_dict(d) method")
                 else:
                     optimizer.load_state_dict(sd)
             except (ValueError, TypeError, KeyError) as e:
@@ -477,6 +486,21 @@ def _first_difference(a: str, b: str) -> str:
     return "  (one graph is longer than the other)"
 
 
+def _first_nonfinite(arrays: dict):
+    """The name of the first array holding NaN or inf, else None. One sum per array (NaN and inf
+    propagate through it; a sum that overflows is divergence too), no boolean temporaries."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, a in arrays.items():
+            if not np.isfinite(np.sum(a)):
+                return name
+    return None
+
+
+def _check_batch_size(where, batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+
+
 def _batch_bounds(n, batch_size, merge_single):
     bounds = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
     if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
@@ -531,12 +555,6 @@ def _isatty(stream):
         return stream.isatty()
     except (AttributeError, ValueError, io.UnsupportedOperation):
         return False
-
-
-def _ir(dtype):
-    from .ir import ir_dtype
-
-    return ir_dtype(dtype)
 
 
 def compile(graph, target: str = "numpy", dtype="float32", seed: int = 0, passes=None, print_after=False) -> Model:

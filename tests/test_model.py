@@ -665,3 +665,51 @@ def test_a_graph_with_two_feature_inputs_is_refused_clearly():
     g.softmax_cross_entropy(g.matmul(s, 2, name="out"), y)
     with pytest.raises(bg.IRError, match=r"one feature input .* got inputs %a, %b, %y"):
         bg.compile(g)
+
+
+def test_building_on_the_graph_after_compile_changes_nothing_in_the_model(tmp_path):
+    g = bg.mlp([4, 6, 3])
+    model = bg.compile(g)
+    g.input("extra", 5)  # the user goes on building g
+    model.save(tmp_path / "m.npz")
+    assert "extra" not in str(bg.load(tmp_path / "m.npz").source_graph)
+
+
+def test_refused_data_does_not_replace_the_optimizer():
+    X, y = data()
+    model = bg.compile(bg.mlp([4, 6, 3]))
+    adam = bg.optim.Adam(lr=1e-2)
+    model.fit(X, y, optimizer=adam, epochs=1, verbose=False)
+    with pytest.raises(bg.DataError):
+        model.train_step(X[:8, :3], y[:8], bg.optim.SGD(lr=0.1))
+    with pytest.raises(bg.DataError):
+        model.fit(X, y + 10, optimizer=bg.optim.SGD(lr=0.1), verbose=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.fit(X, y, optimizer=bg.optim.SGD(lr=0.1), batch_size=0, verbose=False)
+    assert model.optimizer is adam
+
+
+@pytest.mark.parametrize("bs", [0, -1, 2.5, True])
+def test_forward_predict_evaluate_check_batch_size(bs):
+    X, y = data()
+    model = bg.compile(bg.mlp([4, 6, 3]))
+    for call in (lambda: model.forward(X, batch_size=bs), lambda: model.predict(X, batch_size=bs),
+                 lambda: model.evaluate(X, y, batch_size=bs)):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {bs!r}"):
+            call()
+
+
+def test_loading_optimizer_state_into_an_object_without_load_state_dict(tmp_path):
+    X, y = data()
+    model = bg.compile(bg.mlp([4, 6, 3]))
+    model.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=1, verbose=False)
+    model.save(tmp_path / "m.npz")
+
+    class Bare:
+        lr = 0.1
+
+        def step(self, params, grads):
+            pass
+
+    with pytest.raises(bg.CheckpointError, match="Adam state but the given Bare has no load_state_dict"):
+        bg.load(tmp_path / "m.npz", optimizer=Bare())
