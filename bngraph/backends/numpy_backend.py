@@ -19,14 +19,16 @@ from ..printer import format_node
 from .base import Backend, template_env
 
 RESERVED = {"np", "P", "S", "B", "m", "DTYPE"}
-# op -> names of the temporaries its template uses (named after the node)
+# op -> names of the temporaries its template uses (named after the node's first output)
 TEMPS = {
     "batchnorm_act": ("s", "t"),
     "softmax_cross_entropy": ("tmp",),
     "batchnorm_grad": ("inv_std", "zhat"),
     "batchnorm_act_grad": ("dy", "inv_std", "zhat"),
 }
-NO_BUFFER = {"identity", "softmax_cross_entropy", "mse", "sigmoid_bce"}
+# op -> its batch-sized temporaries, which get buffers shaped like the node's first output
+TEMP_BUFFERS = {"batchnorm_act_grad": ("dy",)}
+NO_BUFFER = {"identity"}  # returns its input
 
 
 class Namer:
@@ -83,8 +85,13 @@ class NumpyBackend(Backend):
                 else:
                     bufs.append(None)
             temps = {t: namer(f"{n.outputs[0].name}.{t}") for t in TEMPS.get(n.op, ())}
+            tbuf = {}
+            for t in TEMP_BUFFERS.get(n.op, ()):
+                key = f"{n.outputs[0].name}.{t}"
+                tbuf[t] = f'B["{key}"]'
+                buffers.append((key, _shape_expr(n.outputs[0].type)))
             code = self.env.get_template(f"{n.op}.j2").render(
-                out=outs, ins=[expr[i] for i in n.inputs], buf=bufs, attrs=n.attr, **temps
+                out=outs, ins=[expr[i] for i in n.inputs], buf=bufs, attrs=n.attr, tbuf=tbuf, **temps
             )
             body.append("    # " + format_node(n))
             body.extend("    " + ln for ln in code.strip("\n").splitlines())

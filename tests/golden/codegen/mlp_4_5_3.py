@@ -20,11 +20,11 @@ def train_step(x, y, P, S, B):
     fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
     # %act1: f32[5,m], %bn1.mean: f32[5], %bn1.var: f32[5] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
     bn1_mean = fc1_matmul.mean(axis=1)  # batch mean, per unit
-    bn1_var = fc1_matmul.var(axis=1)  # batch variance (biased), per unit
+    act1 = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["act1"])  # z - mean, in the output buffer
+    bn1_var = np.einsum("ij,ij->i", act1, act1) / m  # batch variance (biased), per unit
     act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
-    act1_t = P["bn1.beta"] - bn1_mean * act1_s  # t = beta - mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = relu(z*s + t), in place in the output buffer
-    act1 += act1_t[:, None]
+    act1 *= act1_s[:, None]  # a = relu((z - mean)*s + beta) = relu(z*s + t), t = beta - mean*s
+    act1 += P["bn1.beta"][:, None]
     np.maximum(act1, 0, out=act1)
     # %bn1.running_mean.next: f32[5], %bn1.running_var.next: f32[5] = running_update[momentum=0.1] %bn1.running_mean, %bn1.running_var, %bn1.mean, %bn1.var, %fc1.matmul
     bn1_running_mean_next = (1 - 0.1) * S["bn1.running_mean"] + 0.1 * bn1_mean
@@ -50,16 +50,16 @@ def train_step(x, y, P, S, B):
     # %act1.grad: f32[5,m] = matmul[ta=true] %out.W, %out.grad
     act1_grad = np.matmul(P["out.W"].T, out_grad, out=B["act1.grad"])
     # %fc1.matmul.grad: f32[5,m], %bn1.gamma.grad: f32[5], %bn1.beta.grad: f32[5] = batchnorm_act_grad[act=relu, eps=1e-05, mode=train, negative_slope=0.0] %act1.grad, %act1, %fc1.matmul, %bn1.gamma, %bn1.mean, %bn1.var
-    fc1_matmul_grad_dy = act1_grad * (act1 > 0)  # dy = da * relu'(z~), from the output a
+    fc1_matmul_grad_dy = np.multiply(act1_grad, (act1 > 0), out=B["fc1.matmul.grad.dy"])  # dy = da * relu'(z~), from the output a
     fc1_matmul_grad_inv_std = 1 / np.sqrt(bn1_var + 1e-05)  # per unit
     fc1_matmul_grad_zhat = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["fc1.matmul.grad"])  # z_hat = (z - mean) * inv_std
     fc1_matmul_grad_zhat *= fc1_matmul_grad_inv_std[:, None]
     bn1_beta_grad = fc1_matmul_grad_dy.sum(axis=1)  # dbeta = sum(dy)
     bn1_gamma_grad = np.einsum("ij,ij->i", fc1_matmul_grad_dy, fc1_matmul_grad_zhat)  # dgamma = sum(dy * z_hat)
-    fc1_matmul_grad_zhat *= bn1_gamma_grad[:, None]  # dz = (gamma*inv_std/m) * (m*dy - dbeta - z_hat*dgamma), in place
-    fc1_matmul_grad_zhat += bn1_beta_grad[:, None]
-    fc1_matmul_grad = np.subtract(m * fc1_matmul_grad_dy, fc1_matmul_grad_zhat, out=fc1_matmul_grad_zhat)
-    fc1_matmul_grad *= (P["bn1.gamma"] * fc1_matmul_grad_inv_std / m)[:, None]
+    fc1_matmul_grad_zhat *= (bn1_gamma_grad / m)[:, None]  # dz = gamma*inv_std * (dy - dbeta/m - z_hat*dgamma/m), in place
+    fc1_matmul_grad_zhat += (bn1_beta_grad / m)[:, None]
+    fc1_matmul_grad = np.subtract(fc1_matmul_grad_dy, fc1_matmul_grad_zhat, out=fc1_matmul_grad_zhat)
+    fc1_matmul_grad *= (P["bn1.gamma"] * fc1_matmul_grad_inv_std)[:, None]
     # %fc1.W.grad: f32[5,4] = matmul[tb=true] %fc1.matmul.grad, %x
     fc1_W_grad = np.matmul(fc1_matmul_grad, x.T)
     return {
@@ -84,6 +84,7 @@ def alloc_train_step(m):
         "out.grad": np.empty((3, m), DTYPE),
         "act1.grad": np.empty((5, m), DTYPE),
         "fc1.matmul.grad": np.empty((5, m), DTYPE),
+        "fc1.matmul.grad.dy": np.empty((5, m), DTYPE),
     }
 
 
@@ -93,8 +94,8 @@ def forward(x, P, S, B):
     # %fc1.matmul: f32[5,m] = matmul %fc1.W, %x
     fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
     # %act1: f32[5,m] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
-    act1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(var + eps), per unit
-    act1_t = P["bn1.beta"] - S["bn1.running_mean"] * act1_s  # t = beta - mean * s, per unit
+    act1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(running_var + eps), per unit
+    act1_t = P["bn1.beta"] - S["bn1.running_mean"] * act1_s  # t = beta - running_mean * s, per unit
     act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = relu(z*s + t), in place in the output buffer
     act1 += act1_t[:, None]
     np.maximum(act1, 0, out=act1)
@@ -124,11 +125,11 @@ def forward_train(x, P, S, B):
     fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
     # %act1: f32[5,m], %bn1.mean: f32[5], %bn1.var: f32[5] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
     bn1_mean = fc1_matmul.mean(axis=1)  # batch mean, per unit
-    bn1_var = fc1_matmul.var(axis=1)  # batch variance (biased), per unit
+    act1 = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["act1"])  # z - mean, in the output buffer
+    bn1_var = np.einsum("ij,ij->i", act1, act1) / m  # batch variance (biased), per unit
     act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
-    act1_t = P["bn1.beta"] - bn1_mean * act1_s  # t = beta - mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = relu(z*s + t), in place in the output buffer
-    act1 += act1_t[:, None]
+    act1 *= act1_s[:, None]  # a = relu((z - mean)*s + beta) = relu(z*s + t), t = beta - mean*s
+    act1 += P["bn1.beta"][:, None]
     np.maximum(act1, 0, out=act1)
     # %out.matmul: f32[3,m] = matmul %out.W, %act1
     out_matmul = np.matmul(P["out.W"], act1, out=B["out.matmul"])
