@@ -10,14 +10,13 @@ import numbers
 import re
 from typing import Sequence
 
-from .ir import BATCH, IRError, Node, TensorType, Value
+from .ir import BATCH, NAME_PATTERN, IRError, Node, TensorType, Value
 from .ops import ACTIVATIONS, LOSS_OPS, get_op
 
 # prefixes of generated names, by op
 _AUTO_PREFIX = {"matmul": "fc", "batchnorm": "bn"}
 
-# the names the parser can read back (bngraph.parser._NAME): parse(str(g)) == g needs this
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_NAME_RE = re.compile(NAME_PATTERN)  # parse(str(g)) == g needs names the parser can read
 
 
 def check_name(name) -> str:

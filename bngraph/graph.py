@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from .dsl import GraphBuilder
-from .ir import FLOAT_DTYPES, IRError, Node, Value, ir_dtype
+from .ir import FLOAT_DTYPES, NAME_PATTERN, IRError, Node, Value, ir_dtype
 
 
 class Graph(GraphBuilder):
@@ -18,7 +18,7 @@ class Graph(GraphBuilder):
     """
 
     def __init__(self, name: str = "graph", dtype="f32", *, inputs=(), params=(), state=(), nodes=(), outputs=()):
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
             raise IRError(f"graph name must be an identifier (as the parser reads it), got {name!r}")
         self.name = name
         self.dtype = ir_dtype(dtype)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 BATCH = "m"  # the symbolic batch dimension
+NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_.]*"  # value and graph names: what the parser reads back
 
 DTYPES = {"f32": "float32", "f64": "float64", "i64": "int64"}
 NUMPY_TO_IR = {v: k for k, v in DTYPES.items()}

@@ -189,7 +189,7 @@ def _expect_activation(where, what, t: TensorType):
         raise IRError(f"{where}: {what} expected a (features, {BATCH}) activation, got {t}")
 
 
-def _per_unit(where, what, t: TensorType, n, dtype):
+def _per_unit(where, what, t: TensorType, n):
     _expect_float(where, what, t)
     _expect_shape(where, what, t, (n,))
 
@@ -258,13 +258,9 @@ def _bias_add_infer(where, types, attrs):
     _expect_arity(where, "bias_add", types, 2)
     z, b = types
     _expect_activation(where, "bias_add input", z)
-    _same_float(where, z, b)
-    _per_unit(where, "bias", b, z.shape[0], z.dtype)
-    return (z,)
-
-
-def _same_float(where, *types):
     _expect_same_dtype(where, types)
+    _per_unit(where, "bias", b, z.shape[0])
+    return (z,)
 
 
 register(OpDef(
@@ -346,7 +342,7 @@ def _bn_infer(opname):
         _expect_same_dtype(where, types)
         n = z.shape[0]
         for what, t in (("gamma", gamma), ("beta", beta), ("running_mean", rm), ("running_var", rv)):
-            _per_unit(where, what, t, n, z.dtype)
+            _per_unit(where, what, t, n)
         if attrs["mode"] == "train":
             return (z, gamma, gamma)  # y, batch mean, batch variance (biased)
         return (z,)
@@ -430,7 +426,7 @@ def _running_update_infer(where, types, attrs):
     rm, rv, mu, var, z = types
     _expect_activation(where, "running_update batch input", z)
     for what, t in (("running_mean", rm), ("running_var", rv), ("batch mean", mu), ("batch var", var)):
-        _per_unit(where, what, t, z.shape[0], z.dtype)
+        _per_unit(where, what, t, z.shape[0])
     return (rm, rv)
 
 
@@ -458,7 +454,7 @@ def _log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=0, keepdims=True))
 
 
-def _sce_infer(where, types, attrs, classes=None):
+def _sce_infer(where, types, attrs):
     _expect_arity(where, "softmax_cross_entropy", types, 2)
     logits, labels = types
     _expect_activation(where, "softmax_cross_entropy logits", logits)
@@ -563,7 +559,7 @@ def _bn_grad_infer(opname, arity):
 
 
 def bn_backward(dy, z, gamma, mu, var, eps, mode):
-    """The compact formula (NOTES.md): dz = (gamma*inv_std/m) * (m*dy - dbeta - z_hat*dgamma).
+    """The compact formula (docs/ir.md, from the project's math notes): dz = (gamma*inv_std/m) * (m*dy - dbeta - z_hat*dgamma).
 
     In eval mode the statistics are constants: dz = dy * gamma * inv_std.
     """

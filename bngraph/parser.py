@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import re
 
-from .ir import BATCH, IRError, Node, TensorType, Value
+from .ir import BATCH, NAME_PATTERN, IRError, Node, TensorType, Value
 from .ops import get_op
 
-_NAME = r"[A-Za-z_][A-Za-z0-9_.]*"
+_NAME = NAME_PATTERN
 _TYPE = r"(?P<dtype>f32|f64|i64)\[(?P<dims>[^\]]*)\]"
 _BINDER = re.compile(rf"^%(?P<name>{_NAME}):\s*{_TYPE}(?:\s+classes=(?P<classes>\d+))?$")
 _HEADER = re.compile(rf"^graph\s+(?P<name>{_NAME})\s*\((?P<args>.*)\)\s*\{{$")

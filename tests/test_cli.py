@@ -158,18 +158,19 @@ def test_show_print_after_all(capsys):
     code, out, err = run(["show", SMALL, "--print-after-all"], capsys)
     assert code == 0 and err == ""
     headers = [ln for ln in out.splitlines() if ln.startswith("// ")]
-    assert headers == ["// IR before the passes", "// IR after fold_bias", "// IR after fuse_bn", "// IR after dce",
+    assert headers == ["// IR before the passes", "// IR after fold_bias", "// IR after fuse_bn", "// IR after fuse_bias_act",
+                       "// IR after dce",
                        "// what the passes did"]
     # each block is the IR as text: it parses back
     blocks = re.split(r"^// .*\n", out, flags=re.M)[1:]
-    graphs = [bg.parse(b) for b in blocks[:4]]
+    graphs = [bg.parse(b) for b in blocks[:5]]
     from bngraph.cli import load_model_spec
 
     assert graphs[0] == load_model_spec(SMALL)
-    assert graphs[3] == bg.compile(load_model_spec(SMALL)).graph
+    assert graphs[4] == bg.compile(load_model_spec(SMALL)).graph
     assert "%fc1.b" in blocks[0] and "%fc1.b" not in blocks[1]  # fold_bias removed it
     assert "batchnorm_act" not in blocks[1] and "batchnorm_act" in blocks[2]  # fuse_bn fused it
-    assert "pipeline fold_bias, fuse_bn, dce on graph small" in blocks[4]
+    assert "pipeline fold_bias, fuse_bn, fuse_bias_act, dce on graph small" in blocks[5]
 
 
 def test_show_passes_and_inference(capsys):

@@ -409,7 +409,7 @@ def test_print_after_and_snapshots():
     buf = io.StringIO()
     res = run_pipeline(g, TRAINING_PIPELINE, print_after=True, file=buf)
     text = buf.getvalue()
-    assert text.count("// IR after ") == 3
+    assert text.count("// IR after ") == len(TRAINING_PIPELINE) == 4
     assert text.startswith("// IR after fold_bias\ngraph mlp(")
     assert "// IR after fuse_bn\n" in text and "// IR after dce\n" in text
     assert [n for n, _ in res.snapshots] == list(TRAINING_PIPELINE)
@@ -454,15 +454,17 @@ def test_report_and_remap_of_the_training_pipeline():
         ("fold_bias", ("removed fc1.b (8 parameters): cancelled by bn1's mean subtraction; bn1.running_mean absorbs it",)),
         ("fuse_bn", ("fused bn1 and act1 into one pass: act1 = relu(fc1.matmul*s + t), s = gamma/sqrt(var+eps), "
                      "t = beta - mean*s",)),
+        ("fuse_bias_act", ()),
         ("dce", ()),
     ]
     assert res.format_report() == "\n".join([
-        "pipeline fold_bias, fuse_bn, dce on graph mlp",
+        "pipeline fold_bias, fuse_bn, fuse_bias_act, dce on graph mlp",
         "  fold_bias: 1 change",
         "    - removed fc1.b (8 parameters): cancelled by bn1's mean subtraction; bn1.running_mean absorbs it",
         "  fuse_bn: 1 change",
         "    - fused bn1 and act1 into one pass: act1 = relu(fc1.matmul*s + t), s = gamma/sqrt(var+eps), "
         "t = beta - mean*s",
+        "  fuse_bias_act: no change",
         "  dce: no change",
         "  parameters: 83 -> 75 (-8); nodes: 8 -> 6",
     ])

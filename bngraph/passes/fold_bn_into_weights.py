@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..ir import TensorType, Value
-from ..ops import BN_OPS
+from ..ops import BN_OPS, bn_scale_shift
 from .base import (PassError, PassResult, Uses, bn_label, count_words, describe, drop_unused, graph_pass,
                    make_node, need, numel)
 
@@ -133,8 +131,7 @@ def fold_bn_into_weights(g) -> PassResult:
             why = f"to fold {f.label} into {f.W_folded}"
             gamma, beta, rm, rv, W = (need(values, name, "fold_bn_into_weights", why)
                                       for name in (f.gamma, f.beta, f.rm, f.rv, f.W))
-            s = gamma / np.sqrt(rv + f.eps)
-            t = beta - rm * s
+            s, t = bn_scale_shift(gamma, beta, rm, rv, f.eps)
             out[f.W_folded] = s[:, None] * W
             out[f.b_folded] = t + s * need(values, f.b, "fold_bn_into_weights", why) if f.b else t
         for name in removed:

@@ -12,7 +12,7 @@ from .base import PASSES, Pass, PassError, compose, count_words, numel
 if TYPE_CHECKING:
     from ..graph import Graph
 
-TRAINING_PIPELINE = ("fold_bias", "fuse_bn", "dce")
+TRAINING_PIPELINE = ("fold_bias", "fuse_bn", "fuse_bias_act", "dce")
 INFERENCE_PIPELINE = ("fold_bias", "fold_bn_into_weights", "fuse_bn", "fuse_bias_act", "dce")
 
 
