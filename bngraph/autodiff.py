@@ -8,10 +8,13 @@ param. The backward nodes are ordinary IR nodes, so passes and code generators t
 other (batch-norm backward is the fused ``batchnorm_grad`` / ``batchnorm_act_grad`` op).
 
 Backward values are named after the value they differentiate: the cotangent of ``%fc1`` is
-``%fc1.grad``.
+``%fc1.grad``. The backward pass starts from a real value, the seed ``%loss.grad = fill[value=1.0]``
+(dL/dL), and the loss's gradient rule multiplies by it like every other rule multiplies by its
+incoming cotangent: another seed scales every gradient (loss scaling).
 """
 from __future__ import annotations
 
+from .graph import FrozenGraph, as_graph
 from .ir import IRError, Node, Value
 from .ops import get_op
 from .passes import dce
@@ -30,8 +33,12 @@ def require_loss(g):
     return node
 
 
-def grad_graph(g):
-    """forward graph with a loss -> training program with ``grad.<param>`` outputs."""
+def grad_graph(g, seed: float = 1.0) -> FrozenGraph:
+    """forward graph with a loss -> training program with ``grad.<param>`` outputs.
+
+    ``seed`` is dL/dL, the value the backward pass starts from: every gradient is ``seed`` times
+    the gradient of the loss."""
+    g = as_graph(g)
     if any(k.startswith("grad.") for k, _ in g.outputs):
         raise IRError(f"graph {g.name} already has gradient outputs")
     loss = require_loss(g)
@@ -61,7 +68,7 @@ def grad_graph(g):
         opdef = get_op(op)
         attrs = opdef.normalize_attrs(op, attrs)
         where = f"backward of {current[0]}"
-        types = opdef.infer(where, [values[i].type for i in inputs], attrs)
+        types = opdef.check(where, [values[i] for i in inputs], attrs)
         if names is None:
             names = []
             for _ in types:
@@ -80,8 +87,9 @@ def grad_graph(g):
         op = get_op(node.op)
         if not op.differentiable:
             continue
-        if node is loss:
-            out_cts = [None]  # a loss rule differentiates the loss itself (seed 1)
+        if node is loss:  # the root: dL/dL = seed, a scalar of the loss's dtype
+            seed_attrs = {"value": seed, "dtype": loss.out.type.dtype}
+            out_cts = emit("fill", [], seed_attrs, [fresh(f"{loss.name}.grad")])
         else:
             out_cts = [cts.get(o.name) for o in node.outputs]
             if all(c is None for c in out_cts):

@@ -1,8 +1,12 @@
-"""The Python DSL: builder methods of :class:`bngraph.Graph`, and the ``mlp`` sugar.
+"""The Python DSL: :class:`Graph`, the mutable builder, and the ``mlp`` sugar.
+
+    g = bg.Graph("mlp"); x = g.input("x", 64); ...; print(g)
+    frozen = g.build()          # an immutable bngraph.graph.FrozenGraph, what compiler stages take
 
 Every method checks its inputs at once and raises :class:`IRError` naming the node, what it
-expected and what it got. Values are returned as :class:`bngraph.ir.Value` objects; methods accept a
-Value or a value name.
+expected and what it got; a call that fails leaves the graph as it was. Values are returned as
+:class:`bngraph.ir.Value` objects; methods accept a Value or a value name. The lookups (``values``,
+``producers``, ``output``...), printing and equality come from :class:`bngraph.graph.GraphBase`.
 """
 from __future__ import annotations
 
@@ -10,11 +14,9 @@ import numbers
 import re
 from typing import Sequence
 
+from .graph import FrozenGraph, GraphBase, check_header
 from .ir import BATCH, NAME_PATTERN, IRError, Node, TensorType, Value
 from .ops import ACTIVATIONS, LOSS_OPS, get_op
-
-# prefixes of generated names, by op
-_AUTO_PREFIX = {"matmul": "fc", "batchnorm": "bn"}
 
 _NAME_RE = re.compile(NAME_PATTERN)  # parse(str(g)) == g needs names the parser can read
 
@@ -25,8 +27,24 @@ def check_name(name) -> str:
     return name
 
 
-class GraphBuilder:
-    """Mixin holding the DSL methods; the data lives in :class:`bngraph.graph.Graph`."""
+class Graph(GraphBase):
+    """A computation graph under construction: the builder methods (``g.matmul(...)`` etc.) append
+    checked nodes. ``build()`` returns the immutable :class:`~bngraph.graph.FrozenGraph`."""
+
+    def __init__(self, name: str = "graph", dtype="f32", *, inputs=(), params=(), state=(), nodes=(), outputs=()):
+        self.dtype = check_header(name, dtype)  # the dtype of new params and float inputs
+        self.name = name
+        self.inputs = list(inputs)
+        self.params = list(params)
+        self.state = list(state)
+        self.nodes = list(nodes)
+        self.outputs = [tuple(o) for o in outputs]  # (key, value name) pairs
+        self._counters = {}
+
+    def build(self) -> FrozenGraph:
+        """The graph as it is now, frozen; later builder calls do not change it."""
+        return FrozenGraph(self.name, self.dtype, inputs=self.inputs, params=self.params, state=self.state,
+                           nodes=self.nodes, outputs=self.outputs)
 
     # ---- names -----------------------------------------------------------------------------
     def _taken(self) -> set:
@@ -99,7 +117,7 @@ class GraphBuilder:
         opdef = get_op(op, where)
         ins = [self._ref(v, where) for v in inputs]
         attrs = opdef.normalize_attrs(where, attrs or {})
-        types = opdef.infer(where, [v.type for v in ins], attrs)
+        types = opdef.check(where, ins, attrs)
         if len(names) != len(types):
             raise IRError(f"{where}: {op} has {len(types)} outputs, {len(names)} names given")
         taken = self._taken()
@@ -113,7 +131,7 @@ class GraphBuilder:
 
     def matmul(self, x, units: int, bias: bool = True, name: str | None = None) -> Value:
         """``z = W x (+ b)``: params ``name.W`` (units, in) and, with bias, ``name.b`` (units,)."""
-        name = self._claim(name, "fc", (".W", ".b", ".matmul", ""))
+        name = self._claim(name, get_op("matmul").prefix, (".W", ".b", ".matmul", ""))
         xv = self._ref(x, name)
         _positive(name, "units", units)
         if xv.type.rank != 2 or xv.type.shape[1] != BATCH or not xv.type.is_float:
@@ -126,7 +144,7 @@ class GraphBuilder:
         return self.add_node("bias_add", [z, b], {}, [name]).out
 
     def bias_add(self, x, name: str | None = None) -> Value:
-        name = self._claim(name, "bias", (".b", ""))
+        name = self._claim(name, get_op("bias_add").prefix, (".b", ""))
         xv = self._ref(x, name)
         if xv.type.rank != 2:
             raise IRError(f"{name}: bias_add expects a (features, {BATCH}) input, got {xv.type}")
@@ -136,7 +154,7 @@ class GraphBuilder:
     def batchnorm(self, x, name: str | None = None, eps: float = 1e-5, momentum: float = 0.1) -> Value:
         """Batch norm over the mini-batch, per unit. ``momentum`` is PyTorch's: the weight of the
         *new* batch in ``running = (1 - momentum)*running + momentum*batch_stat``."""
-        name = self._claim(name, "bn", (".gamma", ".beta", ".running_mean", ".running_var", ".mean", ".var", ""))
+        name = self._claim(name, get_op("batchnorm").prefix, (".gamma", ".beta", ".running_mean", ".running_var", ".mean", ".var", ""))
         xv = self._ref(x, name)
         if xv.type.rank != 2 or xv.type.shape[1] != BATCH:
             raise IRError(f"{name}: batchnorm expects a (features, {BATCH}) input, got %{xv.name}: {xv.type}")
@@ -162,7 +180,7 @@ class GraphBuilder:
     def activation(self, x, kind: str, name: str | None = None, **attrs) -> Value:
         if kind not in ACTIVATIONS:
             raise IRError(f"{name or kind}: unknown activation {kind!r}; expected one of {', '.join(ACTIVATIONS)}")
-        name = self._claim(name, kind)
+        name = self._claim(name, get_op(kind).prefix)
         return self.add_node(kind, [self._ref(x, name)], attrs, [name]).out
 
     def relu(self, x, name=None):
@@ -182,21 +200,14 @@ class GraphBuilder:
 
     # ---- losses ------------------------------------------------------------------------------
     def _loss(self, op: str, pred, target, name: str | None) -> Value:
-        name = self._claim(name, "loss") if name is not None else ("loss" if "loss" not in self._taken() else self._fresh("loss"))
+        prefix = get_op(op).prefix  # "loss": the first loss is %loss, as the docs show
+        if name is not None:
+            name = self._claim(name, prefix)
+        else:
+            name = prefix if prefix not in self._taken() else self._fresh(prefix)
         if self.has_output("loss"):
             raise IRError(f"{name}: graph {self.name} already has a loss (%{self.output('loss')}); one loss per graph")
-        pv, tv = self._ref(pred, name), self._ref(target, name)
-        if op == "softmax_cross_entropy":
-            if tv.classes is None:
-                raise IRError(f"{name}: softmax_cross_entropy expects integer class labels made with g.labels(...), "
-                              f"got %{tv.name}: {tv.type}")
-            if pv.type.rank == 2 and pv.type.shape[0] != tv.classes:
-                raise IRError(f"{name}: logits %{pv.name} expected shape "
-                              f"{TensorType(pv.type.dtype, (tv.classes, BATCH))} for {tv.classes} classes, got {pv.type}")
-        elif tv.classes is not None:
-            raise IRError(f"{name}: {op} expects a float target shaped like %{pv.name}: {pv.type}, "
-                          f"got integer class labels %{tv.name}; use softmax_cross_entropy for class labels")
-        node = self.add_node(op, [pv, tv], {}, [name])
+        node = self.add_node(op, [self._ref(pred, name), self._ref(target, name)], {}, [name])
         self.outputs.insert(0, ("loss", name))
         return node.out
 
@@ -235,8 +246,6 @@ def mlp(
     """Sequential sugar: ``widths = [inputs, hidden..., outputs]``; each hidden layer is
     matmul (+bias) -> batchnorm (if ``batchnorm``) -> activation; the last layer is a matmul with
     bias feeding ``loss``. Classification losses take labels ``y``; mse/sigmoid_bce a float ``y``."""
-    from .graph import Graph
-
     widths = list(widths)
     if len(widths) < 2:
         raise IRError(f"mlp: widths needs at least [inputs, outputs], got {widths}")
@@ -248,7 +257,7 @@ def mlp(
         raise IRError(f"mlp: unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
     g = Graph(name, dtype)
     h = g.input("x", widths[0])
-    y = g.labels("y", widths[-1]) if loss == "softmax_cross_entropy" else g.input("y", widths[-1])
+    y = g.labels("y", widths[-1]) if get_op(loss).class_labels else g.input("y", widths[-1])
     for k, n in enumerate(widths[1:-1], start=1):
         h = g.matmul(h, n, bias=bias, name=f"fc{k}")
         if batchnorm:
@@ -258,3 +267,6 @@ def mlp(
     out = g.matmul(h, widths[-1], bias=True, name="out")
     g.loss(loss, out, y)
     return g
+
+
+GraphBuilder = Graph  # the name says what it is; bg.Graph is the public spelling

@@ -1,37 +1,49 @@
-"""The Graph: inputs, params, state, nodes in topological order, and keyed outputs.
+"""Graphs: the lookups every graph answers, and the frozen graph that compiler stages pass around.
 
-``Graph`` is both the IR container and (through :class:`bngraph.dsl.GraphBuilder`) the Python DSL.
+Two classes share :class:`GraphBase` (the read-only lookups, printing and equality):
+
+* :class:`bngraph.Graph` (in :mod:`bngraph.dsl`): the mutable builder behind the Python DSL;
+* :class:`FrozenGraph`: an immutable graph (tuples, no attribute assignment, hashable). Passes,
+  autodiff, the verifier and the code generators take and return frozen graphs; ``g.build()``
+  makes one from a builder, and :func:`as_graph` accepts either.
+
+A builder and a frozen graph with the same contents are equal, so ``bg.parse(str(g)) == g`` holds
+for a builder ``g``. This module does not import the DSL (the DSL imports it).
 """
 from __future__ import annotations
 
 import re
 
-from .dsl import GraphBuilder
 from .ir import FLOAT_DTYPES, NAME_PATTERN, IRError, Node, Value, ir_dtype
+from .ops import needs_batch_statistics
+from .printer import format_graph
 
 
-class Graph(GraphBuilder):
-    """A computation graph, and the DSL that builds it (see :mod:`bngraph.dsl`).
+def check_header(name, dtype) -> str:
+    """The graph name must parse back; the default dtype must be a float. Returns the IR dtype."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise IRError(f"graph name must be an identifier (as the parser reads it), got {name!r}")
+    dt = ir_dtype(dtype)
+    if dt not in FLOAT_DTYPES:  # the dtype of new params and float inputs
+        raise IRError(f"graph {name}: dtype must be float32 or float64, got {dtype!r}")
+    return dt
 
-    The builder methods (``g.matmul(...)`` etc.) append nodes; nodes themselves are immutable and
-    passes return new graphs.
-    """
 
-    def __init__(self, name: str = "graph", dtype="f32", *, inputs=(), params=(), state=(), nodes=(), outputs=()):
-        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-            raise IRError(f"graph name must be an identifier (as the parser reads it), got {name!r}")
-        self.name = name
-        self.dtype = ir_dtype(dtype)
-        if self.dtype not in FLOAT_DTYPES:  # the dtype of new params and float inputs
-            raise IRError(f"graph {name}: dtype must be float32 or float64, got {dtype!r}")
-        self.inputs = list(inputs)
-        self.params = list(params)
-        self.state = list(state)
-        self.nodes = list(nodes)
-        self.outputs = [tuple(o) for o in outputs]  # (key, value name) pairs
-        self._counters = {}
+class GraphBase:
+    """Lookups over ``name, dtype, inputs, params, state, nodes, outputs`` (``outputs``: ordered
+    ``(key, value name)`` pairs), shared by the builder and the frozen graph."""
 
-    # ---- lookups ---------------------------------------------------------------------------
+    name: str
+    dtype: str
+    inputs: tuple
+    params: tuple
+    state: tuple
+    nodes: tuple
+    outputs: tuple
+
+    def build(self) -> "FrozenGraph":
+        raise NotImplementedError
+
     def values(self) -> dict:
         """name -> Value for every input, param, state and node output."""
         vals = {v.name: v for v in (*self.inputs, *self.params, *self.state)}
@@ -86,12 +98,69 @@ class Graph(GraphBuilder):
     @property
     def is_training(self) -> bool:
         """A graph is a training graph when any batchnorm in it normalizes with batch statistics."""
-        return any(n.attr.get("mode") == "train" for n in self.nodes)
+        return needs_batch_statistics(self)
 
-    # ---- building new graphs -----------------------------------------------------------------
-    def rebuild(self, *, name=None, dtype=None, inputs=None, params=None, state=None, nodes=None, outputs=None) -> "Graph":
+    def _contents(self) -> tuple:
+        # dtype is not compared: it is only the default for new values (the values carry types)
+        return (self.name, tuple(self.inputs), tuple(self.params), tuple(self.state), tuple(self.nodes),
+                tuple(tuple(o) for o in self.outputs))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, GraphBase):
+            return NotImplemented
+        return self._contents() == other._contents()
+
+    __hash__ = None  # a builder changes; FrozenGraph defines a hash
+
+    def __str__(self) -> str:
+        return format_graph(self)
+
+    def __repr__(self) -> str:
+        return f"<bngraph.{type(self).__name__} {self.name}: {len(self.nodes)} nodes, {len(self.params)} params>"
+
+
+class FrozenGraph(GraphBase):
+    """An immutable graph: what passes, autodiff and the backends work on.
+
+    Every part is a tuple of immutable values (Values and Nodes are frozen dataclasses), attribute
+    assignment is refused, and the graph is hashable. :meth:`rebuild` makes a new graph with some
+    parts replaced.
+    """
+
+    def __init__(self, name: str = "graph", dtype="f32", *, inputs=(), params=(), state=(), nodes=(), outputs=()):
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "dtype", check_header(name, dtype))
+        set_(self, "inputs", tuple(inputs))
+        set_(self, "params", tuple(params))
+        set_(self, "state", tuple(state))
+        set_(self, "nodes", tuple(nodes))
+        set_(self, "outputs", tuple((str(k), str(v)) for k, v in outputs))
+        set_(self, "_hash", None)
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"graph {self.name} is frozen: build a new one with g.rebuild({key}=...)")
+
+    def __delattr__(self, key):
+        raise AttributeError(f"graph {self.name} is frozen")
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(self._contents()))
+        return self._hash
+
+    def __reduce__(self):
+        # copy and pickle go through __init__; the cached hash is not carried (str hashes differ
+        # between processes)
+        return (_frozen, (self.name, self.dtype, self.inputs, self.params, self.state, self.nodes, self.outputs))
+
+    def build(self) -> "FrozenGraph":
+        return self
+
+    def rebuild(self, *, name=None, dtype=None, inputs=None, params=None, state=None, nodes=None,
+                outputs=None) -> "FrozenGraph":
         """A new graph with some parts replaced (the rest shared: nodes are immutable)."""
-        g = Graph(
+        return FrozenGraph(
             self.name if name is None else name,
             self.dtype if dtype is None else dtype,
             inputs=self.inputs if inputs is None else inputs,
@@ -100,31 +169,14 @@ class Graph(GraphBuilder):
             nodes=self.nodes if nodes is None else nodes,
             outputs=self.outputs if outputs is None else outputs,
         )
-        g._counters = dict(self._counters)
-        return g
 
-    def copy(self) -> "Graph":
-        return self.rebuild()
 
-    def __eq__(self, other) -> bool:
-        if not isinstance(other, Graph):
-            return NotImplemented
-        # dtype is not compared: it is only the default for new values (the values carry types)
-        return (
-            self.name == other.name
-            and self.inputs == other.inputs
-            and self.params == other.params
-            and self.state == other.state
-            and self.nodes == other.nodes
-            and self.outputs == other.outputs
-        )
+def _frozen(name, dtype, inputs, params, state, nodes, outputs) -> FrozenGraph:
+    return FrozenGraph(name, dtype, inputs=inputs, params=params, state=state, nodes=nodes, outputs=outputs)
 
-    __hash__ = None
 
-    def __str__(self) -> str:
-        from .printer import format_graph
-
-        return format_graph(self)
-
-    def __repr__(self) -> str:
-        return f"<bngraph.Graph {self.name}: {len(self.nodes)} nodes, {len(self.params)} params>"
+def as_graph(g) -> FrozenGraph:
+    """The frozen graph of ``g``: a builder is built once, a frozen graph is returned as is."""
+    if isinstance(g, GraphBase):
+        return g.build()
+    raise TypeError(f"expected a bngraph graph (bngraph.Graph or FrozenGraph), got {type(g).__name__}")

@@ -1,31 +1,53 @@
 """Initial values for a graph's params and state, seeded (same seed, same values).
 
-Roles come from how a value is used: a matmul's weight gets PyTorch's ``nn.Linear`` default
-(uniform in +-1/sqrt(fan_in)), a bias the same bound from its matmul's fan-in; batch-norm gamma = 1,
-beta = 0, running_mean = 0, running_var = 1 (PyTorch's defaults).
+Roles come from how a value is used, as each op's ``init_roles`` says (``bngraph.ops``): a
+``weight`` (matmul's first operand) gets PyTorch's ``nn.Linear`` default, uniform in
++-1/sqrt(fan_in); a ``bias`` the same bound with the fan-in of the weight that produced its node's
+input (the matmul before a bias_add); ``ones`` and ``zeros`` are batch norm's gamma = 1, beta = 0,
+running_mean = 0, running_var = 1 (PyTorch's defaults). A value no op gives a role is a weight
+when it is 2-D, else zeros.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .graph import as_graph
 from .ir import DTYPES
+from .ops import get_op
+
+ROLES = ("weight", "bias", "ones", "zeros")
 
 
-def init_values(g, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    dtype = DTYPES[g.dtype]
+def _weight_of(node) -> str | None:
+    """The input of ``node`` whose role is 'weight' (matmul's W), if any."""
+    roles = get_op(node.op).init_roles
+    return next((node.inputs[i] for i, r in roles.items() if r == "weight" and i < len(node.inputs)), None)
+
+
+def value_roles(g) -> dict:
+    """param/state name -> (role, the weight whose fan-in a bias uses, or None). The first node
+    that gives a value a role decides it."""
     producers = g.producers()
     role: dict = {}
     for n in g.nodes:
-        if n.op == "matmul" and not n.attr["ta"]:
-            role.setdefault(n.inputs[0], ("weight", n.inputs[0]))
-        elif n.op in ("bias_add", "bias_add_act"):
-            src = producers.get(n.inputs[0])
-            fan_from = src.inputs[0] if src is not None and src.op == "matmul" else None
-            role.setdefault(n.inputs[1], ("bias", fan_from))
-        elif n.op in ("batchnorm", "batchnorm_act"):
-            for i, r in zip(n.inputs[1:], ("ones", "zeros", "zeros", "ones")):
-                role.setdefault(i, (r, None))
+        for i, r in sorted(get_op(n.op).init_roles.items()):
+            if i >= len(n.inputs):
+                continue
+            ref = None
+            if r == "weight":
+                ref = n.inputs[i]
+            elif r == "bias":  # the fan-in of the weight that made this node's input 0
+                src = producers.get(n.inputs[0])
+                ref = _weight_of(src) if src is not None else None
+            role.setdefault(n.inputs[i], (r, ref))
+    return role
+
+
+def init_values(g, seed: int = 0) -> dict:
+    g = as_graph(g)
+    rng = np.random.default_rng(seed)
+    dtype = DTYPES[g.dtype]
+    role = value_roles(g)
     values = {}
     for v in (*g.params, *g.state):  # in declaration order, so the draw order is stable
         shape = tuple(v.type.shape)

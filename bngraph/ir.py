@@ -10,13 +10,16 @@ dimension is the symbol ``m``. A graph has
 * outputs: an ordered list of ``key=value`` pairs (``loss``, ``out``, ``grad.fc1.W``,
   ``state.bn1.running_mean``...).
 
-Nodes are immutable; passes build new graphs with :meth:`Graph.rebuild` and return the same object
-when nothing changed.
+Nodes are immutable; passes build new graphs with :meth:`bngraph.graph.FrozenGraph.rebuild` and
+return the same object when nothing changed. The graph classes live in :mod:`bngraph.graph` (and
+the DSL builder in :mod:`bngraph.dsl`); the text form in :mod:`bngraph.printer`, a leaf module.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
+
+from .printer import format_node
 
 BATCH = "m"  # the symbolic batch dimension
 NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_.]*"  # value and graph names: what the parser reads back
@@ -127,6 +130,4 @@ class Node:
         return Node.make(d["op"], d["inputs"], d["outputs"], d["attrs"])
 
     def __str__(self) -> str:
-        from .printer import format_node
-
         return format_node(self)

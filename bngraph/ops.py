@@ -12,6 +12,16 @@ Each op is an :class:`OpDef` registered in ``OPS`` with
   cotangents`` (value names or None). ``emit(op, inputs, attrs, names)`` adds a node to the
   backward graph and returns its output names. Backward ops and ops on state are not
   differentiated: ``differentiable=False``.
+* ``check_values``: checks that need the input *values*, not only their types (the logits rows
+  against the labels' ``classes``), ``(where, input Values, attrs)``; run before ``infer`` by
+  :meth:`OpDef.check`, which the DSL and the verifier both call;
+* ``init_roles``: how params read by this op start (``bngraph.init``): input index -> ``weight``,
+  ``bias``, ``ones`` or ``zeros``;
+* ``name_prefix``: the prefix of names the DSL makes up (``fc1``, ``bn1``; default the op's name);
+* ``batch_statistics``: the op normalizes with the mini-batch's own statistics in ``mode=train``
+  (so training needs at least two examples per batch): :func:`needs_batch_statistics`;
+* losses: ``class_labels`` (the target is integer labels), ``predict(out)`` and
+  ``accuracy(out, y)`` (None for a regression loss) on host arrays, rows = examples;
 * the NumPy code template ``templates/numpy/<op>.j2`` (and, later, ``templates/cuda/<op>.j2``),
   found by the op's name.
 
@@ -28,63 +38,9 @@ from typing import Callable
 
 import numpy as np
 
-from .ir import BATCH, IRError, TensorType
-
-# --------------------------------------------------------------------------------------------
-# Activations: one table, used by the plain activation ops and by every fused op.
-# The derivative is written in terms of the *output* y = g(x) (what fused ops keep around).
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Activation:
-    name: str
-    forward: Callable  # (x, negative_slope) -> y
-    derivative: Callable  # (y, negative_slope) -> dy/dx, from the output
-    formula: str
-
-
-def _leaky(x, s):
-    return np.where(x > 0, x, x * s)
-
-
-ACTIVATIONS = {
-    "identity": Activation("identity", lambda x, s: x, lambda y, s: np.ones_like(y), "g(x) = x"),
-    "relu": Activation("relu", lambda x, s: np.maximum(x, 0), lambda y, s: (y > 0).astype(y.dtype), "g(x) = max(x, 0)"),
-    "leaky_relu": Activation(
-        "leaky_relu",
-        _leaky,
-        lambda y, s: np.where(y > 0, 1.0, s).astype(y.dtype),
-        "g(x) = x if x > 0 else negative_slope*x",
-    ),
-    "tanh": Activation("tanh", lambda x, s: np.tanh(x), lambda y, s: 1 - y * y, "g(x) = tanh(x)"),
-    "sigmoid": Activation(
-        "sigmoid", lambda x, s: _sigmoid(x), lambda y, s: y * (1 - y), "g(x) = 1/(1 + exp(-x))"
-    ),
-}
-
-
-def _sigmoid(x):
-    # numerically stable in both tails
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1 / (1 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1 + e)
-    return out
-
-
-def act_fn(attrs) -> Callable:
-    a = ACTIVATIONS[attrs["act"]]
-    s = attrs.get("negative_slope", 0.0)
-    return lambda x: a.forward(x, s)
-
-
-def act_derivative(attrs) -> Callable:
-    a = ACTIVATIONS[attrs["act"]]
-    s = attrs.get("negative_slope", 0.0)
-    return lambda y: a.derivative(y, s)
-
+# the activation table lives in its own module; ops re-exports it (bngraph.ops.ACTIVATIONS)
+from .activations import ACTIVATIONS, act_derivative, act_fn, sigmoid as _sigmoid
+from .ir import BATCH, DTYPES, FLOAT_DTYPES, IRError, TensorType
 
 # --------------------------------------------------------------------------------------------
 # The OpDef record and the registry
@@ -100,10 +56,28 @@ class OpDef:
     grad: Callable | None = None
     attrs: dict = field(default_factory=dict)  # name -> (type, default); default None = required
     kind: str = "forward"  # 'forward', 'loss', 'state' (running-stat update) or 'backward'
+    check_values: Callable | None = None  # (where, input Values, attrs) -> None, raises IRError
+    init_roles: dict = field(default_factory=dict)  # input index -> 'weight', 'bias', 'ones' or 'zeros'
+    name_prefix: str = ""  # the DSL's generated names: fc1, bn1... ('' = the op's name)
+    batch_statistics: bool = False  # mode=train normalizes with the mini-batch's own mean and variance
+    class_labels: bool = False  # losses: the target is integer class labels (g.labels), not a float array
+    predict: Callable | None = None  # losses: out (m, outputs) host array -> predictions
+    accuracy: Callable | None = None  # losses: (out, y) -> fraction right, or None where it means nothing (mse)
 
     @property
     def differentiable(self) -> bool:
         return self.kind in ("forward", "loss")
+
+    @property
+    def prefix(self) -> str:
+        return self.name_prefix or self.name
+
+    def check(self, where: str, values, attrs: dict) -> tuple:
+        """The output types of a node reading ``values`` (Value objects): the value-level check,
+        then the shape rule. The DSL and the verifier both call this, so they agree."""
+        if self.check_values is not None:
+            self.check_values(where, list(values), attrs)
+        return tuple(self.infer(where, [v.type for v in values], attrs))
 
     def normalize_attrs(self, where: str, attrs: dict) -> dict:
         """Check names, fill defaults and coerce types (so 1 and 1.0 print the same)."""
@@ -132,6 +106,8 @@ class OpDef:
             raise IRError(f"{where}: mode must be 'train' or 'eval', got {out['mode']!r}")
         if "eps" in out and not out["eps"] > 0:
             raise IRError(f"{where}: eps must be > 0, got {out['eps']}")
+        if "dtype" in out and out["dtype"] not in FLOAT_DTYPES:
+            raise IRError(f"{where}: dtype must be one of {', '.join(FLOAT_DTYPES)}, got {out['dtype']!r}")
         if "momentum" in out and not 0 <= out["momentum"] <= 1:
             raise IRError(f"{where}: momentum (the weight of the new batch, as in PyTorch) must lie in [0, 1], "
                           f"got {out['momentum']}")
@@ -247,6 +223,7 @@ def _matmul_grad(emit, node, cts):
 register(OpDef(
     "matmul", "C = op(a) @ op(b), op = transpose when ta/tb; z[l] = W[l] a[l-1] is matmul W, a",
     _matmul_infer, _matmul_ref, _matmul_grad, attrs={"ta": (bool, False), "tb": (bool, False)},
+    init_roles={0: "weight"}, name_prefix="fc",
 ))
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +245,7 @@ register(OpDef(
     _bias_add_infer,
     lambda ins, attrs: (ins[0] + ins[1][:, None],),
     lambda emit, node, cts: [cts[0], emit("sum_batch", [cts[0]], {})[0]],
+    init_roles={1: "bias"}, name_prefix="bias",
 ))
 
 
@@ -287,7 +265,7 @@ register(OpDef(
     "bias_add_act", "a = g(z + b[:, None])  (bias and activation in one pass)",
     _bias_add_infer,
     lambda ins, attrs: (act_fn(attrs)(ins[0] + ins[1][:, None]),),
-    _bias_add_act_grad, attrs=dict(ACT_ATTRS),
+    _bias_add_act_grad, attrs=dict(ACT_ATTRS), init_roles={1: "bias"}, name_prefix="bias",
 ))
 
 # --------------------------------------------------------------------------------------------
@@ -332,6 +310,8 @@ for _name in ACTIVATIONS:
 # --------------------------------------------------------------------------------------------
 
 BN_ATTRS = {"eps": (float, 1e-5), "momentum": (float, 0.1), "mode": (str, "train")}
+# PyTorch's initial values: gamma = 1, beta = 0, running_mean = 0, running_var = 1
+BN_INIT = {1: "ones", 2: "zeros", 3: "zeros", 4: "ones"}
 
 
 def _bn_infer(opname):
@@ -412,12 +392,14 @@ register(OpDef(
     "batchnorm",
     "y = gamma*(z - mu)/sqrt(var + eps) + beta; train: batch mu/var (also returned), eval: running stats",
     _bn_infer("batchnorm"), _bn_ref, _bn_grad, attrs=dict(BN_ATTRS),
+    init_roles=BN_INIT, name_prefix="bn", batch_statistics=True,
 ))
 
 register(OpDef(
     "batchnorm_act",
     "a = g(z*s + t), s = gamma/sqrt(var + eps), t = beta - mu*s  (normalize, scale, shift, activate: one pass)",
     _bn_infer("batchnorm_act"), _bn_act_ref, _bn_act_grad, attrs={**BN_ATTRS, **ACT_ATTRS},
+    init_roles=BN_INIT, name_prefix="bn", batch_statistics=True,
 ))
 
 
@@ -463,6 +445,20 @@ def _sce_infer(where, types, attrs):
     return (_scalar(logits.dtype),)
 
 
+def _sce_check(where, values, attrs):
+    """Labels come from g.labels(...) (they know their classes): one logits row per class."""
+    if len(values) != 2:
+        return  # the shape rule reports the arity
+    logits, labels = values
+    if labels.classes is None and labels.type.dtype != "i64":
+        raise IRError(f"{where}: softmax_cross_entropy expects integer class labels made with g.labels(...), "
+                      f"got %{labels.name}: {labels.type}")
+    if labels.classes is not None and logits.type.rank == 2 and logits.type.shape[0] != labels.classes:
+        want = TensorType(logits.type.dtype, (labels.classes, BATCH))
+        raise IRError(f"{where}: logits %{logits.name} expected shape {want} for labels %{labels.name} "
+                      f"(classes={labels.classes}), got {logits.type}")
+
+
 def _sce_ref(ins, attrs):
     logits, labels = ins
     m = logits.shape[1]
@@ -483,29 +479,65 @@ def _pair_infer(opname):
     return infer
 
 
+def _float_target_check(opname):
+    def check(where, values, attrs):
+        """Class labels are for softmax_cross_entropy: say so, naming both values."""
+        if len(values) == 2 and values[1].classes is not None:
+            pred, target = values
+            raise IRError(f"{where}: {opname} expects a float target shaped like %{pred.name}: {pred.type}, "
+                          f"got integer class labels %{target.name}; use softmax_cross_entropy for class labels")
+
+    return check
+
+
 def _bce_ref(ins, attrs):
     z, t = ins
     # log(1 + exp(-|z|)) + max(z, 0) - z*t : stable for large |z| (as BCEWithLogitsLoss)
     return ((np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).mean(),)
 
 
+def _loss_rule(grad_op):
+    """dpred = grad_op(pred, target, dL): the loss's cotangent dL is the backward pass's seed."""
+
+    def rule(emit, node, cts):
+        if cts[0] is None:
+            raise IRError(f"{node.name}: the gradient rule of {node.op} needs the incoming gradient dL "
+                          f"(autodiff seeds the loss with fill[value=1.0])")
+        return [emit(grad_op, [*node.inputs, cts[0]], {})[0], None]
+
+    return rule
+
+
+# Predictions and accuracy at the public API: ``out`` is the loss's input on the host, rows are
+# examples, shape (m, outputs).
+def _argmax_accuracy(out, y):
+    return float((out.argmax(axis=1) == y).mean())
+
+
+def _bce_accuracy(out, y):
+    return float(((out > 0) == (y > 0.5)).mean())
+
+
+def _no_accuracy(out, y):
+    return None  # regression: no fraction of right answers
+
+
 register(OpDef(
     "softmax_cross_entropy", "L = mean over the batch of -log softmax(logits)[y]  (integer labels)",
-    _sce_infer, _sce_ref,
-    lambda emit, node, cts: [emit("softmax_cross_entropy_grad", list(node.inputs), {})[0], None],
-    kind="loss",
+    _sce_infer, _sce_ref, _loss_rule("softmax_cross_entropy_grad"), kind="loss", check_values=_sce_check,
+    name_prefix="loss", class_labels=True, predict=lambda out: out.argmax(axis=1), accuracy=_argmax_accuracy,
 ))
 register(OpDef(
     "mse", "L = mean over all elements of (pred - target)^2",
-    _pair_infer("mse"), lambda ins, attrs: (((ins[0] - ins[1]) ** 2).mean(),),
-    lambda emit, node, cts: [emit("mse_grad", list(node.inputs), {})[0], None],
-    kind="loss",
+    _pair_infer("mse"), lambda ins, attrs: (((ins[0] - ins[1]) ** 2).mean(),), _loss_rule("mse_grad"),
+    kind="loss", check_values=_float_target_check("mse"), name_prefix="loss", predict=lambda out: out,
+    accuracy=_no_accuracy,
 ))
 register(OpDef(
     "sigmoid_bce", "L = mean over all elements of BCE(sigmoid(logits), target)  (binary, with logits)",
-    _pair_infer("sigmoid_bce"), _bce_ref,
-    lambda emit, node, cts: [emit("sigmoid_bce_grad", list(node.inputs), {})[0], None],
-    kind="loss",
+    _pair_infer("sigmoid_bce"), _bce_ref, _loss_rule("sigmoid_bce_grad"), kind="loss",
+    check_values=_float_target_check("sigmoid_bce"), name_prefix="loss",
+    predict=lambda out: (out > 0).astype(np.int64), accuracy=_bce_accuracy,
 ))
 
 # --------------------------------------------------------------------------------------------
@@ -591,22 +623,55 @@ register(OpDef(
 ))
 
 
+def _loss_grad_infer(opname):
+    def infer(where, types, attrs):
+        _expect_arity(where, opname, types, 3)
+        pred, _, dl = types
+        _expect_float(where, f"{opname} incoming gradient dL", dl)
+        _expect_shape(where, f"{opname} incoming gradient dL", dl, ())
+        _expect_same_dtype(where, (pred, dl))
+        return (pred,)
+
+    return infer
+
+
 def _sce_grad_ref(ins, attrs):
-    logits, labels = ins
+    logits, labels, dl = ins
     m = logits.shape[1]
     p = np.exp(_log_softmax(logits))
     p[labels, np.arange(m)] -= 1
-    return (p / m,)
+    return (p / m * dl,)
 
 
-register(OpDef("softmax_cross_entropy_grad", "dlogits = (softmax(logits) - onehot(y)) / m",
-               _same_as_input(0, 2, "softmax_cross_entropy_grad"), _sce_grad_ref, kind="backward"))
-register(OpDef("mse_grad", "dpred = 2*(pred - target) / numel",
-               _same_as_input(0, 2, "mse_grad"),
-               lambda ins, attrs: (2 * (ins[0] - ins[1]) / ins[0].size,), kind="backward"))
-register(OpDef("sigmoid_bce_grad", "dlogits = (sigmoid(logits) - target) / numel",
-               _same_as_input(0, 2, "sigmoid_bce_grad"),
-               lambda ins, attrs: ((_sigmoid(ins[0]) - ins[1]) / ins[0].size,), kind="backward"))
+register(OpDef("softmax_cross_entropy_grad", "dlogits = (softmax(logits) - onehot(y)) / m * dL",
+               _loss_grad_infer("softmax_cross_entropy_grad"), _sce_grad_ref, kind="backward"))
+register(OpDef("mse_grad", "dpred = 2*(pred - target) / numel * dL",
+               _loss_grad_infer("mse_grad"),
+               lambda ins, attrs: (2 * (ins[0] - ins[1]) / ins[0].size * ins[2],), kind="backward"))
+register(OpDef("sigmoid_bce_grad", "dlogits = (sigmoid(logits) - target) / numel * dL",
+               _loss_grad_infer("sigmoid_bce_grad"),
+               lambda ins, attrs: ((_sigmoid(ins[0]) - ins[1]) / ins[0].size * ins[2],), kind="backward"))
+
+
+def _fill_infer(where, types, attrs):
+    _expect_arity(where, "fill", types, 0)
+    return (_scalar(attrs["dtype"]),)
+
+
+register(OpDef("fill", "c = value, a scalar of dtype; autodiff seeds the backward pass with dL/dL = fill[value=1.0]",
+               _fill_infer, lambda ins, attrs: (np.array(attrs["value"], dtype=DTYPES[attrs["dtype"]]),),
+               attrs={"value": (float, None), "dtype": (str, None)}, kind="backward"))
 
 LOSS_OPS = tuple(n for n, o in OPS.items() if o.kind == "loss")
-BN_OPS = ("batchnorm", "batchnorm_act")
+BN_OPS = tuple(n for n, o in OPS.items() if o.batch_statistics)  # the batch-norm family
+
+
+def uses_batch_statistics(node) -> bool:
+    """True when ``node`` normalizes with its mini-batch's own statistics (a batchnorm in mode=train)."""
+    return get_op(node.op).batch_statistics and node.attr.get("mode") == "train"
+
+
+def needs_batch_statistics(graph) -> bool:
+    """True when some node of ``graph`` normalizes with batch statistics: training it needs at least
+    two examples per batch (one example has zero variance)."""
+    return any(uses_batch_statistics(n) for n in graph.nodes)

@@ -1,8 +1,9 @@
-"""Parse the IR text back into a Graph: ``parse(str(g)) == g``. Grammar: docs/ir.md."""
+"""Parse the IR text back into a graph: ``parse(str(g)) == g``. Grammar: docs/ir.md."""
 from __future__ import annotations
 
 import re
 
+from .graph import FrozenGraph
 from .ir import BATCH, NAME_PATTERN, IRError, Node, TensorType, Value
 from .ops import get_op
 
@@ -71,10 +72,8 @@ def _parse_ref(s: str, lineno: int) -> str:
     return s[1:]
 
 
-def parse(text: str):
-    """Parse IR text into a :class:`bngraph.Graph`. Errors name the line."""
-    from .graph import Graph
-
+def parse(text: str) -> FrozenGraph:
+    """Parse IR text into a :class:`~bngraph.graph.FrozenGraph`. Errors name the line."""
     lines = [(i + 1, ln.split("#", 1)[0].strip()) for i, ln in enumerate(text.splitlines())]
     lines = [(i, ln) for i, ln in lines if ln]
     if not lines:
@@ -128,5 +127,5 @@ def parse(text: str):
     if outputs is None:
         raise ParseError("missing 'return' line")
     floats = [v.type.dtype for v in (*inputs, *params) if v.type.is_float]
-    return Graph(m["name"], floats[0] if floats else "f32", inputs=inputs, params=params, state=state,
+    return FrozenGraph(m["name"], floats[0] if floats else "f32", inputs=inputs, params=params, state=state,
                  nodes=nodes, outputs=outputs)

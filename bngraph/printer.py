@@ -1,7 +1,10 @@
-"""The IR as text (grammar: docs/ir.md). One node per line, every value with its type."""
-from __future__ import annotations
+"""The IR as text (grammar: docs/ir.md). One node per line, every value with its type.
 
-from .ir import Node, Value
+A leaf module: it reads the fields of values (``name, type, classes``), nodes (``op, attrs,
+inputs, outputs``) and graphs, and imports nothing from bngraph, so :mod:`bngraph.ir` can use it
+for ``str(node)`` without an import cycle.
+"""
+from __future__ import annotations
 
 
 def format_attr_value(v) -> str:
@@ -20,14 +23,14 @@ def format_attrs(attrs) -> str:
     return "[" + ", ".join(f"{k}={format_attr_value(v)}" for k, v in shown) + "]"
 
 
-def format_binder(v: Value) -> str:
+def format_binder(v) -> str:
     s = f"%{v.name}: {v.type}"
     if v.classes is not None:
         s += f" classes={v.classes}"
     return s
 
 
-def format_node(n: Node) -> str:
+def format_node(n) -> str:
     outs = ", ".join(format_binder(o) for o in n.outputs)
     args = ", ".join(f"%{i}" for i in n.inputs)
     return f"{outs} = {n.op}{format_attrs(n.attrs)} {args}".rstrip()

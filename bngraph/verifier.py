@@ -1,6 +1,7 @@
 """The verifier: a graph is well formed or the error names the node (and the pass that ran last)."""
 from __future__ import annotations
 
+from .graph import FrozenGraph, as_graph
 from .ir import IRError
 from .ops import get_op
 
@@ -9,9 +10,11 @@ class VerifyError(IRError):
     pass
 
 
-def verify(g, after: str | None = None, allow_dead: bool = False):
-    """Check names, topological order, op attributes, types against each op's shape rule, outputs,
-    and that nothing dangles (dead nodes, unused inputs/params/state). Returns the graph."""
+def verify(g, after: str | None = None, allow_dead: bool = False) -> FrozenGraph:
+    """Check names, topological order, op attributes, each node against its op's checks (the shape
+    rule and the value-level check), outputs, and that nothing dangles (dead nodes, unused
+    inputs/params/state). Takes a builder or a frozen graph; returns the frozen graph."""
+    g = as_graph(g)
     ctx = f"graph {g.name}" + (f" after pass {after}" if after else "")
 
     def fail(msg):
@@ -42,7 +45,7 @@ def verify(g, after: str | None = None, allow_dead: bool = False):
                                               else "which is not defined"))
         used.update(n.inputs)
         try:
-            types = op.infer(where, [seen[i].type for i in n.inputs], attrs)
+            types = op.check(where, [seen[i] for i in n.inputs], attrs)
         except IRError as e:
             fail(str(e))
         if len(types) != len(n.outputs):
@@ -53,11 +56,6 @@ def verify(g, after: str | None = None, allow_dead: bool = False):
             if o.name in seen:
                 fail(f"{where}: duplicate name %{o.name}")
             seen[o.name] = o
-        if n.op == "softmax_cross_entropy":
-            logits, labels = (seen[i] for i in n.inputs)
-            if labels.classes is not None and logits.type.shape[0] != labels.classes:
-                fail(f"{where}: logits %{logits.name} expected {labels.classes} rows for labels %{labels.name} "
-                     f"(classes={labels.classes}), got {logits.type}")
     keys = set()
     for k, v in g.outputs:
         if k in keys:

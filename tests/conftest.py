@@ -1,10 +1,16 @@
-"""Shared fixtures: the contract DSL example and a zoo of graphs covering every builder method.
+"""Shared fixtures: the contract DSL example and a zoo of graphs covering every builder method;
+and the ``gpu`` marker's hook.
 
 Set ``BNGRAPH_UPDATE_GOLDEN=1`` to rewrite the golden files under tests/golden/ (then review the
 diff before committing it).
+
+Tests marked ``@pytest.mark.gpu`` run only where CuPy imports and sees a CUDA device; elsewhere they
+are skipped with the reason (``pytest -rs`` shows it). The check runs once, when the first gpu
+test is about to run: a session without gpu tests never imports CuPy.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from pathlib import Path
@@ -15,6 +21,27 @@ import pytest
 import bngraph as bg
 
 GOLDEN = Path(__file__).parent / "golden"
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_unavailable() -> str | None:
+    """None when CuPy imports and a CUDA device is present, else the reason gpu tests are skipped."""
+    try:
+        import cupy
+    except Exception as e:  # not installed, or installed for another CUDA version
+        return f"needs CuPy and a CUDA GPU: CuPy does not import ({type(e).__name__}: {e})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, or no device visible
+        return f"needs a CUDA GPU: CuPy finds none ({type(e).__name__}: {e})"
+    return None if count > 0 else "needs a CUDA GPU: CuPy finds 0 devices"
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is not None:
+        reason = cuda_unavailable()
+        if reason is not None:
+            pytest.skip(reason)
 
 
 def check_golden(name: str, text: str):

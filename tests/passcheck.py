@@ -10,8 +10,13 @@ running statistics random too, running_var positive -- and asserts that
 * every output is equal, except ``state.*`` outputs: those are compared after remapping the old
   graph's new state (``remap({**old params, **old state outputs})``), since a remap may move
   quantities into the state (``fold_bias``: ``running_mean -= b``);
-* (when ``bngraph.autodiff.grad_graph`` is available and the graph has a loss) the gradients of the
-  params that survive are equal, and the params folded away had a zero gradient.
+* (when the graph has a loss) the loss gradients agree: equal for the params both graphs have and
+  the remap left unchanged; and a param the new graph no longer has must have had a zero gradient
+  unless the pass folded it into new params (``fold_bn_into_weights``: ``fc1.W_folded`` is made
+  from ``fc1.W``, ``bn1.gamma``...). Which removed params were folded is read off the remap: those
+  whose value changes a new param's value. A graph whose gradient cannot be taken fails the check.
+
+Each of these checks is shown to fail on a planted bug in ``tests/test_passcheck.py``.
 """
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import bngraph as bg
+from bngraph.autodiff import grad_graph
 from bngraph.ir import DTYPES
 from bngraph.ops import BN_OPS
+from bngraph.passes import dce
 
 # ------------------------------------------------------------------------------------------------
 # Random values and feeds
@@ -85,6 +92,7 @@ def check_preserves(before, after, remap=None, *, batch: int = 6, seed: int = 0,
                     rtol: float = 1e-9, atol: float = 1e-10, grads: bool = True) -> dict:
     """Assert that ``after`` with ``remap(values)`` computes what ``before`` computes with
     ``values``. Returns ``{"before": outputs, "after": outputs}``."""
+    before, after = bg.as_graph(before), bg.as_graph(after)
     values = random_values(before, seed) if values is None else values
     feeds = random_feeds(before, batch, seed) if feeds is None else feeds
     snapshot = {k: np.array(v, copy=True) for k, v in values.items()}
@@ -112,48 +120,59 @@ def check_preserves(before, after, remap=None, *, batch: int = 6, seed: int = 0,
             expected = carried[k[len("state."):]]
         np.testing.assert_allclose(new[k], expected, rtol=rtol, atol=atol, err_msg=f"output {k}")
 
-    if grads and before.loss_node is not None and _grad_graph() is not None:
-        check_grads_preserved(before, after, values, new_values, feeds, rtol=rtol, atol=atol)
+    if grads and before.loss_node is not None:
+        check_grads_preserved(before, after, values, new_values, feeds, remap, rtol=rtol, atol=atol)
     return {"before": old, "after": new}
 
 
-def _grad_graph():
+def loss_gradients(g, values: dict, feeds: dict) -> dict:
+    """param name -> dL/dparam for every param of ``g``, from autodiff and the interpreter. Params
+    the loss does not depend on (dead code, other outputs) get an exact zero; any other param
+    autodiff cannot reach fails the check, as does a graph autodiff refuses."""
+    loss_only = dce.run(g.rebuild(outputs=[("loss", g.output("loss"))])).graph
     try:
-        from bngraph.autodiff import grad_graph
-    except ImportError:
-        return None
-    return grad_graph
+        train = grad_graph(loss_only)
+    except bg.IRError as e:
+        raise AssertionError(f"cannot take the gradient of graph {g.name}: {e}") from e
+    out = bg.interpret(train, {v.name: feeds[v.name] for v in train.inputs},
+                       {v.name: values[v.name] for v in (*train.params, *train.state)})
+    return {p.name: out[f"grad.{p.name}"] if f"grad.{p.name}" in out else np.zeros(p.type.shape)
+            for p in g.params}
 
 
-def check_grads_preserved(before, after, values, new_values, feeds, *, rtol=1e-9, atol=1e-10):
+def folded_params(before, after, values: dict, remap) -> set:
+    """The params of ``before`` that ``after`` no longer has and that the remap folds into params
+    ``after`` gained: changing such a param's value changes a new param's value."""
+    gone = [p.name for p in before.params if p.name not in set(after.param_names())]
+    gained = [p.name for p in after.params if p.name not in set(before.param_names())]
+    if remap is None or not gone or not gained:
+        return set()
+    base = remap(values)
+    folded = set()
+    for name in gone:
+        moved = remap({**values, name: values[name] + 1.0})
+        if any(not np.array_equal(moved[n], base[n]) for n in gained):
+            folded.add(name)
+    return folded
+
+
+def check_grads_preserved(before, after, values, new_values, feeds, remap=None, *, rtol=1e-9, atol=1e-10):
     """Gradients of the loss: equal for the params in both graphs whose value the remap left
-    unchanged; zero for params that were removed (a folded-away param must not have mattered to
-    training). Params created by a pass (``fc1.W_folded``) are not compared."""
-    grad_graph = _grad_graph()
-    try:
-        gb = grad_graph(before)
-    except bg.IRError:
-        return  # e.g. a param no gradient reaches (the input of a dce test): nothing to compare
-    ga = grad_graph(after)
-    old = bg.interpret(gb, feeds, values)
-    new = bg.interpret(ga, {v.name: feeds[v.name] for v in ga.inputs}, new_values)
-    after_params = {p.name for p in after.params}
+    unchanged; zero for params that were removed without being folded into new ones (a removed
+    param must not have mattered to training). New params (``fc1.W_folded``) are not compared:
+    the outputs above already show they are derived exactly from the old ones."""
+    old = loss_gradients(before, values, feeds)
+    new = loss_gradients(after, new_values, feeds)
+    folded = folded_params(before, after, values, remap)
+    after_params = set(after.param_names())
     for p in before.params:
         key = f"grad.{p.name}"
-        if key not in old:
-            continue
         if p.name in after_params:
-            if f"grad.{p.name}" in new and np.array_equal(values[p.name], new_values[p.name]):
-                np.testing.assert_allclose(new[key], old[key], rtol=rtol, atol=atol, err_msg=key)
-        elif not _folded_into_new_params(p.name, after):
-            np.testing.assert_allclose(old[key], 0.0, atol=max(atol, 1e-9),
+            if np.array_equal(values[p.name], new_values[p.name]):
+                np.testing.assert_allclose(new[p.name], old[p.name], rtol=rtol, atol=atol, err_msg=key)
+        elif p.name not in folded:
+            np.testing.assert_allclose(old[p.name], 0.0, atol=max(atol, 1e-9),
                                        err_msg=f"{p.name} was removed but its gradient is not zero")
-
-
-def _folded_into_new_params(name: str, after) -> bool:
-    """True when ``after`` has params a pass made from others (fold_bn_into_weights): then the old
-    params live on inside the new ones and their gradients need not be zero."""
-    return any(p.name.endswith("_folded") for p in after.params)
 
 
 def check_roundtrip(g, allow_dead: bool = False):

@@ -25,7 +25,8 @@ def test_contract_example_builds_prints_and_round_trips(capsys):
     assert printed == str(g) + "\n"
     check_golden("dsl_example.ir", str(g))
     assert bg.parse(printed) == g
-    assert bg.verify(g) is g
+    frozen = bg.verify(g)  # every compiler stage takes the builder and works on g.build()
+    assert isinstance(frozen, bg.FrozenGraph) and frozen == g and str(frozen) == printed.rstrip("\n")
 
 
 def test_contract_example_values_and_names(dsl_example):
@@ -76,7 +77,7 @@ def test_leaky_relu_and_activation_by_name():
     g, x = _base()
     a = g.leaky_relu(x, negative_slope=0.01)
     assert g.producers()[a.name].attr == {"negative_slope": 0.01}
-    assert "= leaky_relu[negative_slope=0.01] %x" in str(g.rebuild(outputs=[("out", a.name)]))
+    assert "= leaky_relu[negative_slope=0.01] %x" in str(g.build().rebuild(outputs=[("out", a.name)]))
     b = g.leaky_relu(a)  # PyTorch's default slope
     assert g.producers()[b.name].attr == {"negative_slope": 0.01}
     c = g.activation(b, "relu")
@@ -261,7 +262,7 @@ def g():
     (lambda g: g.softmax_cross_entropy("fc1", "t8"),
      r"loss: softmax_cross_entropy expects integer class labels made with g.labels\(...\), got %t8: f32\[8,m\]"),
     (lambda g: g.softmax_cross_entropy("fc1", "y"),
-     r"loss: logits %fc1 expected shape f32\[10,m\] for 10 classes, got f32\[8,m\]"),
+     r"loss: logits %fc1 expected shape f32\[10,m\] for labels %y \(classes=10\), got f32\[8,m\]"),
     (lambda g: g.mse("fc1", "y"),
      r"loss: mse expects a float target shaped like %fc1: f32\[8,m\], got integer class labels %y"),
     (lambda g: g.sigmoid_bce("fc1", "y", name="bce"),

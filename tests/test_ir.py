@@ -82,17 +82,18 @@ def test_graph_lookups(dsl_example):
 
 
 def test_rebuild_shares_nodes_and_leaves_the_original_alone(dsl_example):
-    g = dsl_example
+    g = dsl_example.build()
     h = g.rebuild(nodes=g.nodes[:-1], outputs=g.outputs[1:])
     assert h is not g and h != g
     assert len(g.nodes) == len(h.nodes) + 1 and g.outputs[0] == ("loss", "loss")
     assert all(a is b for a, b in zip(g.nodes, h.nodes))
-    assert g.copy() == g and g.copy() is not g
-    assert repr(g) == "<bngraph.Graph mlp: 8 nodes, 6 params>"
+    assert g.rebuild() == g and g.rebuild() is not g
+    assert repr(g) == "<bngraph.FrozenGraph mlp: 8 nodes, 6 params>"
+    assert repr(dsl_example) == "<bngraph.Graph mlp: 8 nodes, 6 params>"
 
 
 def test_graph_equality_ignores_only_the_default_dtype(dsl_example):
-    g = dsl_example
+    g = dsl_example.build()
     assert g.rebuild(dtype="f64") == g
     assert g.rebuild(name="other") != g
     assert g != "not a graph"
@@ -102,6 +103,119 @@ def test_graph_equality_ignores_only_the_default_dtype(dsl_example):
 def test_graph_name_must_parse(name):
     with pytest.raises(IRError, match="graph name must be an identifier"):
         bg.Graph(name)
+    with pytest.raises(IRError, match="graph name must be an identifier"):
+        bg.FrozenGraph(name)
+
+
+# --------------------------------------------------------------------------------------------
+# The builder and the frozen graph
+# --------------------------------------------------------------------------------------------
+
+
+def test_build_freezes_a_snapshot(dsl_example):
+    g = dsl_example
+    frozen = g.build()
+    assert isinstance(frozen, bg.FrozenGraph) and not isinstance(frozen, bg.Graph)
+    assert frozen == g and g == frozen and str(frozen) == str(g) and frozen.dtype == g.dtype
+    for part in ("inputs", "params", "state", "nodes", "outputs"):
+        assert isinstance(getattr(frozen, part), tuple), part
+    assert frozen.build() is frozen and bg.as_graph(frozen) is frozen
+    g.tanh("relu1", name="later")  # the builder goes on; the snapshot does not change
+    assert "later" not in frozen.values() and frozen != g and len(frozen.nodes) == len(g.nodes) - 1
+    assert bg.GraphBuilder is bg.Graph
+
+
+def test_a_frozen_graph_refuses_changes(dsl_example):
+    g = dsl_example.build()
+    with pytest.raises(AttributeError, match=r"graph mlp is frozen: build a new one with g.rebuild\(nodes=...\)"):
+        g.nodes = ()
+    with pytest.raises(AttributeError, match="graph mlp is frozen"):
+        g.extra = 1
+    with pytest.raises(AttributeError, match="graph mlp is frozen"):
+        del g.name
+    with pytest.raises(AttributeError):
+        g.outputs.append(("out", "out"))  # a tuple
+    assert not hasattr(g, "matmul"), "the DSL methods belong to the builder"
+
+
+def test_frozen_graphs_hash_by_contents(dsl_example):
+    a, b = dsl_example.build(), bg.parse(str(dsl_example))
+    assert a is not b and a == b and hash(a) == hash(b)
+    assert len({a, b, a.rebuild(name="other")}) == 2
+    assert {a: 1}[b] == 1
+    with pytest.raises(TypeError):
+        hash(dsl_example)  # a builder changes: not hashable
+
+
+def test_frozen_graphs_copy_and_pickle(dsl_example):
+    import copy
+    import pickle
+
+    g = dsl_example.build()
+    hash(g)  # cached: a pickle must not carry it to another process (str hashes differ there)
+    for other in (copy.copy(g), copy.deepcopy(g), pickle.loads(pickle.dumps(g))):
+        assert isinstance(other, bg.FrozenGraph) and other is not g and other._hash is None
+        assert other == g and hash(other) == hash(g)
+
+
+def test_builder_and_frozen_graph_share_the_lookups(dsl_example):
+    from bngraph.graph import GraphBase
+
+    g, f = dsl_example, dsl_example.build()
+    assert g.values() == f.values() and g.producers() == f.producers() and g.users() == f.users()
+    assert g.output("loss") == f.output("loss") and g.loss_node == f.loss_node
+    assert g.output_names == f.output_names and g.is_training and f.is_training
+    assert g.param_names() == f.param_names() and g.state_names() == f.state_names()
+    for name in ("values", "value", "producers", "users", "output", "has_output", "output_names", "loss_node",
+                 "param_names", "state_names", "is_training", "__str__", "__eq__"):
+        assert name in vars(GraphBase), name
+        assert name not in vars(bg.Graph) and name not in vars(bg.FrozenGraph), f"{name} is defined twice"
+
+
+def test_every_entry_point_takes_a_builder_or_a_frozen_graph(dsl_example):
+    g = bg.mlp([4, 5, 3], dtype="f64")
+    f = g.build()
+    feeds, values = random_values(g, np.random.default_rng(0), m=5)
+    assert bg.verify(g) == bg.verify(f) == f
+    assert bg.grad_graph(g) == bg.grad_graph(f)
+    assert bg.to_inference(g) == bg.to_inference(f)
+    assert bg.run_pipeline(g, bg.TRAINING_PIPELINE).graph == bg.run_pipeline(f, bg.TRAINING_PIPELINE).graph
+    assert bg.passes.PASSES["fold_bias"].run(g).graph == bg.passes.PASSES["fold_bias"].run(f).graph
+    for a, b in zip(bg.interpret(g, feeds, values).values(), bg.interpret(f, feeds, values).values()):
+        np.testing.assert_array_equal(a, b)
+    assert bg.emit(g) == bg.emit(f)
+    for result in (bg.verify(g), bg.grad_graph(g), bg.to_inference(g), bg.run_pipeline(g, ["dce"]).graph,
+                   bg.parse(str(g))):
+        assert isinstance(result, bg.FrozenGraph)
+    with pytest.raises(TypeError, match="expected a bngraph graph .* got str"):
+        bg.as_graph("graph mlp() {}")
+
+
+def test_core_modules_import_one_way():
+    """No import cycles among the IR modules, counting imports inside functions (lazy imports hide
+    cycles): graph.py does not import the DSL, the printer imports nothing from bngraph."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(bg.__file__).parent
+    core = ["activations", "ir", "printer", "ops", "graph", "dsl", "parser", "verifier", "interpreter", "init",
+            "autodiff"]
+    deps = {}
+    for mod in core:
+        found = set()
+        for node in ast.walk(ast.parse((pkg / f"{mod}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found.add((node.module or "").split(".")[0] or None)
+                if node.module is None:
+                    found.update(a.name for a in node.names)
+        deps[mod] = {d for d in found if d in core}
+    assert deps["printer"] == set() and "dsl" not in deps["graph"] and "printer" not in deps["printer"]
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in deps[start])
+
+    cycles = [m for m in core if reaches(m, m)]
+    assert not cycles, f"import cycles through {cycles}: {deps}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,10 +334,13 @@ def test_parse_error_is_an_ir_error():
 
 
 def test_verify_passes_and_returns_the_graph(zoo_graph):
-    assert bg.verify(zoo_graph) is zoo_graph
+    frozen = zoo_graph.build()
+    assert bg.verify(frozen) is frozen
+    assert bg.verify(zoo_graph) == zoo_graph  # a builder is built once, the frozen graph returned
 
 
 def _replace_node(g, name, **changes):
+    g = g.build()
     return g.rebuild(nodes=[n.replace(**changes) if n.name == name else n for n in g.nodes])
 
 
@@ -241,7 +358,7 @@ def test_verify_wrong_output_dtype(dsl_example):
 
 
 def test_verify_use_before_definition(dsl_example):
-    g = dsl_example
+    g = dsl_example.build()
     nodes = list(g.nodes)
     nodes[0], nodes[1] = nodes[1], nodes[0]  # bias_add before the matmul it reads
     with pytest.raises(VerifyError, match=r"graph mlp: node %fc1 \(bias_add\) uses %fc1.matmul before it is defined"):
@@ -255,23 +372,23 @@ def test_verify_undefined_value(dsl_example):
 
 
 def test_verify_dead_node(dsl_example):
-    g = dsl_example.copy()
+    g = dsl_example
     g.tanh("relu1", name="unused")
     with pytest.raises(VerifyError, match=r"node %unused \(tanh\) is dead: none of its outputs is used"):
         bg.verify(g)
-    assert bg.verify(g, allow_dead=True) is g
+    assert bg.verify(g, allow_dead=True) == g
 
 
 def test_verify_unused_param_state_and_input(dsl_example):
-    g = dsl_example.copy()
+    g = build_dsl_example()
     g.param("extra.W", (3, 3))
     with pytest.raises(VerifyError, match="param %extra.W is not used by any node"):
         bg.verify(g)
-    g = dsl_example.copy()
+    g = build_dsl_example()
     g.state_value("extra.s", (3,))
     with pytest.raises(VerifyError, match="state %extra.s is not used by any node"):
         bg.verify(g)
-    g = dsl_example.copy()
+    g = build_dsl_example()
     g.input("z", 3)
     with pytest.raises(VerifyError, match="input %z is not used by any node"):
         bg.verify(g)
@@ -291,7 +408,7 @@ def test_verify_unused_param_state_and_input(dsl_example):
 ])
 def test_verify_bad_outputs(dsl_example, outputs, match):
     with pytest.raises(VerifyError, match=match):
-        bg.verify(dsl_example.rebuild(outputs=outputs), allow_dead=True)
+        bg.verify(dsl_example.build().rebuild(outputs=outputs), allow_dead=True)
 
 
 def test_verify_names_the_pass(dsl_example):
@@ -301,6 +418,7 @@ def test_verify_names_the_pass(dsl_example):
 
 
 def test_verify_unknown_op_and_bad_attrs(dsl_example):
+    dsl_example = dsl_example.build()
     with pytest.raises(VerifyError, match=r"node %relu1 \(swish\): unknown op 'swish'"):
         bg.verify(_replace_node(dsl_example, "relu1", op="swish"))
     bn = next(n for n in dsl_example.nodes if n.op == "batchnorm")
@@ -316,6 +434,7 @@ def test_verify_unknown_op_and_bad_attrs(dsl_example):
 
 
 def test_verify_shape_rule_and_output_count(dsl_example):
+    dsl_example = dsl_example.build()
     # the second matmul reads an activation of the wrong width
     bad = _replace_node(dsl_example, "out.matmul", inputs=("out.W", "x"))
     with pytest.raises(VerifyError, match=r"node %out.matmul \(matmul\): matmul inner dimensions differ: "
@@ -328,20 +447,20 @@ def test_verify_shape_rule_and_output_count(dsl_example):
 
 
 def test_verify_duplicate_names_and_kinds(dsl_example):
-    g = dsl_example
+    g = dsl_example.build()
     with pytest.raises(VerifyError, match="duplicate name %fc1.W"):
-        bg.verify(g.rebuild(params=g.params + [g.params[0]]))
+        bg.verify(g.rebuild(params=g.params + g.params[:1]))
     with pytest.raises(VerifyError, match=r"node %x \(relu\): duplicate name %x"):
         bg.verify(_replace_node(g, "relu1", outputs=(Value("x", TensorType("f32", (128, BATCH))),)))
     wrong_kind = dataclasses.replace(g.params[0], kind="state")
     with pytest.raises(VerifyError, match="%fc1.W is listed as param but has kind state"):
-        bg.verify(g.rebuild(params=[wrong_kind] + g.params[1:]))
+        bg.verify(g.rebuild(params=(wrong_kind, *g.params[1:])))
 
 
 def test_verify_logits_rows_vs_classes_from_text(dsl_example):
     text = str(dsl_example).replace("%y: i64[m] classes=10", "%y: i64[m] classes=7")
-    with pytest.raises(VerifyError, match=r"node %loss \(softmax_cross_entropy\): logits %out expected 7 rows "
-                                          r"for labels %y \(classes=7\), got f32\[10,m\]"):
+    with pytest.raises(VerifyError, match=r"node %loss \(softmax_cross_entropy\): logits %out expected shape "
+                                          r"f32\[7,m\] for labels %y \(classes=7\), got f32\[10,m\]"):
         bg.verify(bg.parse(text))
 
 
@@ -407,9 +526,9 @@ def test_interpret_every_zoo_graph(zoo_graph):
     (lambda f, v: v.pop("bn1.gamma"), r"no value for param %bn1.gamma: f32\[128\]"),
     (lambda f, v: v.pop("bn1.running_var"), r"no value for state %bn1.running_var: f32\[128\]"),
     (lambda f, v: v.update({"fc1.W": np.ones((64, 128))}), r"param %fc1.W: expected shape \(128, 64\), got \(64, 128\)"),
-    (lambda f, v: f.update(y=np.full(8, 10)), r"input %y: labels must lie in \[0, 10\), got 10 at index 0"),
-    (lambda f, v: f.update(y=np.array([0, 1, -1, 0, 0, 0, 0, 0])), r"labels must lie in \[0, 10\), got -1 at index 2"),
-    (lambda f, v: f.update(y=np.zeros(8)), r"input %y: expected integer class labels \(i64\[m\]\), got dtype float64"),
+    (lambda f, v: f.update(y=np.full(8, 10)), r"input %y: label 10 at index 0 is out of range: expected 0 <= label < 10"),
+    (lambda f, v: f.update(y=np.array([0, 1, -1, 0, 0, 0, 0, 0])), r"label -1 at index 2 is out of range: expected 0 <= label < 10"),
+    (lambda f, v: f.update(y=np.zeros(8)), r"input %y: labels must be integer class indices, got dtype float64 \(index 0: 0.0\)"),
 ])
 def test_interpret_errors(dsl_example, change, match):
     feeds, values = random_values(dsl_example, np.random.default_rng(3), m=8)

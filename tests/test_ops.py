@@ -79,9 +79,11 @@ def _cases() -> list:
     c += [Case("batchnorm_grad", BN_GRAD_IN, dict(mode=mode)) for mode in MODES]
     c += [Case("batchnorm_act_grad", [("x", (N, BATCH))] + BN_GRAD_IN, dict(mode=mode, **a))
           for mode in MODES for a in ACT_VARIANTS]
-    c.append(Case("softmax_cross_entropy_grad", [("x", (K, BATCH)), ("labels", K)]))
-    c.append(Case("mse_grad", [("x", (N, BATCH)), ("x", (N, BATCH))]))
-    c.append(Case("sigmoid_bce_grad", [("x", (N, BATCH)), ("prob", (N, BATCH))]))
+    # the loss gradients take the loss's incoming gradient dL (a scalar) last
+    c.append(Case("softmax_cross_entropy_grad", [("x", (K, BATCH)), ("labels", K), ("x", ())]))
+    c.append(Case("mse_grad", [("x", (N, BATCH)), ("x", (N, BATCH)), ("x", ())]))
+    c.append(Case("sigmoid_bce_grad", [("x", (N, BATCH)), ("prob", (N, BATCH)), ("x", ())]))
+    c += [Case("fill", [], dict(value=2.5, dtype=dt)) for dt in ("f32", "f64")]
     return c
 
 
@@ -155,7 +157,7 @@ def test_op_attrs_are_well_formed(name):
         typ, default = spec
         assert typ in ATTR_TYPES, f"{name}.{k}: attribute type {typ} is not one of {ATTR_TYPES}"
         if default is None:
-            required[k] = {"act": "relu", "mode": "train"}.get(k)
+            required[k] = {"act": "relu", "mode": "train", "dtype": "f32", "value": 1.0}.get(k)
             assert required[k] is not None, f"{name}.{k}: required attribute without a known test value"
         else:
             assert type(default) is typ, f"{name}.{k}: default {default!r} is not a {typ.__name__}"
@@ -171,9 +173,115 @@ def test_loss_and_bn_tables():
     from bngraph.ops import BN_OPS, LOSS_OPS
 
     assert set(LOSS_OPS) == {n for n, o in OPS.items() if o.kind == "loss"} == {"softmax_cross_entropy", "mse", "sigmoid_bce"}
-    assert set(BN_OPS) <= set(OPS)
+    assert set(BN_OPS) == {n for n, o in OPS.items() if o.batch_statistics}
+    assert set(BN_OPS) == {"batchnorm", "batchnorm_act"}
     for a in ACTIVATIONS:
         assert a in OPS and OPS[a].kind == "forward", f"activation {a} has no op"
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_fields_are_well_formed(name):
+    """The per-op knowledge the DSL, the verifier, init and the model read from the table."""
+    from bngraph.init import ROLES
+
+    op = OPS[name]
+    assert op.check_values is None or callable(op.check_values)
+    assert isinstance(op.init_roles, dict) and set(op.init_roles.values()) <= set(ROLES)
+    assert all(isinstance(i, int) and i >= 0 for i in op.init_roles), f"{name}: init_roles keys are input indices"
+    assert op.prefix.isidentifier() and op.prefix == (op.name_prefix or name)
+    assert isinstance(op.batch_statistics, bool) and isinstance(op.class_labels, bool)
+    if op.batch_statistics:
+        assert op.attrs.get("mode") == (str, "train"), f"{name}: batch statistics are chosen by mode=train"
+    if op.kind == "loss":
+        assert callable(op.predict) and callable(op.accuracy), f"{name}: a loss predicts and scores from its input"
+    else:
+        assert op.predict is None and op.accuracy is None and not op.class_labels
+
+
+def test_roles_and_prefixes_of_the_ops():
+    assert OPS["matmul"].init_roles == {0: "weight"} and OPS["matmul"].prefix == "fc"
+    assert OPS["bias_add"].init_roles == OPS["bias_add_act"].init_roles == {1: "bias"}
+    for bn in ("batchnorm", "batchnorm_act"):  # gamma = 1, beta = 0, running_mean = 0, running_var = 1
+        assert OPS[bn].init_roles == {1: "ones", 2: "zeros", 3: "zeros", 4: "ones"} and OPS[bn].prefix == "bn"
+    assert [OPS[n].prefix for n in ("relu", "bias_add", "mse")] == ["relu", "bias", "loss"]
+    assert [n for n, o in OPS.items() if o.class_labels] == ["softmax_cross_entropy"]
+
+
+def test_needs_batch_statistics():
+    from bngraph.ops import needs_batch_statistics, uses_batch_statistics
+
+    g = bg.mlp([4, 5, 3])
+    assert needs_batch_statistics(g) and needs_batch_statistics(g.build()) and g.is_training
+    assert [n.op for n in g.nodes if uses_batch_statistics(n)] == ["batchnorm"]
+    fused = bg.run_pipeline(g, bg.TRAINING_PIPELINE).graph
+    assert [n.op for n in fused.nodes if uses_batch_statistics(n)] == ["batchnorm_act"]
+    assert not needs_batch_statistics(bg.to_inference(g))  # eval mode: running statistics
+    assert not needs_batch_statistics(bg.mlp([4, 5, 3], batchnorm=False))
+
+
+@pytest.mark.parametrize("loss, out, y, predicted, accuracy", [
+    ("softmax_cross_entropy", [[0.1, 2.0, -1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]], [1, 2, 2], [1, 0, 2], 2 / 3),
+    ("sigmoid_bce", [[0.5, -1.0], [-0.25, 0.0], [2.0, 3.0]], [[1.0, 0.0], [1.0, 0.2], [0.9, 0.4]],
+     [[1, 0], [0, 0], [1, 1]], 4 / 6),
+    ("mse", [[0.5, -1.0], [2.0, 3.0]], [[0.0, 0.0], [2.0, 3.0]], [[0.5, -1.0], [2.0, 3.0]], None),
+])
+def test_loss_predict_and_accuracy(loss, out, y, predicted, accuracy):
+    """Host arrays, rows are examples: argmax / logits > 0 / the prediction itself."""
+    op = OPS[loss]
+    out, y = np.array(out), np.array(y)
+    pred = op.predict(out)
+    np.testing.assert_array_equal(pred, predicted)
+    if loss != "mse":
+        assert pred.dtype == np.int64
+    if accuracy is None:
+        assert op.accuracy(out, y) is None  # regression: no accuracy
+    else:
+        assert op.accuracy(out, y) == pytest.approx(accuracy) and isinstance(op.accuracy(out, y), float)
+
+
+@pytest.mark.parametrize("loss, target, match", [
+    ("softmax_cross_entropy", "t8", r"loss: softmax_cross_entropy expects integer class labels made with g.labels"),
+    ("softmax_cross_entropy", "y", r"loss: logits %z expected shape f32\[10,m\] for labels %y \(classes=10\), "
+                                   r"got f32\[8,m\]"),
+    ("mse", "y", r"loss: mse expects a float target shaped like %z: f32\[8,m\], got integer class labels %y"),
+    ("sigmoid_bce", "y", r"loss: sigmoid_bce expects a float target shaped like %z: f32\[8,m\], got integer"),
+])
+def test_the_dsl_and_the_verifier_share_the_value_checks(loss, target, match):
+    """OpDef.check runs the op's check_values then its shape rule, for the DSL and the verifier alike:
+    the same message, with the verifier's node prefix."""
+    g = bg.Graph("t")
+    g.labels("y", 10), g.input("t8", 8)  # the targets, by name below
+    z = g.matmul(g.input("x", 4), 8, bias=False, name="z")
+    with pytest.raises(bg.IRError, match=match):
+        g.add_node(loss, [z, target], {}, ["loss"])
+    bad = g.build().rebuild(nodes=[*g.nodes, Node.make(loss, ["z", target], [Value("loss", TensorType("f32", ()))])],
+                            outputs=[("loss", "loss")])
+    with pytest.raises(bg.VerifyError, match=rf"graph t: node %loss \({loss}\): " + match.replace("loss: ", "", 1)):
+        bg.verify(bad)
+
+
+def test_fill_is_a_scalar_of_its_dtype():
+    (c,) = OPS["fill"].ref([], OPS["fill"].normalize_attrs("t", {"value": 2, "dtype": "f32"}))
+    assert c.shape == () and c.dtype == np.float32 and c == 2.0
+    with pytest.raises(bg.IRError, match="t: dtype must be one of f32, f64, got 'i64'"):
+        OPS["fill"].normalize_attrs("t", {"value": 1.0, "dtype": "i64"})
+    with pytest.raises(bg.IRError, match="t: fill takes 0 inputs, got 1"):
+        OPS["fill"].infer("t", [TensorType("f32", ())], {"value": 1.0, "dtype": "f32"})
+
+
+def test_loss_gradients_need_a_scalar_incoming_gradient():
+    types = [TensorType("f32", (3, BATCH)), TensorType("i64", (BATCH,))]
+    rule = OPS["softmax_cross_entropy_grad"].infer
+    assert rule("t", [*types, TensorType("f32", ())], {}) == (types[0],)
+    with pytest.raises(bg.IRError, match=r"t: softmax_cross_entropy_grad incoming gradient dL expected shape f32\[\]"):
+        rule("t", [*types, TensorType("f32", (3, BATCH))], {})
+    with pytest.raises(bg.IRError, match="t: inputs mix dtypes"):
+        rule("t", [*types, TensorType("f64", ())], {})
+    with pytest.raises(bg.IRError, match="t: softmax_cross_entropy_grad takes 3 inputs, got 2"):
+        rule("t", types, {})
+    node = Node.make("mse", ["p", "t"], [Value("loss", TensorType("f32", ()))])
+    with pytest.raises(bg.IRError, match=r"loss: the gradient rule of mse needs the incoming gradient dL"):
+        OPS["mse"].grad(lambda *a: None, node, [None])
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -187,8 +295,16 @@ def test_no_grad_table_names_real_ops(name):
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
-def test_every_op_has_numpy_template(name):
-    assert (REPO / "templates" / "numpy" / f"{name}.j2").is_file(), f"templates/numpy/{name}.j2 is missing"
+def test_every_op_lowers_to_a_numpy_template(name):
+    """The NumPy target's lowering table has the op, and each template it picks (per variant: the
+    attributes of the op's test cases) exists under templates/numpy/."""
+    from bngraph.backends import get_target
+
+    lowerings = get_target("numpy").renderer.lowerings
+    assert name in lowerings, f"the numpy target has no lowering for op {name}"
+    for case in (c for c in CASES if c.op == name):
+        template = lowerings[name].template_for(attrs_of(case))
+        assert (REPO / "templates" / "numpy" / template).is_file(), f"{case}: templates/numpy/{template} is missing"
 
 
 def test_unknown_op_error():
@@ -269,8 +385,7 @@ def run_rule(case: Case, arrays: list, ct: np.ndarray):
 
 
 def cotangent(case: Case, rng) -> np.ndarray:
-    if OPS[case.op].kind == "loss":
-        return np.array(1.0)  # the loss is the root: its seed is 1 (loss rules do not read cts)
+    # losses too: their rules multiply by the incoming dL like every other rule (autodiff seeds 1)
     t = OPS[case.op].infer(str(case), [input_type(s) for s in case.inputs], attrs_of(case))[0]
     return rng.standard_normal(t.concrete_shape(M))
 
@@ -458,6 +573,7 @@ def test_batchnorm_act_is_act_of_batchnorm(mode, act):
 # --------------------------------------------------------------------------------------------
 
 LARGE = np.array([[-1000.0, -50.0, -1e-3, 0.0, 1e-3, 50.0, 1000.0]])
+DL = 0.75  # the loss's incoming gradient: the loss gradients scale by it (torch: loss.backward(DL))
 
 
 @pytest.mark.parametrize("act", ACT_VARIANTS, ids=lambda a: "-".join(str(v) for v in a.values()))
@@ -477,10 +593,10 @@ def test_softmax_cross_entropy_vs_torch(scale):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         (loss,) = OPS["softmax_cross_entropy"].ref([logits, labels], {})
-        (grad,) = OPS["softmax_cross_entropy_grad"].ref([logits, labels], {})
+        (grad,) = OPS["softmax_cross_entropy_grad"].ref([logits, labels, np.array(DL)], {})
     lt = torch.tensor(logits.T, requires_grad=True)
     ref = F.cross_entropy(lt, torch.tensor(labels))
-    ref.backward()
+    ref.backward(torch.tensor(DL))
     np.testing.assert_allclose(loss, ref.item(), rtol=1e-12)
     np.testing.assert_allclose(grad, lt.grad.numpy().T, rtol=1e-10, atol=1e-15)
 
@@ -489,10 +605,10 @@ def test_mse_vs_torch():
     rng = np.random.default_rng(7)
     pred, target = rng.standard_normal((3, 8)), rng.standard_normal((3, 8))
     (loss,) = OPS["mse"].ref([pred, target], {})
-    (grad,) = OPS["mse_grad"].ref([pred, target], {})
+    (grad,) = OPS["mse_grad"].ref([pred, target, np.array(DL)], {})
     pt = torch.tensor(pred, requires_grad=True)
     ref = F.mse_loss(pt, torch.tensor(target))  # reduction='mean' over all elements
-    ref.backward()
+    ref.backward(torch.tensor(DL))
     np.testing.assert_allclose(loss, ref.item(), rtol=1e-12)
     np.testing.assert_allclose(grad, pt.grad.numpy(), rtol=1e-12)
 
@@ -505,10 +621,10 @@ def test_sigmoid_bce_vs_torch(scale):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         (loss,) = OPS["sigmoid_bce"].ref([logits, target], {})
-        (grad,) = OPS["sigmoid_bce_grad"].ref([logits, target], {})
+        (grad,) = OPS["sigmoid_bce_grad"].ref([logits, target, np.array(DL)], {})
     lt = torch.tensor(logits, requires_grad=True)
     ref = F.binary_cross_entropy_with_logits(lt, torch.tensor(target))
-    ref.backward()
+    ref.backward(torch.tensor(DL))
     assert np.isfinite(loss)
     np.testing.assert_allclose(loss, ref.item(), rtol=1e-12)
     np.testing.assert_allclose(grad, lt.grad.numpy(), rtol=1e-10, atol=1e-300)

@@ -170,6 +170,7 @@ def test_fold_bias_kept_when_value_has_another_user(how):
     else:
         g.outputs.append(("pre_bn", "fc1"))
         why = "kept fc1.b: %fc1 is also used by graph output pre_bn"
+    g = g.build()  # passes take and return frozen graphs: "unchanged" is the same object
     res = run("fold_bias", g)
     assert res.graph is g and res.changes == () and res.notes == (why,)
     # the pipeline reports it
@@ -251,6 +252,23 @@ def test_fuse_bn_two_users():
     assert "no activation fused: %bn1 has 2 users (%act1 and %side)" in res.changes[0]
     assert ops(res.graph).count("relu") == 1
     check_preserves(g, res.graph, res.remap)
+
+
+def test_fuse_bn_and_fuse_bias_act_are_one_rewrite_table():
+    from bngraph.ops import OPS
+    from bngraph.passes.fuse_act import FUSIONS, fuse_activations
+
+    assert {(r.plain, r.fused) for r in FUSIONS.values()} == {("batchnorm", "batchnorm_act"), ("bias_add", "bias_add_act")}
+    for plain, row in FUSIONS.items():
+        # the fused op is the plain op plus the activation's attributes, on the same inputs
+        assert row.plain == plain and set(OPS[row.fused].attrs) == set(OPS[plain].attrs) | {"act", "negative_slope"}
+        assert OPS[row.fused].init_roles == OPS[plain].init_roles
+        assert OPS[row.fused].batch_statistics == OPS[plain].batch_statistics
+    # each pass is its row run by the one function
+    folded = run("fold_bn_into_weights", to_inference(bg.mlp([3, 4, 5, 2], dtype="f64"))).graph
+    for name, plain in (("fuse_bn", "batchnorm"), ("fuse_bias_act", "bias_add")):
+        for graph in (folded, _fuse_bn_case().build(), bg.mlp([3, 4, 2], batchnorm=False).build()):
+            assert PASSES[name].run(graph) == fuse_activations(graph, FUSIONS[plain])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,13 +451,28 @@ def test_verify_names_the_broken_pass():
     assert run_pipeline(bg.mlp([4, 8, 3]), [broken], verify=False).graph.nodes[-1].op == "bias_add"
 
 
-def test_a_mutating_pass_is_caught():
+@pytest.mark.parametrize("how", ["pop a node", "assign nodes"])
+def test_a_pass_cannot_mutate_its_input(how):
+    # passes get frozen graphs: the parts are tuples and attribute assignment is refused
     def mutate(g):
-        g.nodes.pop()
+        if how == "pop a node":
+            g.nodes.pop()
+        else:
+            g.nodes = g.nodes[:-1]
         return PassResult(g)
 
-    with pytest.raises(PassError, match="pass mutate mutated its input graph"):
-        run_pipeline(bg.mlp([4, 8, 3]), [Pass("mutate", "g -> g", "never", mutate)])
+    g = bg.mlp([4, 8, 3])
+    text = str(g)
+    with pytest.raises(AttributeError, match="tuple' object has no attribute 'pop'|graph mlp is frozen"):
+        run_pipeline(g, [Pass("mutate", "g -> g", "never", mutate)])
+    assert str(g) == text
+
+
+def test_a_pass_must_return_a_frozen_graph():
+    builder = bg.mlp([4, 8, 3])
+    sneaky = Pass("sneaky", "g -> builder", "never", lambda g: PassResult(builder))
+    with pytest.raises(PassError, match="pass sneaky returned a Graph graph, expected a FrozenGraph"):
+        run_pipeline(bg.mlp([4, 8, 3]), [sneaky])
 
 
 def test_unknown_pass():
@@ -588,7 +621,7 @@ def test_the_docs_example_pass_runs():
 
 
 def test_a_broken_input_is_not_blamed_on_a_pass():
-    g = bg.mlp([3, 4, 2])
+    g = bg.mlp([3, 4, 2]).build()
     g = g.rebuild(outputs=[*g.outputs, ("ghost", "nowhere")])
     with pytest.raises(bg.VerifyError) as e:
         run_pipeline(g, TRAINING_PIPELINE)

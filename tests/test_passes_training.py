@@ -67,7 +67,7 @@ def test_training_steps_agree(gname, g, passes, opt_name):
     # Its running_mean tracks those steps, hence atol 1e-9 instead of 1e-12 here.
     mapped = opt.report.remap({**plain.params, **plain.state})
     for k in [*opt.params, *opt.state]:
-        np.testing.assert_allclose(opt._values[k], mapped[k], rtol=1e-9, atol=1e-9, err_msg=k)
+        np.testing.assert_allclose({**opt.params, **opt.state}[k], mapped[k], rtol=1e-9, atol=1e-9, err_msg=k)
     Xe = rng.normal(size=(6, plain.n_features))
     np.testing.assert_allclose(opt.forward(Xe), plain.forward(Xe), rtol=1e-9, atol=1e-9)
 

@@ -1,10 +1,11 @@
 """What every pass shares: the Pass record, its result, the registry and small graph helpers.
 
-A pass is a function ``Graph -> PassResult`` wrapped in a :class:`Pass` with a name, a one-line
-algebra (the first line of the function's docstring, e.g. ``batchnorm(bias_add(z, b)) ->
-batchnorm(z)``) and a sentence saying when it is valid. Passes never mutate their input: nodes are
-immutable, and a pass builds a new graph with ``g.rebuild(...)`` -- or returns the input object
-itself when nothing changed, so the pipeline can tell.
+A pass is a function ``FrozenGraph -> PassResult`` wrapped in a :class:`Pass` with a name, a
+one-line algebra (the first line of the function's docstring, e.g. ``batchnorm(bias_add(z, b)) ->
+batchnorm(z)``) and a sentence saying when it is valid. Passes cannot mutate their input (a
+:class:`~bngraph.graph.FrozenGraph` and its nodes are immutable): a pass builds a new graph with
+``g.rebuild(...)`` -- or returns the input object itself when nothing changed, so the pipeline can
+tell. ``Pass.run`` accepts a DSL builder too and freezes it first.
 
 When a rewrite changes which parameters exist, the pass also returns a ``remap``: a function from
 a ``{param/state name: array}`` dict valid for the old graph to a new dict valid for the new graph
@@ -15,15 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..graph import FrozenGraph, as_graph
 from ..ir import IRError, Node, Value
 from ..ops import get_op
-
-if TYPE_CHECKING:
-    from ..graph import Graph
 
 Remap = Callable[[dict], dict]
 
@@ -43,7 +41,7 @@ class PassResult:
     ("kept fc1.b: %fc1 is also used by %foo (tanh)"); they are not changes.
     """
 
-    graph: Graph
+    graph: FrozenGraph
     changes: tuple = ()
     remap: Remap | None = None
     notes: tuple = ()
@@ -51,7 +49,7 @@ class PassResult:
 
 @dataclass(frozen=True)
 class Pass:
-    """A named graph transformation: ``run(g) -> PassResult``."""
+    """A named graph transformation: ``run(g) -> PassResult`` (``g`` a builder or a frozen graph)."""
 
     name: str
     algebra: str  # one line, e.g. "batchnorm(bias_add(z, b)) -> batchnorm(z)   # train: b is dead; ..."
@@ -59,9 +57,12 @@ class Pass:
     fn: Callable = field(repr=False, compare=False)
 
     def run(self, g) -> PassResult:
-        res = self.fn(g)
+        res = self.fn(as_graph(g))
         if not isinstance(res, PassResult):
             raise PassError(f"pass {self.name} returned {type(res).__name__}, expected a PassResult")
+        if not isinstance(res.graph, FrozenGraph):
+            raise PassError(f"pass {self.name} returned a {type(res.graph).__name__} graph, expected a FrozenGraph "
+                            f"(build it with g.rebuild(...))")
         return res
 
     __call__ = run

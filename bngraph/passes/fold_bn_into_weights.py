@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import TensorType, Value
-from ..ops import BN_OPS, bn_scale_shift
+from ..ops import BN_OPS, bn_scale_shift, uses_batch_statistics
 from .base import (PassError, PassResult, Uses, bn_label, count_words, describe, drop_unused, graph_pass,
                    make_node, need, numel)
 
@@ -40,7 +40,7 @@ def fold_bn_into_weights(g) -> PassResult:
     W, b, gamma, beta and the running statistics are removed (unless something else reads them).
     """
     for n in g.nodes:
-        if n.op in BN_OPS and n.attr.get("mode") == "train":
+        if uses_batch_statistics(n):
             raise PassError(
                 f"fold_bn_into_weights: %{n.name} ({n.op}) is in training mode: it normalizes with each "
                 f"mini-batch's own mean and variance, which are not known ahead of time, so they cannot be "

@@ -1,7 +1,8 @@
 """to_inference: turn a training graph into an inference graph (not a semantics-preserving pass)."""
 from __future__ import annotations
 
-from ..ops import BN_OPS
+from ..graph import as_graph
+from ..ops import uses_batch_statistics
 from ..verifier import verify
 from .base import PassError, make_node
 from .dce import dce
@@ -15,8 +16,10 @@ def to_inference(g):
     This changes what the graph computes (eval-mode BN uses the running statistics instead of the
     batch's), so it is a conversion, not a pass in ``PASSES``. A graph with gradient outputs is
     refused: call it on the forward graph, before autodiff. A graph that is already an inference
-    graph (no loss, no training-mode BN, no state outputs) is returned as is.
+    graph (no loss, no training-mode BN, no state outputs) is returned as is. Takes a builder or a
+    frozen graph; returns a frozen graph.
     """
+    g = as_graph(g)
     grads = [k for k, _ in g.outputs if k.startswith("grad.")]
     if grads:
         raise PassError(
@@ -37,7 +40,7 @@ def to_inference(g):
                             f"updates; nothing would remain to compute")
     nodes = []
     for n in g.nodes:
-        if n.op in BN_OPS and n.attr["mode"] == "train":
+        if uses_batch_statistics(n):  # eval mode normalizes with the running statistics: one output
             n = make_node(n.op, n.inputs, n.outputs[:1], {**n.attr, "mode": "eval"})
         nodes.append(n)
     # running_update nodes, the loss and whatever fed only them are dead now
