@@ -18,6 +18,16 @@ from dataclasses import dataclass
 from math import prod
 
 
+def array_namespace(a):
+    """The array module of ``a``: ``a.__array_namespace__()`` (NumPy 2, CuPy, array-API libraries),
+    else NumPy (NumPy 1.x arrays, lists, Python scalars). Imported lazily: nothing else here needs it."""
+    get = getattr(type(a), "__array_namespace__", None)
+    if get is not None:
+        return get(a)
+    import numpy
+    return numpy
+
+
 @dataclass(frozen=True)
 class Segment:
     """Where one named array lives: ``buffers[dtype][offset:offset + size]``, reshaped to ``shape``."""
@@ -57,9 +67,10 @@ class FlatLayout:
         buffers = {dt: xp.zeros(n, dtype=dt) for dt, n in self.totals.items()}
         return FlatArrays(self, buffers)
 
-    def runs(self, names) -> list:
+    def runs(self, names, block: int | None = None) -> list:
         """``[(dtype, start, stop)]``: the maximal contiguous stretches covered by ``names``
-        (a parameter group's params), so a whole-group update is a few slices, not one per param."""
+        (a parameter group's params), so a whole-group update is a few slices, not one per param.
+        With ``block``, longer stretches are cut into pieces of at most ``block`` elements."""
         segs = sorted((self.segments[n] for n in names), key=lambda s: (s.dtype, s.offset))
         out: list = []
         for s in segs:
@@ -69,6 +80,11 @@ class FlatLayout:
                 out[-1] = (s.dtype, out[-1][1], s.offset + s.size)
             else:
                 out.append((s.dtype, s.offset, s.offset + s.size))
+        if block is not None:
+            if block < 1:
+                raise ValueError(f"block must be a positive number of elements, got {block}")
+            out = [(dt, i, min(i + block, stop)) for dt, start, stop in out
+                   for i in range(start, stop, block)]
         return out
 
     def __eq__(self, other):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bngraph import optim
+from bngraph.flat import FlatLayout
 
 import torch  # the oracle; installed by the test extra, so CI never skips these
 
@@ -67,17 +68,26 @@ def _id(cfg):
     return name + "(" + ",".join(f"{k}={v}" for k, v in kw.items()) + ")"
 
 
-def run_pair(name, kw, dtype, *, missing=None, lr_changes=None):
+def run_pair(name, kw, dtype, *, missing=None, lr_changes=None, flat=False):
     """Run bngraph's and torch's optimizer side by side; yield both param dicts after each step.
 
     missing: {step: param name} whose gradient is absent (None in torch) at that step.
     lr_changes: {step: new lr} applied before that step to both.
+    flat: bngraph's params live in flat buffers; the optimizer is bound to their layout and
+    steps with step_flat (a step with a missing gradient goes through step(), as it must).
     """
     missing, lr_changes = missing or {}, lr_changes or {}
     params = make_params(dtype)
     tparams = {n: torch.tensor(p.copy(), requires_grad=True) for n, p in params.items()}
     opt = getattr(optim, name)(**kw)
     topt = getattr(torch.optim, name)(list(tparams.values()), foreach=False, **_torch_kw(kw))
+    if flat:
+        layout = FlatLayout([(n, p.shape, p.dtype.name) for n, p in params.items()])
+        P, G = layout.allocate(np), layout.allocate(np)
+        for n, p in params.items():
+            P[n][...] = p
+        params = P.views
+        opt.bind(layout, np)
     for k, grads in enumerate(make_grads(dtype)):
         if k in lr_changes:
             opt.lr = lr_changes[k]
@@ -86,7 +96,12 @@ def run_pair(name, kw, dtype, *, missing=None, lr_changes=None):
         grads = {n: g for n, g in grads.items() if missing.get(k) != n}
         for n, tp in tparams.items():
             tp.grad = torch.tensor(grads[n]) if n in grads else None
-        opt.step(params, grads)
+        if flat and len(grads) == len(SHAPES):
+            for n, g in grads.items():
+                G[n][...] = g
+            opt.step_flat(P, G)
+        else:
+            opt.step(params, grads)
         topt.step()
         yield k, params, {n: tp.detach().numpy() for n, tp in tparams.items()}
 
@@ -99,21 +114,24 @@ def _assert_close(params, tparams, dtype, where):
                                    err_msg=f"{where}, param {n}")
 
 
+@pytest.mark.parametrize("path", ["step", "step_flat"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_id)
-def test_matches_torch(cfg, dtype):
+def test_matches_torch(cfg, dtype, path):
     name, kw = cfg
-    for k, params, tparams in run_pair(name, kw, dtype):
+    for k, params, tparams in run_pair(name, kw, dtype, flat=path == "step_flat"):
         _assert_close(params, tparams, dtype, f"step {k}")
 
 
+@pytest.mark.parametrize("path", ["step", "step_flat"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_id)
-def test_matches_torch_with_missing_grads_and_lr_schedule(cfg, dtype):
+def test_matches_torch_with_missing_grads_and_lr_schedule(cfg, dtype, path):
     name, kw = cfg
     lr = kw.get("lr", 1e-2)
     for k, params, tparams in run_pair(name, kw, dtype, missing={1: "b", 2: "W", 4: "b"},
-                                       lr_changes={3: lr / 2, 5: lr * 3}):
+                                       lr_changes={3: lr / 2, 5: lr * 3},
+                                       flat=path == "step_flat"):
         _assert_close(params, tparams, dtype, f"step {k}")
 
 

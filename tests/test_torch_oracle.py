@@ -39,6 +39,7 @@ from torch import nn
 import bngraph as bg
 from bngraph import optim
 from bngraph.init import init_values
+from test_optim_flat import FlatDriven
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-4, atol=1e-5)}
@@ -273,6 +274,9 @@ OPTIMIZERS = {
     "adamw": (lambda: optim.AdamW(lr=1e-2, weight_decay=0.1),
               lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)),
 }
+# each again through bind/step_flat (the fused whole-buffer update), whatever the model calls
+OPTIMIZERS.update({f"{k}+flat": (lambda ours=ours: FlatDriven(ours()), theirs)
+                   for k, (ours, theirs) in list(OPTIMIZERS.items())})
 
 # models the optimizer sweep runs on: every activation and loss appears, with and without the bias
 OPT_MODELS = [
@@ -390,7 +394,33 @@ FLOAT32_CASES = [
                  id="leaky-bce-bias-rmsprop-c"),
     pytest.param(dict(act="sigmoid", loss="softmax_cross_entropy", bias=True, hidden=(6,)), "adamw", id="sigmoid-sce-bias-adamw"),
     pytest.param(dict(act="identity", loss="mse", bias=True, hidden=(7,), bn=False), "sgd-nesterov-wd", id="noBN-identity-mse-sgdn"),
+    pytest.param(dict(act="tanh", loss="mse", bias=False, hidden=(7,)), "adam+flat", id="tanh-mse-nobias-adam+flat"),
+    pytest.param(dict(act="leaky_relu", loss="sigmoid_bce", bias=True, hidden=(9, 6)), "rmsprop-centered-wd+flat",
+                 id="leaky-bce-bias-rmsprop-c+flat"),
 ]
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["as-the-model-calls", "step_flat"])
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_param_groups_match_torch(name, flat):
+    """No weight decay for gamma/beta and a tenth of the lr for the first layer: bngraph's groups
+    (by name pattern) against torch's param_groups, through whole training steps."""
+    tw = Twin(act="relu", loss="softmax_cross_entropy", bias=True, hidden=(8, 5))
+    kw = dict(lr=1e-2, weight_decay=0.1) if name == "AdamW" else dict(lr=0.1, momentum=0.9, weight_decay=0.05)
+    groups = [{"params": ["*.gamma", "*.beta"], "weight_decay": 0.0}, {"params": "fc1.*", "lr": kw["lr"] / 10}]
+    ours = getattr(optim, name)(**kw, groups=groups)
+    bn = [p for n, p in tw.names.items() if n.startswith("bn")]
+    rest = [p for n, p in tw.names.items() if not n.startswith(("bn", "fc1."))]
+    theirs = getattr(torch.optim, name)([{"params": bn, "weight_decay": 0.0},
+                                         {"params": [tw.names["fc1.W"]], "lr": kw["lr"] / 10},
+                                         {"params": rest}], **kw)
+    tol, opt = TOL["float64"], FlatDriven(ours) if flat else ours
+    for step, (X, y) in enumerate(tw.batches(), start=1):
+        lt = tw.torch_step(X, y, theirs)
+        lo = tw.model.train_step(X, y, opt)
+        np.testing.assert_allclose(lo, lt, **tol, err_msg=f"loss of step {step}")
+    tw.assert_params_match(tol, "after 5 steps with groups")
+    tw.assert_state_match(tol)
 
 
 @pytest.mark.parametrize("case, opt_name", FLOAT32_CASES)

@@ -1,0 +1,248 @@
+"""Optimizer slots in flat buffers, and the fused whole-buffer step (``bind`` / ``step_flat``).
+
+``bind(layout, xp)`` allocates each slot kind (``exp_avg``, ``momentum_buffer``, ...) as one
+:class:`~bngraph.flat.FlatArrays` of the params' layout, and the per-parameter step counters as
+one int64 per param; ``opt.state[name][key]`` becomes a view into them. So the reference path
+(``step`` -> ``update``, one parameter at a time) and the fused path (``_kernel`` on whole runs of a
+group's params) read and write the same memory, and ``state_dict`` is unchanged.
+
+A slot appears in ``opt.state`` only when the reference path would have created it: slots are
+lazy in PyTorch (SGD's momentum buffer starts as a copy of the first gradient, Adam's state appears
+on the first step). The flat storage of a slot that has not appeared yet is zero. The fused step
+needs every param of a group in the same condition (a slot there for all or for none; one shared
+step count); anything else, e.g. after a step where some gradients were missing, takes the
+reference path, which gives the same numbers.
+
+The step counters live in device memory, and the host never reads them back: it keeps its own
+copy (``_steps``, name -> count), set from host arrays when a state dict is loaded and counted
+along with every step; the fused path passes the count to the update as an argument. When that
+copy is unknown (state loaded from device arrays), every step takes the reference path.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..flat import FlatArrays, FlatLayout, array_namespace
+from .groups import assign_groups
+
+#: The slot that holds a parameter's step counter (an int64 scalar, not a parameter-shaped array).
+COUNTER = "step"
+
+#: ``bind(block="auto")`` on NumPy: update runs in pieces of this many elements (1 MiB of float32),
+#: so each piece's arrays stay in the CPU's cache across the update's passes.
+NUMPY_BLOCK = 1 << 18
+
+
+@dataclass
+class Binding:
+    """What ``bind`` set up: the layout, the array module, and where each group's params lie."""
+
+    layout: FlatLayout
+    xp: Any
+    block: int | None             # the longest piece (None: whole runs)
+    counters: FlatLayout          # one int64 per param, same order: the per-param step counters
+    names: list                   # group index -> the names it owns (the default group last)
+    group_of: dict                # name -> group index
+    pieces: list                  # group index -> [(dtype, slice, scratch slice)]: runs in blocks
+    counter_runs: list            # group index -> counters.runs(names)
+    slots: dict = field(default_factory=dict)  # slot key -> FlatArrays (allocated on first need)
+    scratch: tuple = ()           # two {dtype: buffer}, one block long: the fused temporaries,
+                                  # reused by every piece (so they stay in cache)
+
+    def slot(self, key: str) -> FlatArrays:
+        """The flat storage of slot ``key`` (zeros when first asked for)."""
+        if key not in self.slots:
+            self.slots[key] = (self.counters if key == COUNTER else self.layout).allocate(self.xp)
+        return self.slots[key]
+
+
+@dataclass
+class GroupPlan:
+    """One group's share of the next fused step."""
+
+    index: int
+    fresh: tuple                  # slot keys no param of the group has yet (this step creates them)
+    t: int | None                 # the shared step count before this step (None: no counters)
+    new: bool                     # some params have no state entry yet (step() makes one, even empty)
+
+
+class FlatStepMixin:
+    """``bind``, ``step_flat`` and what they need; mixed into :class:`~bngraph.optim.Optimizer`."""
+
+    def bind(self, layout: FlatLayout, xp, *, block: int | None | str = "auto") -> None:
+        """Keep every slot in flat buffers of ``layout`` (one per dtype, from the array module
+        ``xp``), with ``self.state[name][key]`` views into them; existing slots are copied in.
+        Call it again for another model (another layout).
+
+        ``block``: ``step_flat`` updates each run in pieces of at most this many elements, so a
+        piece's arrays stay in the CPU's cache from one pass to the next; None: whole runs (one
+        kernel per pass on a device). "auto": :data:`NUMPY_BLOCK` for NumPy, else None."""
+        if block == "auto":
+            block = NUMPY_BLOCK if xp is sys.modules.get("numpy") else None
+        self._flush_plan()
+        self._bound, self.state = self._binding(layout, xp, self.state, block)
+
+    @property
+    def layout(self) -> FlatLayout | None:
+        """The layout ``bind`` was given (None before)."""
+        return None if self._bound is None else self._bound.layout
+
+    def _slot_keys(self, hp: dict) -> tuple:
+        """The slots a group with hyperparameters ``hp`` keeps per parameter (built-ins override)."""
+        return ()
+
+    def _reserved(self) -> set:
+        """Slot keys that live in flat buffers: those of any group's hyperparameters."""
+        return {k for hp in self._effective for k in self._slot_keys(hp)}
+
+    def _binding(self, layout: FlatLayout, xp, state: dict, block) -> tuple:
+        """A new binding and ``state`` moved into it; everything is checked before anything is
+        allocated, and nothing of ``self`` changes (load_state_dict relies on that)."""
+        names = layout.names
+        groups = assign_groups(self._specs, names)
+        reserved = self._reserved()
+        for name, slots in state.items():
+            seg = layout.segments.get(name)
+            if seg is None:
+                raise ValueError(f"optimizer state for {name!r}, which is not a parameter of this "
+                                 f"model (state loaded from a different model?)")
+            for key, arr in slots.items():
+                shape = tuple(arr.shape)
+                if key not in reserved:  # an optimizer's own slot: 0-d or parameter-shaped
+                    bad = len(shape) > 0 and shape != seg.shape
+                else:
+                    bad = shape != (() if key == COUNTER else seg.shape)
+                if bad:
+                    raise ValueError(f"optimizer state {key!r} for {name!r} has shape {shape}, "
+                                     f"but the parameter has shape {seg.shape} "
+                                     f"(state loaded from a different model?)")
+        owned = [[n for n, i in zip(names, groups) if i == k] for k in range(len(self._specs) + 1)]
+        counters = FlatLayout([(n, (), "int64") for n in names])
+        pieces = [[(dt, slice(start, stop), slice(0, stop - start))
+                   for dt, start, stop in layout.runs(o, block)] for o in owned]
+        b = Binding(layout, xp, block, counters, owned, dict(zip(names, groups)), pieces,
+                    [counters.runs(o) for o in owned])
+        if self._fusable():
+            b.scratch = tuple({dt: xp.empty(min(n, block or n), dtype=dt)
+                               for dt, n in layout.totals.items()} for _ in range(2))
+        for key in reserved:
+            b.slot(key)
+        moved = {}
+        for name, slots in state.items():
+            moved[name] = {}
+            for key, arr in slots.items():
+                if key in reserved:
+                    view = b.slot(key).views[name]
+                    view[...] = xp.asarray(arr)
+                    moved[name][key] = view
+                else:
+                    moved[name][key] = xp.asarray(arr)
+        return b, moved
+
+    def _adopt(self, names) -> None:
+        """After the reference path: move the slots it created (new arrays) into the flat buffers."""
+        b, reserved = self._bound, None
+        for name in names:
+            slots = self.state.get(name, {})
+            for key, arr in slots.items():
+                flat = b.slots.get(key)
+                if flat is None:
+                    reserved = self._reserved() if reserved is None else reserved
+                    if key not in reserved:
+                        continue  # the optimizer's own slot: kept as it is
+                    flat = b.slot(key)
+                view = flat.views[name]
+                if arr is not view:
+                    view[...] = arr
+                    slots[key] = view  # replacing a value while iterating is fine
+
+    def step_flat(self, P: FlatArrays, G: FlatArrays) -> None:
+        """Update the params ``P`` in place from the grads ``G`` (same layout; every param has a
+        gradient). Built-ins: a few whole-buffer passes per group and dtype. Otherwise, and when
+        the per-parameter state is not uniform, this is ``self.step(P.views, G.views)``.
+        Binds to ``P``'s layout first if the optimizer is not bound yet."""
+        if self._bound is None:
+            self.bind(P.layout, array_namespace(next(iter(P.buffers.values()), None)))
+        b = self._bound
+        for what, X in (("params", P), ("grads", G)):
+            if X.layout is not b.layout and X.layout != b.layout:
+                raise ValueError(f"step_flat: the {what} are not in the layout this optimizer is "
+                                 f"bound to; call bind(layout, xp) for the new model first")
+        plan = self._plan if self._plan is not None else self._make_plan()
+        if plan is None:
+            self.step(P.views, G.views)
+            return
+        xp, (D, T) = b.xp, b.scratch
+        for gp in plan:
+            hp = self._effective[gp.index]
+            keys = [k for k in self._slot_keys(hp) if k != COUNTER]
+            t = None if gp.t is None else gp.t + 1
+            for dt, cut, scut in b.pieces[gp.index]:
+                slots = {k: b.slots[k].buffers[dt][cut] for k in keys}
+                self._kernel(xp, P.buffers[dt][cut], G.buffers[dt][cut], slots, D[dt][scut],
+                             T[dt][scut], hp, t, gp.fresh)
+            if gp.t is not None:
+                for _, start, stop in b.counter_runs[gp.index]:
+                    c = b.slots[COUNTER].buffers["int64"][start:stop]
+                    xp.add(c, 1, out=c)
+                gp.t = t
+            if gp.new or gp.fresh:  # the first step of these slots: they appear in the state now
+                for name in b.names[gp.index]:
+                    slots = self.slots(name)
+                    for key in gp.fresh:
+                        slots[key] = b.slots[key].views[name]
+                gp.fresh, gp.new = (), False
+        self._plan = plan
+        self.step_count += 1
+
+    def _make_plan(self) -> list | None:
+        """Per group: the fresh slots and the shared step count; None when the state is not
+        uniform (or the optimizer has no fused update), so the step takes the reference path."""
+        if not self._fusable():
+            return None
+        b, plan = self._bound, []
+        for i, names in enumerate(b.names):
+            if not names:
+                continue
+            keys = self._slot_keys(self._effective[i])
+            fresh = []
+            for key in keys:
+                b.slot(key)
+                have = sum(key in self.state.get(n, {}) for n in names)
+                if have == 0:
+                    fresh.append(key)
+                elif have < len(names):
+                    return None
+            t = None
+            if COUNTER in keys:
+                if self._steps is None:
+                    return None
+                counts = {self._steps.get(n, 0) for n in names}
+                if len(counts) > 1:
+                    return None
+                t = counts.pop()
+            plan.append(GroupPlan(i, tuple(fresh), t, any(n not in self.state for n in names)))
+        return plan
+
+    def _flush_plan(self) -> None:
+        """Drop the plan (the state is about to change), keeping the counts it carried."""
+        plan, self._plan = self._plan, None
+        if plan and self._steps is not None:
+            for gp in plan:
+                if gp.t is not None:
+                    for name in self._bound.names[gp.index]:
+                        self._steps[name] = gp.t
+
+    def _count_step(self, name, slots) -> None:
+        """The reference path stepped ``name`` (whose slots are ``slots``): count it."""
+        if self._steps is not None and COUNTER in slots:
+            self._steps[name] = self._steps.get(name, 0) + 1
+
+    def _step_number(self, counter) -> int:
+        """This step's count for the parameter ``update`` is working on, whose ``counter`` it
+        has just incremented: from the host copy, else (unknown) read back from ``counter``."""
+        if self._steps is not None:
+            return self._steps.get(self._active_name, 0) + 1
+        return int(counter)
