@@ -10,13 +10,14 @@
     model = bg.compile(g, target="numpy")      # passes, autodiff, code generation
     print(model.source)                        # the exact code that runs
 """
-__version__ = "0.1.0"
+from .version import __version__
 
 from . import datasets, optim, passes
 from .autodiff import grad_graph
+from .backends import Target, get_target, register_target
 from .compiler import emit
-from .dsl import mlp
-from .graph import Graph
+from .dsl import Graph, GraphBuilder, mlp
+from .graph import FrozenGraph, as_graph
 from .interpreter import interpret
 from .ir import IRError, Node, TensorType, Value
 from .model import CheckpointError, DataError, History, Model, TrainingDiverged, compile, load
@@ -28,8 +29,8 @@ from .passes import (INFERENCE_PIPELINE, PASSES, TRAINING_PIPELINE, Pass, PassEr
 from .verifier import VerifyError, verify
 
 __all__ = [
-    "ACTIVATIONS", "CheckpointError", "DataError", "Dataset", "DatasetError", "Graph", "History", "INFERENCE_PIPELINE", "IRError", "Model",
-    "Node", "OPS", "PASSES", "ParseError", "Pass", "PassError", "PassResult", "PipelineResult", "TRAINING_PIPELINE", "TensorType", "TrainingDiverged", "Value", "VerifyError",
-    "compile", "datasets", "emit", "grad_graph", "interpret", "load", "load_dataset", "mlp", "optim", "parse", "passes", "run_pipeline",
-    "to_inference", "verify",
+    "ACTIVATIONS", "CheckpointError", "DataError", "Dataset", "DatasetError", "FrozenGraph", "Graph", "GraphBuilder", "History", "INFERENCE_PIPELINE", "IRError", "Model",
+    "Node", "OPS", "PASSES", "ParseError", "Pass", "PassError", "PassResult", "PipelineResult", "TRAINING_PIPELINE", "Target", "TensorType", "TrainingDiverged", "Value", "VerifyError",
+    "as_graph", "compile", "datasets", "emit", "get_target", "grad_graph", "interpret", "load", "load_dataset", "mlp", "optim", "parse", "passes", "register_target",
+    "run_pipeline", "to_inference", "verify",
 ]

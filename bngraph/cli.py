@@ -44,8 +44,8 @@ def default_model(n_features: int = 64, classes: int = 10):
 
 
 def load_model_spec(spec: str):
-    """``path.py[:name]`` -> Graph."""
-    from .graph import Graph
+    """``path.py[:name]`` -> the frozen graph (the file may define a builder or a frozen graph)."""
+    from .graph import GraphBase as Graph  # a DSL builder or a frozen graph
 
     path, _, name = spec.partition(":")
     name = name or "model"
@@ -74,7 +74,7 @@ def load_model_spec(spec: str):
             raise CLIError(f"{path}:{name}(): {type(e).__name__}: {e}") from None
     if not isinstance(obj, Graph):
         raise CLIError(f"{path}:{name} is a {type(obj).__name__}, expected a bngraph.Graph or a function returning one")
-    return obj
+    return obj.build()  # frozen once: every command below sees the same graph
 
 
 def _write_text(path: str, text: str):
@@ -168,7 +168,7 @@ def cmd_show(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bngraph", description="A small compiler for networks with batch normalization.")
-    from . import __version__
+    from .version import __version__
 
     p.add_argument("--version", action="version", version=f"bngraph {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,emit,show}", parser_class=_Parser)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .datacheck import check_labels
+from .graph import as_graph
 from .ir import IRError
 from .ops import get_op
 
@@ -14,6 +16,7 @@ from .ops import get_op
 def interpret(g, feeds: dict, values: dict, return_env: bool = False) -> dict:
     """Evaluate ``g``. ``feeds``: input name -> array; ``values``: param/state name -> array.
     Returns output key -> array (and the whole environment when ``return_env``)."""
+    g = as_graph(g)
     env = {}
     m = None
     for v in g.inputs:
@@ -30,12 +33,7 @@ def interpret(g, feeds: dict, values: dict, return_env: bool = False) -> dict:
             elif d != s:
                 raise IRError(f"input %{v.name}: expected shape {v.type}, got array of shape {a.shape}")
         if v.classes is not None:  # out-of-range labels would index silently (negative ones wrap)
-            if a.dtype.kind not in "iu":
-                raise IRError(f"input %{v.name}: expected integer class labels ({v.type}), got dtype {a.dtype}")
-            bad = (a < 0) | (a >= v.classes)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise IRError(f"input %{v.name}: labels must lie in [0, {v.classes}), got {a[i]} at index {i}")
+            a = check_labels(a, v.classes, f"input %{v.name}", at="index", cls=IRError, allow_float=False)
         env[v.name] = a
     for v in (*g.params, *g.state):
         if v.name not in values:

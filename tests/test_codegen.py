@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import bngraph as bg
-from bngraph.backends import get_backend
+from bngraph.backends import get_target
 from bngraph.compiler import inference_graph
 from bngraph.printer import format_node
 
@@ -34,8 +34,8 @@ from conftest import random_values
 
 GOLDEN = Path(__file__).parent / "golden" / "codegen"
 UPDATE = bool(os.environ.get("BNGRAPH_UPDATE_GOLDEN"))  # BNGRAPH_UPDATE_GOLDEN=1 rewrites the snapshots
-PROGRAMS = ("train_step", "forward", "forward_train")
-BACKEND = get_backend("numpy")
+PROGRAMS = ("train_step", "forward", "forward_train", "evaluate")
+TARGET = get_target("numpy")
 
 
 def check_golden_source(name: str, text: str):
@@ -178,7 +178,7 @@ def test_generated_module_compiles(dtype, inference):
 
 def test_generated_source_is_registered_with_linecache():
     model = bg.compile(bg.mlp([4, 5, 3]))
-    filename = model._module.__file__
+    filename = model.executable.module.__file__
     assert filename.startswith("<bngraph:")
     lines = model.source.splitlines()
     assert linecache.getline(filename, 1).rstrip("\n") == lines[0]
@@ -192,9 +192,15 @@ def test_generated_source_is_registered_with_linecache():
 
 
 def run_generated(module, name: str, prog, feeds: dict, values: dict, m: int) -> dict:
+    """Call the generated function as a reader of the module would: its own alloc_<name>, and a
+    fresh gradient array per param when the program computes gradients."""
     fn = getattr(module, name)
     B = getattr(module, f"alloc_{name}")(m)
-    return fn(*[feeds[v.name] for v in prog.inputs], values, values, B)
+    args = [feeds[v.name] for v in prog.inputs]
+    if any(k.startswith("grad.") for k, _ in prog.outputs):
+        G = {p.name: np.full(p.type.shape, np.nan, values[p.name].dtype) for p in prog.params}  # poisoned
+        return fn(*args, values, values, G, B)
+    return fn(*args, values, values, B)
 
 
 def assert_matches_interpreter(module, name: str, prog, rng, m: int = 7, rtol=1e-10, atol=1e-12):
@@ -232,7 +238,7 @@ def test_generated_programs_equal_interpreter(loss, act, bias, bn):
         model = bg.compile(g, dtype="float64", passes=passes)
         for name in PROGRAMS:
             prog = model.programs[name]
-            assert_matches_interpreter(model._module, name, prog, rng)
+            assert_matches_interpreter(model.executable.module, name, prog, rng)
 
 
 @pytest.mark.parametrize("slope", [0.0, 0.3, 1.0, 1.5, 4.0])
@@ -244,7 +250,7 @@ def test_leaky_relu_any_nonnegative_slope_equals_interpreter(slope, bn):
     for passes in (None, []):
         model = bg.compile(g, dtype="float64", passes=passes)
         for name in PROGRAMS:
-            got = assert_matches_interpreter(model._module, name, model.programs[name], rng)
+            got = assert_matches_interpreter(model.executable.module, name, model.programs[name], rng)
             assert all(np.all(np.isfinite(v)) for v in got.values())
     if slope > 1:
         assert f"* {slope}" in model.source and "np.where" in model.source
@@ -300,17 +306,18 @@ def test_eval_mode_batchnorm_grad_equals_interpreter(dtype):
     ops = {(n.op, n.attr.get("mode")) for n in train.nodes}
     assert ("batchnorm_grad", "eval") in ops and ("batchnorm_act_grad", "eval") in ops
     programs = {"train_step": train, "forward": bg.to_inference(g)}
-    src = BACKEND.emit(programs, dtype, "evalbn")["evalbn_numpy.py"]
+    rendered = TARGET.renderer.render(programs, dtype, "evalbn")
+    src = rendered.sources["evalbn_numpy.py"]
     assert node_comments(function_source(src, "train_step")) == [format_node(n) for n in train.nodes]
-    module = BACKEND.load({"evalbn_numpy.py": src}, "evalbn")
+    module = TARGET.runtime().load(rendered).module
     rng = np.random.default_rng(7)
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == "f64" else dict(rtol=2e-4, atol=2e-5)
     for name, prog in programs.items():
         assert_matches_interpreter(module, name, prog, rng, **tol)
 
 
-def test_shared_weight_accumulates_gradients_with_add():
-    """A weight used twice (h2 = W tanh(W x)): autodiff sums its two cotangents with an add node."""
+def shared_weight_graph():
+    """A weight used twice: h2 = W tanh(W x)."""
     g = bg.Graph("shared", "f64")
     x = g.input("x", 4)
     y = g.labels("y", 3)
@@ -320,11 +327,16 @@ def test_shared_weight_accumulates_gradients_with_add():
     h = g.add_node("matmul", [W, h], {}, ["h2"]).out
     h = g.relu(g.batchnorm(h, name="bn"), name="a2")
     g.softmax_cross_entropy(g.matmul(h, 3, name="out"), y)
-    model = bg.compile(g, dtype="float64")
+    return g
+
+
+def test_shared_weight_accumulates_gradients_with_add():
+    """A weight used twice (h2 = W tanh(W x)): autodiff sums its two cotangents with an add node."""
+    model = bg.compile(shared_weight_graph(), dtype="float64")
     assert "add" in {n.op for n in model.programs["train_step"].nodes}
     rng = np.random.default_rng(3)
     for name in PROGRAMS:
-        assert_matches_interpreter(model._module, name, model.programs[name], rng)
+        assert_matches_interpreter(model.executable.module, name, model.programs[name], rng)
 
 
 def test_python_unfriendly_names_are_renamed():
@@ -345,7 +357,7 @@ def test_python_unfriendly_names_are_renamed():
         model = bg.compile(g, dtype="float64", passes=passes)
         compile(model.source, "weird", "exec")
         for name in PROGRAMS:
-            assert_matches_interpreter(model._module, name, model.programs[name], rng, m=5)
+            assert_matches_interpreter(model.executable.module, name, model.programs[name], rng, m=5)
 
 
 def test_float32_generated_code_is_close_to_float64_interpreter():
@@ -358,7 +370,7 @@ def test_float32_generated_code_is_close_to_float64_interpreter():
         feeds, values = random_values(prog64, rng, m=9)
         ref = bg.interpret(prog64, feeds, values)
         f32 = lambda a: a.astype(np.float32) if a.dtype == np.float64 else a  # noqa: E731
-        got = run_generated(model._module, name, model.programs[name], {k: f32(v) for k, v in feeds.items()},
+        got = run_generated(model.executable.module, name, model.programs[name], {k: f32(v) for k, v in feeds.items()},
                             {k: f32(v) for k, v in values.items()}, 9)
         for k in ref:
             assert np.asarray(got[k]).dtype == np.float32, k
@@ -379,7 +391,8 @@ def test_the_equivalence_tests_cover_every_op():
     eval_bn = bg.parse(EVAL_BN_IR)
     seen.update(n.op for n in bg.grad_graph(eval_bn).nodes)
     seen.update(n.op for n in bg.to_inference(eval_bn).nodes)
-    seen.add("add")  # test_shared_weight_accumulates_gradients_with_add checks that add is generated
+    # test_shared_weight_accumulates_gradients_with_add runs the programs of this graph
+    seen.update(n.op for p in build_programs(shared_weight_graph(), "float64").programs.values() for n in p.nodes)
     missing = sorted(set(bg.OPS) - seen)
     assert not missing, f"ops never exercised by the codegen equivalence tests: {missing}"
 
@@ -392,14 +405,14 @@ def test_the_equivalence_tests_cover_every_op():
 def finite_difference_check(model, X, y, rng, entries=4, h=1e-6, rtol=1e-5, atol=1e-7):
     prog = model.programs["train_step"]
     feeds = model._feeds(X, model._check_y(y, X.shape[0], "test"))
-    values = {k: v.copy() for k, v in model._values.items()}
+    values = {k: np.array(v) for k, v in {**model.params, **model.state}.items()}
     m = X.shape[0]
-    out = run_generated(model._module, "train_step", prog, feeds, values, m)
+    out = run_generated(model.executable.module, "train_step", prog, feeds, values, m)
     grads = {k[5:]: np.array(v) for k, v in out.items() if k.startswith("grad.")}
     assert set(grads) == set(model.params)
 
     def loss_at(values):
-        return float(run_generated(model._module, "train_step", prog, feeds, values, m)["loss"])
+        return float(run_generated(model.executable.module, "train_step", prog, feeds, values, m)["loss"])
 
     for p, gr in grads.items():
         flat = values[p].reshape(-1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bngraph as bg
-import bngraph.model as model_mod
+import bngraph.training as training_mod
 
 
 def data(n=40, features=4, classes=3, seed=0):
@@ -368,7 +368,7 @@ def test_many_batch_sizes_keep_working():
     X, y = data(30)
     model = bg.compile(bg.mlp([4, 5, 3]), dtype="float64")
     ref = {m: model.forward(X[:m]) for m in range(2, 12)}  # more sizes than buffer sets kept
-    assert len(model._buffers) <= model.MAX_BUFFER_SETS
+    assert len(model.executable._buffers) <= model.executable.MAX_BUFFER_SETS
     for m in range(2, 12):
         np.testing.assert_array_equal(model.forward(X[:m]), ref[m])
 
@@ -591,8 +591,8 @@ def test_non_tty_prints_one_line_per_epoch(capsys):
 def test_tty_shows_a_progress_bar(monkeypatch):
     X, y = data()
     stream = io.StringIO()
-    monkeypatch.setattr(model_mod.sys, "stderr", stream)
-    monkeypatch.setattr(model_mod, "_isatty", lambda s: True)
+    monkeypatch.setattr(training_mod.sys, "stderr", stream)
+    monkeypatch.setattr(training_mod, "_isatty", lambda s: True)
     model = bg.compile(bg.mlp([4, 5, 3]))
     model.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=2, batch_size=8)
     text = stream.getvalue()

@@ -1,11 +1,13 @@
-"""Code-generating backends. A backend turns optimized graphs into code and loads it.
+"""Targets: each is a renderer (text), a lowering table keyed by op, templates and a runtime.
 
-``get_backend(name)`` returns a registered :class:`Backend`; the NumPy backend is built in, a CUDA
-backend implements the same interface.
+``get_target(name)`` returns a registered :class:`Target`; ``Target.runtime(device)`` makes a
+runtime for one device. The NumPy target is built in; a CUDA target implements the same interface.
 """
-from .base import BACKENDS, Backend, get_backend, register_backend
-from .numpy_backend import NumpyBackend
+from .base import TARGETS, Executable, Rendered, Renderer, Runtime, Target, get_target, register_target, unregister_target
+from .lowering import Lowering, LoweringError, Plan, plan_program
+from .numpy_target import TARGET as NUMPY_TARGET
 
-register_backend(NumpyBackend())
+register_target(NUMPY_TARGET)
 
-__all__ = ["BACKENDS", "Backend", "NumpyBackend", "get_backend", "register_backend"]
+__all__ = ["Executable", "Lowering", "LoweringError", "Plan", "Rendered", "Renderer", "Runtime", "TARGETS", "Target",
+           "get_target", "plan_program", "register_target", "unregister_target"]

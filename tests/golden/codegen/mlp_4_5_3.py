@@ -3,18 +3,19 @@
 Generated code: do not edit. Regenerate with `bngraph emit`.
 Each statement is one IR node; the comment above it is that node as `print(graph)` shows it.
 Layout: activations are (features, m), m = the batch size; the caller transposes X (m, features)
-once per batch. P holds the parameters, S the state (running statistics), by IR name; B holds
-preallocated buffers for one batch size (made by the matching alloc_* function).
+once per batch. P holds the parameters, S the state (running statistics), by IR name; G the
+gradient arrays train_step writes grad.<param> into (views of one flat buffer when bngraph runs
+it); B preallocated buffers for one batch size (made by the matching alloc_* function).
 """
 import numpy as np
 
 DTYPE = np.float32
 
 
-def train_step(x, y, P, S, B):
+def train_step(x, y, P, S, G, B):
     """One training step on a mini-batch: forward with the batch's own statistics, loss, backward.
     Returns the loss, grad.<param> for every param and state.<name>, the new running statistics.
-    Reads P and S, writes only into B."""
+    Reads P and S, writes only into B and G (the gradients)."""
     m = x.shape[1]
     # %fc1.matmul: f32[5,m] = matmul %fc1.W, %x
     fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
@@ -23,7 +24,7 @@ def train_step(x, y, P, S, B):
     act1 = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["act1"])  # z - mean, in the output buffer
     bn1_var = np.einsum("ij,ij->i", act1, act1) / m  # batch variance (biased), per unit
     act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
-    act1 *= act1_s[:, None]  # a = relu((z - mean)*s + beta) = relu(z*s + t), t = beta - mean*s
+    act1 *= act1_s[:, None]  # relu((z - mean)*s + beta) = relu(z*s + t), t = beta - mean*s
     act1 += P["bn1.beta"][:, None]
     np.maximum(act1, 0, out=act1)
     # %bn1.running_mean.next: f32[5], %bn1.running_var.next: f32[5] = running_update[momentum=0.1] %bn1.running_mean, %bn1.running_var, %bn1.mean, %bn1.var, %fc1.matmul
@@ -34,19 +35,22 @@ def train_step(x, y, P, S, B):
     # %out: f32[3,m] = bias_add %out.matmul, %out.b
     out = np.add(out_matmul, P["out.b"][:, None], out=B["out"])
     # %loss: f32[] = softmax_cross_entropy %out, %y
-    loss_tmp = out - out.max(axis=0)  # log-softmax over classes, shifted for stability
-    loss_tmp -= np.log(np.exp(loss_tmp).sum(axis=0))
-    loss = -loss_tmp[y, np.arange(m)].mean()
-    # %out.grad: f32[3,m] = softmax_cross_entropy_grad %out, %y
+    loss_logp = out - out.max(axis=0)  # log-softmax over classes, shifted for stability
+    loss_logp -= np.log(np.exp(loss_logp).sum(axis=0))
+    loss = -loss_logp[y, np.arange(m)].mean()
+    # %loss.grad: f32[] = fill[dtype=f32, value=1.0]
+    loss_grad = DTYPE(1.0)  # a scalar; autodiff's seed dL/dL
+    # %out.grad: f32[3,m] = softmax_cross_entropy_grad %out, %y, %loss.grad
     out_grad = np.subtract(out, out.max(axis=0), out=B["out.grad"])  # softmax over classes
     np.exp(out_grad, out=out_grad)
     out_grad /= out_grad.sum(axis=0)
     out_grad[y, np.arange(m)] -= 1  # softmax - onehot(y)
     out_grad /= m
+    out_grad *= loss_grad  # times the incoming gradient dL
     # %out.b.grad: f32[3] = sum_batch %out.grad
-    out_b_grad = out_grad.sum(axis=1)
+    out_b_grad = out_grad.sum(axis=1, out=G["out.b"])
     # %out.W.grad: f32[3,5] = matmul[tb=true] %out.grad, %act1
-    out_W_grad = np.matmul(out_grad, act1.T)
+    out_W_grad = np.matmul(out_grad, act1.T, out=G["out.W"])
     # %act1.grad: f32[5,m] = matmul[ta=true] %out.W, %out.grad
     act1_grad = np.matmul(P["out.W"].T, out_grad, out=B["act1.grad"])
     # %fc1.matmul.grad: f32[5,m], %bn1.gamma.grad: f32[5], %bn1.beta.grad: f32[5] = batchnorm_act_grad[act=relu, eps=1e-05, mode=train, negative_slope=0.0] %act1.grad, %act1, %fc1.matmul, %bn1.gamma, %bn1.mean, %bn1.var
@@ -54,23 +58,23 @@ def train_step(x, y, P, S, B):
     fc1_matmul_grad_inv_std = 1 / np.sqrt(bn1_var + 1e-05)  # per unit
     fc1_matmul_grad_zhat = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["fc1.matmul.grad"])  # z_hat = (z - mean) * inv_std
     fc1_matmul_grad_zhat *= fc1_matmul_grad_inv_std[:, None]
-    bn1_beta_grad = fc1_matmul_grad_dy.sum(axis=1)  # dbeta = sum(dy)
-    bn1_gamma_grad = np.einsum("ij,ij->i", fc1_matmul_grad_dy, fc1_matmul_grad_zhat)  # dgamma = sum(dy * z_hat)
+    bn1_beta_grad = fc1_matmul_grad_dy.sum(axis=1, out=G["bn1.beta"])  # dbeta = sum(dy)
+    bn1_gamma_grad = np.einsum("ij,ij->i", fc1_matmul_grad_dy, fc1_matmul_grad_zhat, out=G["bn1.gamma"])  # dgamma = sum(dy * z_hat)
     fc1_matmul_grad_zhat *= (bn1_gamma_grad / m)[:, None]  # dz = gamma*inv_std * (dy - dbeta/m - z_hat*dgamma/m), in place
     fc1_matmul_grad_zhat += (bn1_beta_grad / m)[:, None]
     fc1_matmul_grad = np.subtract(fc1_matmul_grad_dy, fc1_matmul_grad_zhat, out=fc1_matmul_grad_zhat)
     fc1_matmul_grad *= (P["bn1.gamma"] * fc1_matmul_grad_inv_std)[:, None]
     # %fc1.W.grad: f32[5,4] = matmul[tb=true] %fc1.matmul.grad, %x
-    fc1_W_grad = np.matmul(fc1_matmul_grad, x.T)
+    fc1_W_grad = np.matmul(fc1_matmul_grad, x.T, out=G["fc1.W"])
     return {
         "loss": loss,
         "state.bn1.running_mean": bn1_running_mean_next,
         "state.bn1.running_var": bn1_running_var_next,
-        "grad.fc1.W": fc1_W_grad,
-        "grad.bn1.gamma": bn1_gamma_grad,
-        "grad.bn1.beta": bn1_beta_grad,
-        "grad.out.W": out_W_grad,
-        "grad.out.b": out_b_grad,
+        "grad.fc1.W": G["fc1.W"],
+        "grad.bn1.gamma": G["bn1.gamma"],
+        "grad.bn1.beta": G["bn1.beta"],
+        "grad.out.W": G["out.W"],
+        "grad.out.b": G["out.b"],
     }
 
 
@@ -96,7 +100,7 @@ def forward(x, P, S, B):
     # %act1: f32[5,m] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
     act1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(running_var + eps), per unit
     act1_t = P["bn1.beta"] - S["bn1.running_mean"] * act1_s  # t = beta - running_mean * s, per unit
-    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # a = relu(z*s + t), in place in the output buffer
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # relu(z*s + t), in place in the output buffer
     act1 += act1_t[:, None]
     np.maximum(act1, 0, out=act1)
     # %out.matmul: f32[3,m] = matmul %out.W, %act1
@@ -128,7 +132,7 @@ def forward_train(x, P, S, B):
     act1 = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["act1"])  # z - mean, in the output buffer
     bn1_var = np.einsum("ij,ij->i", act1, act1) / m  # batch variance (biased), per unit
     act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
-    act1 *= act1_s[:, None]  # a = relu((z - mean)*s + beta) = relu(z*s + t), t = beta - mean*s
+    act1 *= act1_s[:, None]  # relu((z - mean)*s + beta) = relu(z*s + t), t = beta - mean*s
     act1 += P["bn1.beta"][:, None]
     np.maximum(act1, 0, out=act1)
     # %out.matmul: f32[3,m] = matmul %out.W, %act1
@@ -142,6 +146,41 @@ def forward_train(x, P, S, B):
 
 def alloc_forward_train(m):
     """Buffers for forward_train at batch size m: one per batch-sized value written with out=."""
+    return {
+        "fc1.matmul": np.empty((5, m), DTYPE),
+        "act1": np.empty((5, m), DTYPE),
+        "out.matmul": np.empty((3, m), DTYPE),
+        "out": np.empty((3, m), DTYPE),
+    }
+
+
+def evaluate(x, y, P, S, B):
+    """Inference (running statistics) with the loss: returns loss (the mean over this batch) and out."""
+    m = x.shape[1]
+    # %fc1.matmul: f32[5,m] = matmul %fc1.W, %x
+    fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
+    # %act1: f32[5,m] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
+    act1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(running_var + eps), per unit
+    act1_t = P["bn1.beta"] - S["bn1.running_mean"] * act1_s  # t = beta - running_mean * s, per unit
+    act1 = np.multiply(fc1_matmul, act1_s[:, None], out=B["act1"])  # relu(z*s + t), in place in the output buffer
+    act1 += act1_t[:, None]
+    np.maximum(act1, 0, out=act1)
+    # %out.matmul: f32[3,m] = matmul %out.W, %act1
+    out_matmul = np.matmul(P["out.W"], act1, out=B["out.matmul"])
+    # %out: f32[3,m] = bias_add %out.matmul, %out.b
+    out = np.add(out_matmul, P["out.b"][:, None], out=B["out"])
+    # %loss: f32[] = softmax_cross_entropy %out, %y
+    loss_logp = out - out.max(axis=0)  # log-softmax over classes, shifted for stability
+    loss_logp -= np.log(np.exp(loss_logp).sum(axis=0))
+    loss = -loss_logp[y, np.arange(m)].mean()
+    return {
+        "loss": loss,
+        "out": out,
+    }
+
+
+def alloc_evaluate(m):
+    """Buffers for evaluate at batch size m: one per batch-sized value written with out=."""
     return {
         "fc1.matmul": np.empty((5, m), DTYPE),
         "act1": np.empty((5, m), DTYPE),

@@ -3,8 +3,9 @@
 Generated code: do not edit. Regenerate with `bngraph emit`.
 Each statement is one IR node; the comment above it is that node as `print(graph)` shows it.
 Layout: activations are (features, m), m = the batch size; the caller transposes X (m, features)
-once per batch. P holds the parameters, S the state (running statistics), by IR name; B holds
-preallocated buffers for one batch size (made by the matching alloc_* function).
+once per batch. P holds the parameters, S the state (running statistics), by IR name; G the
+gradient arrays train_step writes grad.<param> into (views of one flat buffer when bngraph runs
+it); B preallocated buffers for one batch size (made by the matching alloc_* function).
 """
 import numpy as np
 

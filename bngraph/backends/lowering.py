@@ -1,0 +1,197 @@
+"""The lowering plan: what every target needs to know about a program before it writes a line.
+
+``plan_program(name, graph, lowerings, target)`` walks a program (a graph: ``train_step``,
+``forward``...) once and decides, independently of the target's language,
+
+* the identifier of every value (``fc1.W`` -> ``fc1_W``), unique within the function;
+* for each node, its :class:`Lowering` (from the target's table keyed by op: a missing entry is one
+  clear error, "target X has no lowering for op Y (node %z)") and the template variant it picks;
+* where each output is written: a batch-sized buffer (``B``, allocated once per batch size), the
+  gradient view of a parameter (``G``: the train step writes ``grad.<param>`` straight into the
+  flat gradient buffer), or nowhere (a small per-unit value the target allocates as it likes);
+* the temporaries each node needs (per-unit ones by name; batch-sized ones get buffers too);
+* how to read the batch size, and what the program returns.
+
+A target's renderer turns the plan into text; its runtime allocates the plan's buffers.
+"""
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..ir import BATCH, IRError, Node, TensorType
+
+
+class LoweringError(IRError):
+    """A target cannot lower an op (or a program lacks what the target needs)."""
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """How one target lowers one op.
+
+    ``template``: a file under ``templates/<target>/``, or ``attrs -> file name`` when the op has
+    variants (train/eval...): the variant is chosen here, in Python, not inside the template.
+    ``temps``: per-unit temporaries, named ``<first output>.<temp>``. ``temp_buffers``: batch-sized
+    temporaries shaped like the first output (``attrs -> names`` when it depends on a variant).
+    ``alias``: the output is the input itself (identity): no buffer, no code beyond a name.
+    ``context``: ``(node) -> dict`` of extra template variables computed in Python.
+    """
+
+    template: str | Callable[[dict], str]
+    temps: tuple = ()
+    temp_buffers: tuple | Callable[[dict], tuple] = ()
+    alias: bool = False
+    context: Callable[[Node], dict] | None = None
+
+    def template_for(self, attrs: dict) -> str:
+        return self.template(attrs) if callable(self.template) else self.template
+
+    def temp_buffers_for(self, attrs: dict) -> tuple:
+        return tuple(self.temp_buffers(attrs)) if callable(self.temp_buffers) else tuple(self.temp_buffers)
+
+
+@dataclass(frozen=True)
+class Dest:
+    """Where an output is written: ``kind`` 'buffer' (``B[key]``) or 'grad' (``G[key]``, key = the param)."""
+
+    kind: str
+    key: str
+
+
+@dataclass
+class Step:
+    """One node of the program, lowered."""
+
+    node: Node
+    lowering: Lowering
+    template: str
+    outs: list  # identifiers of the outputs
+    dests: list  # a Dest or None per output
+    temps: dict  # temp name -> identifier
+    temp_buffers: dict  # temp name -> buffer key
+
+
+@dataclass
+class Plan:
+    """A program, planned: see the module docstring."""
+
+    name: str
+    graph: object
+    target: str
+    idents: dict  # IR value name -> identifier (inputs and node outputs)
+    kinds: dict  # IR value name -> 'input', 'param', 'state' or 'node'
+    types: dict  # IR value name -> TensorType
+    steps: list
+    buffers: list  # [(key, TensorType)], batch-sized, in first-use order
+    grads: dict  # param name -> the value holding its gradient (the grad.* outputs)
+    copies: list  # [(param, value)]: gradients that could not be written in place (copied at the end)
+    batch: tuple  # (input name, axis): where the batch size m is read
+    outputs: list  # [(key, value name)]
+    aliases: dict = field(default_factory=dict)  # value -> the value it is (identity)
+
+    @property
+    def inputs(self) -> list:
+        return list(self.graph.inputs)
+
+    @property
+    def has_grads(self) -> bool:
+        return bool(self.grads)
+
+    def buffer_shapes(self, m: int) -> list:
+        """``[(key, concrete shape, dtype)]`` at batch size ``m``."""
+        return [(k, t.concrete_shape(m), t.dtype) for k, t in self.buffers]
+
+    def resolve(self, name: str) -> str:
+        """Follow identity aliases to the value that holds the data."""
+        while name in self.aliases:
+            name = self.aliases[name]
+        return name
+
+
+class Namer:
+    """IR value names -> identifiers (``fc1.W`` -> ``fc1_W``), unique within one function."""
+
+    def __init__(self, reserved=()):
+        self.taken = set(reserved)
+        self.names: dict = {}
+
+    def __call__(self, ir_name: str) -> str:
+        if ir_name not in self.names:
+            base = "".join(c if c.isalnum() or c == "_" else "_" for c in ir_name)
+            if not base or base[0].isdigit() or keyword.iskeyword(base):
+                base = "v_" + base
+            name, k = base, 1
+            while name in self.taken:
+                k += 1
+                name = f"{base}_{k}"
+            self.taken.add(name)
+            self.names[ir_name] = name
+        return self.names[ir_name]
+
+
+def is_batch_sized(t: TensorType) -> bool:
+    return t.rank == 2 and BATCH in t.shape
+
+
+def plan_program(name: str, g, lowerings: dict, target: str, reserved=()) -> Plan:
+    """Plan program ``name`` (graph ``g``) for a target whose lowering table is ``lowerings``."""
+    namer = Namer(reserved)
+    idents, kinds, types = {}, {}, {}
+    for v in g.inputs:
+        idents[v.name], kinds[v.name], types[v.name] = namer(v.name), "input", v.type
+    for v in (*g.params, *g.state):
+        kinds[v.name], types[v.name] = v.kind, v.type
+    producers = {o.name: (n, i) for n in g.nodes for i, o in enumerate(n.outputs)}
+
+    # gradients go straight into their parameter's view when a node (not an alias) produces them
+    grads, grad_dest, copies = {}, {}, []
+    for key, v in g.outputs:
+        if key.startswith("grad."):
+            grads[key[len("grad."):]] = v
+    for param, v in grads.items():
+        n = producers.get(v, (None,))[0]
+        if n is not None and v not in grad_dest and not _lowering(lowerings, n, target).alias:
+            grad_dest[v] = param
+        else:
+            copies.append((param, v))
+
+    steps, buffers, aliases = [], [], {}
+    for n in g.nodes:
+        low = _lowering(lowerings, n, target)
+        outs, dests = [], []
+        for o in n.outputs:
+            idents[o.name], kinds[o.name], types[o.name] = namer(o.name), "node", o.type
+            outs.append(idents[o.name])
+            if low.alias:
+                dests.append(None)
+            elif o.name in grad_dest:
+                dests.append(Dest("grad", grad_dest[o.name]))
+            elif is_batch_sized(o.type):
+                dests.append(Dest("buffer", o.name))
+                buffers.append((o.name, o.type))
+            else:
+                dests.append(None)
+        if low.alias:
+            aliases[n.outputs[0].name] = n.inputs[0]
+        first = n.outputs[0].name
+        temps = {t: namer(f"{first}.{t}") for t in low.temps}
+        tbufs = {}
+        for t in low.temp_buffers_for(n.attr):
+            key = f"{first}.{t}"
+            tbufs[t] = key
+            buffers.append((key, n.outputs[0].type))
+        steps.append(Step(n, low, low.template_for(n.attr), outs, dests, temps, tbufs))
+
+    batch = next(((v.name, list(v.type.shape).index(BATCH)) for v in g.inputs if BATCH in v.type.shape), None)
+    if batch is None:
+        raise LoweringError(f"program {name} of graph {g.name} has no batch-sized input to read the batch size from")
+    return Plan(name, g, target, idents, kinds, types, steps, buffers, grads, copies, batch, list(g.outputs), aliases)
+
+
+def _lowering(lowerings: dict, n: Node, target: str) -> Lowering:
+    try:
+        return lowerings[n.op]
+    except KeyError:
+        raise LoweringError(f"target {target} has no lowering for op {n.op} (node %{n.name})") from None

@@ -1,0 +1,138 @@
+"""The NumPy target's tables: how each op lowers, and the activations' code.
+
+``LOWERINGS`` is keyed by op (a missing op is one clear error from the lowering plan); variants
+(train/eval) are chosen here, in Python, and each template is found through this table, never by
+the op's name alone. ``ACTIVATIONS`` is the only place that writes an activation or its
+derivative in NumPy: every template that activates (the plain activation ops, fused bias and
+batch norm, the activation gradients, the BCE gradient's sigmoid) asks it for the code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..lowering import Lowering
+
+# --------------------------------------------------------------------------------------------
+# Activations: y = g(x) written into dst (dst may be x itself: in place), and g' from the output y
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActivationCode:
+    """``steps(x, dst, slope)``: the statements that compute g(x) into dst, the first one returning
+    the result (so it can be bound to a name); ``derivative(y, slope)``: g'(x) from y = g(x)."""
+
+    steps: Callable[[str, str, float], list]
+    derivative: Callable[[str, float], str]
+
+
+def _leaky_steps(x, dst, s):
+    # one expression for any slope >= 0: max(x, s*x) when s <= 1, min(x, s*x) when s > 1
+    pick, why = ("maximum", "max(x, slope*x) for 0 <= slope <= 1") if s <= 1 else ("minimum", "min(x, slope*x) for slope > 1")
+    return [f"np.{pick}({x}, {x} * {s!r}, out={dst})  # leaky_relu(x) = {why}"]
+
+
+ACTIVATIONS = {
+    "identity": ActivationCode(lambda x, dst, s: [] if x == dst else [f"np.copyto({dst}, {x})"], lambda y, s: "1"),
+    "relu": ActivationCode(lambda x, dst, s: [f"np.maximum({x}, 0, out={dst})"], lambda y, s: f"({y} > 0)"),
+    "leaky_relu": ActivationCode(_leaky_steps, lambda y, s: f"np.where({y} > 0, 1.0, {s!r}).astype(DTYPE)"),
+    "tanh": ActivationCode(lambda x, dst, s: [f"np.tanh({x}, out={dst})"], lambda y, s: f"(1 - {y} * {y})"),
+    "sigmoid": ActivationCode(
+        lambda x, dst, s: [f"np.multiply({x}, 0.5, out={dst})  # sigmoid(x) = (1 + tanh(x/2))/2: stable in both tails",
+                           f"np.tanh({dst}, out={dst})", f"{dst} += 1", f"{dst} *= 0.5"],
+        lambda y, s: f"({y} * (1 - {y}))"),
+}
+
+
+class Act:
+    """One node's activation, as the templates use it: ``act.apply(y, x, dst)``, ``act.inplace(y)``,
+    ``act.derivative(y)``, ``act.name``."""
+
+    def __init__(self, name: str, slope: float = 0.0):
+        self.name, self.slope, self.code = name, slope, ACTIVATIONS[name]
+
+    def apply(self, y: str, x: str, dst: str | None) -> str:
+        """``y = g(x)``, written into ``dst`` (a new array when dst is None)."""
+        if self.name == "identity":
+            return f"{y} = {x}  # identity: no copy"
+        first = self.code.steps(x, dst or f"np.empty_like({x})", self.slope)[0]
+        rest = self.code.steps(y, y, self.slope)[1:]  # after the first statement, y is the destination
+        return "\n".join([f"{y} = {first}", *rest])
+
+    def inplace(self, y: str) -> str:
+        """``y = g(y)`` in place (nothing for identity)."""
+        return "\n".join(self.code.steps(y, y, self.slope))
+
+    def derivative(self, y: str) -> str:
+        return self.code.derivative(y, self.slope)
+
+
+def node_act(node) -> Act | None:
+    """The activation a node applies: its ``act`` attribute, or the op itself for activation ops."""
+    a = node.attr
+    if "act" in a:
+        return Act(a["act"], a.get("negative_slope", 0.0))
+    if node.op in ACTIVATIONS:
+        return Act(node.op, a.get("negative_slope", 0.0))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The lowering table
+# --------------------------------------------------------------------------------------------
+
+
+def _matmul_context(node, ins):
+    a, b = ins
+    return {"a": a + (".T" if node.attr["ta"] else ""), "b": b + (".T" if node.attr["tb"] else "")}
+
+
+def _bn_backward_context(node, ins):
+    """batchnorm_grad reads (dy, z, gamma, mean, var); batchnorm_act_grad (da, a, z, gamma, mean, var)
+    and first forms dy = da * g'(a). One template serves both."""
+    fused = node.op == "batchnorm_act_grad" and node.attr["act"] != "identity"
+    return {"train": node.attr["mode"] == "train", "fused_act": fused, "da": ins[0],
+            "a": ins[1] if node.op == "batchnorm_act_grad" else None,
+            "z": ins[-4], "gamma": ins[-3], "mean": ins[-2], "var": ins[-1]}
+
+
+def _bn_forward(attrs):
+    return f"batchnorm_{attrs['mode']}.j2"
+
+
+def _bn_backward_buffers(attrs):
+    return ("dy",) if attrs.get("act", "identity") != "identity" else ()
+
+
+ACTIVATION = Lowering("activation.j2")
+BN_FORWARD = Lowering(_bn_forward, temps=("s", "t"),
+                      context=lambda node, ins: {"act": node_act(node) or Act("identity")})  # plain batchnorm: identity
+BN_BACKWARD = Lowering("batchnorm_grad.j2", temps=("dy", "inv_std", "zhat"), temp_buffers=_bn_backward_buffers,
+                       context=_bn_backward_context)
+
+LOWERINGS = {
+    "matmul": Lowering("matmul.j2", context=_matmul_context),
+    "bias_add": Lowering("bias_add.j2"),
+    "bias_add_act": Lowering("bias_add.j2"),
+    "identity": Lowering("identity.j2", alias=True),
+    "relu": ACTIVATION,
+    "leaky_relu": ACTIVATION,
+    "tanh": ACTIVATION,
+    "sigmoid": ACTIVATION,
+    "batchnorm": BN_FORWARD,  # = batchnorm_act with act=identity: z*s + t, one template
+    "batchnorm_act": BN_FORWARD,
+    "running_update": Lowering("running_update.j2"),
+    "softmax_cross_entropy": Lowering("softmax_cross_entropy.j2", temps=("logp",)),
+    "mse": Lowering("mse.j2"),
+    "sigmoid_bce": Lowering("sigmoid_bce.j2"),
+    "sum_batch": Lowering("sum_batch.j2"),
+    "add": Lowering("add.j2"),
+    "act_grad": Lowering("act_grad.j2"),
+    "batchnorm_grad": BN_BACKWARD,
+    "batchnorm_act_grad": BN_BACKWARD,
+    "softmax_cross_entropy_grad": Lowering("softmax_cross_entropy_grad.j2"),
+    "mse_grad": Lowering("mse_grad.j2"),
+    "sigmoid_bce_grad": Lowering("sigmoid_bce_grad.j2"),
+    "fill": Lowering("fill.j2"),  # the seed dL/dL of the backward pass (autodiff)
+}

@@ -1,0 +1,76 @@
+"""The NumPy renderer: each program becomes one Python function, each IR node one statement (or a
+few lines for fused ops) preceded by the node as a comment.
+
+Batch-sized values are written into the plan's preallocated buffers (``out=B[...]``) and gradients
+straight into the parameters' gradient views (``out=G[...]``); the text imports nothing but NumPy.
+"""
+from __future__ import annotations
+
+from ...ir import DTYPES
+from ...printer import format_node
+from ...version import __version__
+from ..base import Rendered, Renderer, template_env
+from ..lowering import Plan
+from .lowerings import LOWERINGS, Act, node_act
+
+
+class NumpyRenderer(Renderer):
+    target = "numpy"
+    lowerings = LOWERINGS
+    reserved = ("np", "P", "S", "G", "B", "m", "DTYPE")
+
+    def __init__(self):
+        self.env = template_env("numpy")
+
+    def render(self, programs: dict, dtype: str, graph_name: str, docs: dict | None = None) -> Rendered:
+        docs = docs or {}
+        plans = {name: self.plan(name, g) for name, g in programs.items()}
+        functions = [self.render_function(plan, docs.get(name, f"Program {name} of graph {graph_name}."))
+                     for name, plan in plans.items()]
+        src = self.env.get_template("module.py.j2").render(
+            graph_name=graph_name, version=__version__, dtype=DTYPES[dtype], functions=functions)
+        return Rendered({f"{graph_name}_numpy.py": src.rstrip("\n") + "\n"}, plans, dtype, graph_name)
+
+    def render_function(self, plan: Plan, doc: str) -> str:
+        def expr(name):
+            kind = plan.kinds[name]
+            if kind == "param":
+                return f'P["{name}"]'
+            if kind == "state":
+                return f'S["{name}"]'
+            return plan.idents[name]
+
+        def dest(d):
+            if d is None:
+                return None
+            return f'{"B" if d.kind == "buffer" else "G"}["{d.key}"]'
+
+        body = []
+        for step in plan.steps:
+            n = step.node
+            ins = [expr(i) for i in n.inputs]
+            dests = [dest(d) for d in step.dests]
+            ctx = dict(
+                out=step.outs, ins=ins, dest=dests, buf=dests, attrs=n.attr, tmp=step.temps,
+                tbuf={t: f'B["{k}"]' for t, k in step.temp_buffers.items()},
+                outarg=lambda i, dests=dests: f", out={dests[i]}" if dests[i] else "",
+                act=node_act(n), activation=Act,
+            )
+            if step.lowering.context is not None:
+                ctx.update(step.lowering.context(n, ins))
+            code = self.env.get_template(step.template).render(**ctx)
+            body.append("    # " + format_node(n))
+            body.extend("    " + ln for ln in code.strip("\n").splitlines())
+        name, axis = plan.batch
+        returns = [(k, f'G["{k[5:]}"]' if k.startswith("grad.") else expr(v)) for k, v in plan.outputs]
+        args = [expr(v.name) for v in plan.inputs] + ["P", "S"] + (["G"] if plan.has_grads else []) + ["B"]
+        return self.env.get_template("function.py.j2").render(
+            name=plan.name, args=", ".join(args), doc=doc, batch_expr=f"{expr(name)}.shape[{axis}]", body=body,
+            copies=[(p, expr(v)) for p, v in plan.copies], returns=returns,
+            buffers=[(k, _shape_expr(t)) for k, t in plan.buffers], has_grads=plan.has_grads,
+        ).rstrip("\n")
+
+
+def _shape_expr(t) -> str:
+    dims = ", ".join("m" if d == "m" else str(d) for d in t.shape)
+    return f"({dims},)" if len(t.shape) == 1 else f"({dims})"
