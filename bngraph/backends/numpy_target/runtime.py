@@ -18,7 +18,6 @@ class NumpyRuntime(Runtime):
         if device not in (None, "cpu", 0):
             raise ValueError(f"the numpy target runs on the host CPU; got device {device!r}")
         super().__init__("cpu")
-        self._ones: dict = {}
 
     def load(self, rendered: Rendered) -> Executable:
         module = load_module(rendered.sources, rendered.graph_name)
@@ -33,15 +32,12 @@ class NumpyRuntime(Runtime):
         return np.asarray(a)
 
     def all_finite(self, a) -> bool:
-        # a BLAS dot against ones is the cheapest full reduction on the CPU (faster than np.sum's
-        # pairwise loop); NaN and inf propagate through it, and an overflowing sum counts too
-        a = a.reshape(-1)
-        key = (a.dtype, a.size)
-        ones = self._ones.get(key)
-        if ones is None:
-            ones = self._ones[key] = np.ones(a.size, a.dtype)
+        # one pass of np.sum: NaN and inf propagate through it, and an overflowing sum counts as
+        # divergence too. (A BLAS dot against a vector of ones was faster on a cache-hot buffer but
+        # reads twice the bytes: 1.50 ms against 1.13 ms for the 2.9 M params and grads of the
+        # 784-1024x3-10 net right after a step.)
         with np.errstate(over="ignore", invalid="ignore"):
-            return bool(np.isfinite(np.dot(a, ones)))
+            return bool(np.isfinite(np.sum(a)))
 
 
 def load_module(sources: dict, graph_name: str):
