@@ -80,7 +80,7 @@ def test_registry_refuses_a_duplicate_name_and_makes_one_runtime_per_device(box_
         register_target(get_target("numpy"))
     a, b = box_target.runtime(0), box_target.runtime(1)
     assert a is not b and (a.device, b.device) == (0, 1)
-    with pytest.raises(IRError, match="unknown target 'nope': available targets are box, numpy"):
+    with pytest.raises(IRError, match="unknown target 'nope': available targets are box, cuda, numpy"):
         get_target("nope")
 
 

@@ -44,11 +44,12 @@ class Renderer(ABC):
     target = "?"
     lowerings: dict = {}
     reserved: tuple = ()  # identifiers the generated code uses itself
+    buffer_all = False  # True: every output gets a buffer (device targets), not only batch-sized ones
 
     def plan(self, name: str, graph):
         from .lowering import plan_program
 
-        return plan_program(name, graph, self.lowerings, self.target, self.reserved)
+        return plan_program(name, graph, self.lowerings, self.target, self.reserved, self.buffer_all)
 
     @abstractmethod
     def render(self, programs: dict, dtype: str, graph_name: str, docs: dict | None = None) -> Rendered:

@@ -36,14 +36,17 @@ class Lowering:
     ``temps``: per-unit temporaries, named ``<first output>.<temp>``. ``temp_buffers``: batch-sized
     temporaries shaped like the first output (``attrs -> names`` when it depends on a variant).
     ``alias``: the output is the input itself (identity): no buffer, no code beyond a name.
-    ``context``: ``(node) -> dict`` of extra template variables computed in Python.
+    ``context``: ``(node, input expressions) -> dict`` of extra template variables computed in Python.
+    ``const``: the output is a compile-time constant (``fill``): no buffer and no code; a target
+    that sets it writes the value into the code that reads it.
     """
 
     template: str | Callable[[dict], str]
     temps: tuple = ()
     temp_buffers: tuple | Callable[[dict], tuple] = ()
     alias: bool = False
-    context: Callable[[Node], dict] | None = None
+    context: Callable | None = None
+    const: bool = False
 
     def template_for(self, attrs: dict) -> str:
         return self.template(attrs) if callable(self.template) else self.template
@@ -135,8 +138,11 @@ def is_batch_sized(t: TensorType) -> bool:
     return t.rank == 2 and BATCH in t.shape
 
 
-def plan_program(name: str, g, lowerings: dict, target: str, reserved=()) -> Plan:
-    """Plan program ``name`` (graph ``g``) for a target whose lowering table is ``lowerings``."""
+def plan_program(name: str, g, lowerings: dict, target: str, reserved=(), buffer_all: bool = False) -> Plan:
+    """Plan program ``name`` (graph ``g``) for a target whose lowering table is ``lowerings``.
+
+    ``buffer_all``: every output gets a buffer, not only the batch-sized ones (a device target
+    cannot allocate small arrays on the fly inside a step, or inside a captured graph)."""
     namer = Namer(reserved)
     idents, kinds, types = {}, {}, {}
     for v in g.inputs:
@@ -152,7 +158,8 @@ def plan_program(name: str, g, lowerings: dict, target: str, reserved=()) -> Pla
             grads[key[len("grad."):]] = v
     for param, v in grads.items():
         n = producers.get(v, (None,))[0]
-        if n is not None and v not in grad_dest and not _lowering(lowerings, n, target).alias:
+        low = _lowering(lowerings, n, target) if n is not None else None
+        if low is not None and v not in grad_dest and not (low.alias or low.const):
             grad_dest[v] = param
         else:
             copies.append((param, v))
@@ -164,11 +171,11 @@ def plan_program(name: str, g, lowerings: dict, target: str, reserved=()) -> Pla
         for o in n.outputs:
             idents[o.name], kinds[o.name], types[o.name] = namer(o.name), "node", o.type
             outs.append(idents[o.name])
-            if low.alias:
+            if low.alias or low.const:
                 dests.append(None)
             elif o.name in grad_dest:
                 dests.append(Dest("grad", grad_dest[o.name]))
-            elif is_batch_sized(o.type):
+            elif buffer_all or is_batch_sized(o.type):
                 dests.append(Dest("buffer", o.name))
                 buffers.append((o.name, o.type))
             else:

@@ -1,0 +1,123 @@
+"""Run the CUDA target's generated code on the CPU: the emulator runtime (``device="emulator"``).
+
+The ``.cu`` file is compiled as C++ by the host compiler (``g++``, or ``$CXX``) with a small
+prelude that turns the CUDA keywords into plain C++ and fixes every launch at one block of one
+thread: every generated kernel loops grid-stride, so that one thread computes exactly what a real
+grid computes, in a fixed order. Matrix products (cuBLAS on a GPU) are NumPy's; arrays are NumPy
+arrays. The generated host driver runs unchanged. It is slow and single-threaded, and it cannot
+find races or block-size bugs; it exists so that the kernels' arithmetic, indexing and the whole
+driver are tested on machines without a GPU (tests/test_cuda_target.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import types
+
+import numpy as np
+
+from ...ir import IRError
+from ..base import Executable, Rendered, Runtime
+
+PRELUDE = r"""
+#include <cmath>
+using std::exp; using std::log; using std::log1p; using std::sqrt; using std::tanh; using std::fabs; using std::fmax;
+struct bngraph_dim3 { unsigned x, y, z; };
+static const bngraph_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __restrict__ __restrict
+static inline void __syncthreads() {}
+"""
+
+_LIBS: dict = {}  # source hash -> loaded library (one compile per source per process)
+
+
+def compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise IRError("the CUDA emulator compiles the kernels with a C++ compiler: none found (install g++ or "
+                      "set CXX)")
+    return cxx
+
+
+def compile_kernels(cu_source: str):
+    """The ``.cu`` source compiled for the CPU and loaded (cached on disk and in memory by hash)."""
+    key = hashlib.sha256((PRELUDE + cu_source).encode()).hexdigest()[:24]
+    lib = _LIBS.get(key)
+    if lib is not None:
+        return lib
+    folder = os.path.join(tempfile.gettempdir(), f"bngraph-emulator-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{key}.so")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        cmd = [compiler(), "-O1", "-shared", "-fPIC", "-std=c++17", "-x", "c++", "-", "-o", tmp]
+        proc = subprocess.run(cmd, input=PRELUDE + cu_source, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise IRError(f"the CUDA emulator could not compile the generated kernels:\n{proc.stderr[-4000:]}")
+        os.replace(tmp, path)
+    lib = _LIBS[key] = ctypes.CDLL(path)
+    return lib
+
+
+def _c_arg(a):
+    if isinstance(a, np.ndarray):
+        if not a.flags.c_contiguous:
+            raise IRError("the CUDA emulator got a non-contiguous array for a kernel argument")
+        return ctypes.c_void_p(a.ctypes.data)
+    if isinstance(a, np.int32):
+        return ctypes.c_int32(int(a))
+    if isinstance(a, np.float32):
+        return ctypes.c_float(float(a))
+    if isinstance(a, (np.float64, float)):
+        return ctypes.c_double(float(a))
+    raise IRError(f"the CUDA emulator cannot pass a {type(a).__name__} to a kernel")
+
+
+def gemm(ta, tb, M, N, K, A, B, C):
+    """Row-major C (M, N) = op(A) @ op(B), as cuBLAS computes it on a GPU."""
+    np.matmul(A.T if ta else A, B.T if tb else B, out=C)
+    return C
+
+
+class EmulatorRuntime(Runtime):
+    """The CUDA target's code, on the host: NumPy arrays, kernels compiled by the C++ compiler."""
+
+    target = "cuda"
+    xp = np
+
+    def __init__(self):
+        super().__init__("emulator")
+
+    def load(self, rendered: Rendered) -> Executable:
+        (cu,) = [s for k, s in rendered.sources.items() if k.endswith(".cu")]
+        (py_name, py) = next((k, s) for k, s in rendered.sources.items() if k.endswith(".py"))
+        lib = compile_kernels(cu)
+
+        def launch(name, grid, block, *args):
+            getattr(lib, name)(*[_c_arg(a) for a in args])
+
+        module = types.ModuleType(f"bngraph_generated_{rendered.graph_name}_cuda")
+        module.__file__ = f"<bngraph:{py_name}>"
+        exec(compile(py, module.__file__, "exec"), module.__dict__)
+        module.launch, module.gemm = launch, gemm
+        exe = Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans})
+        exe.module = module
+        return exe
+
+    def asarray(self, a, dtype):
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def all_finite(self, a) -> bool:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return bool(np.isfinite(np.sum(a)))

@@ -1,0 +1,243 @@
+// Graph mlp, compiled by bngraph 0.1.0 for CUDA (float32).
+//
+// Generated code: do not edit. Regenerate with `bngraph emit --target cuda`.
+// One kernel per IR node; the comment above each is the node as `print(graph)` shows it. Matrix
+// products are cuBLAS calls in the host driver (mlp_cuda.py), not kernels.
+// Layout: activations are (features, m) row-major: one unit's batch is one contiguous row of m.
+// Every kernel loops grid-stride (over elements, or over rows for per-unit work), so any launch
+// grid computes the same numbers; reductions accumulate in double (acc_t).
+typedef float real;
+typedef double acc_t;
+#define BLOCK 256
+
+// The sum of v over the threads of one block (blockDim.x a power of two, at most BLOCK).
+__device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* red) {
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+        __syncthreads();
+    }
+    const acc_t r = red[0];
+    __syncthreads();
+    return r;
+}
+
+// ======== train_step ========
+
+// %act1: f32[5,m], %bn1.mean: f32[5], %bn1.var: f32[5] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
+// One block per unit: the batch mean, the variance around it (two passes, in double), then
+// y = relu(z*s + t) with s = gamma/sqrt(var + eps), t = beta - mean*s.
+extern "C" __global__ void train_step__act1(const real* __restrict__ z, const real* __restrict__ gamma, const real* __restrict__ beta, real* __restrict__ y, real* __restrict__ mean, real* __restrict__ var_out, int m) {
+    __shared__ acc_t red[BLOCK];
+    for (int r = blockIdx.x; r < 5; r += gridDim.x) {
+        const real* zr = z + (long long)r * m;
+        real* yr = y + (long long)r * m;
+        acc_t sum = 0;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) sum += zr[j];
+        const acc_t mu = block_sum(sum, red) / m;  // batch mean
+        acc_t sq = 0;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) { const acc_t d = zr[j] - mu; sq += d * d; }
+        const acc_t var = block_sum(sq, red) / m;  // batch variance (biased)
+        const acc_t s = gamma[r] / sqrt(var + 1e-05);
+        const acc_t t = beta[r] - mu * s;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) {
+            const real x = (real)(zr[j] * s + t);
+            yr[j] = (x < (real)0 ? (real)0 : x);
+        }
+        if (threadIdx.x == 0) { mean[r] = (real)mu; var_out[r] = (real)var; }
+    }
+}
+
+// %bn1.running_mean.next: f32[5], %bn1.running_var.next: f32[5] = running_update[momentum=0.1] %bn1.running_mean, %bn1.running_var, %bn1.mean, %bn1.var, %fc1.matmul
+// running = (1 - momentum)*running + momentum*batch_stat; the variance uses the unbiased var*m/(m-1).
+extern "C" __global__ void train_step__bn1_running_mean_next(const real* __restrict__ running_mean, const real* __restrict__ running_var, const real* __restrict__ mean, const real* __restrict__ var, real* __restrict__ running_mean_next, real* __restrict__ running_var_next, int m) {
+    for (int u = blockIdx.x * blockDim.x + threadIdx.x; u < 5; u += gridDim.x * blockDim.x) {
+        running_mean_next[u] = (real)((1 - 0.1) * running_mean[u] + 0.1 * (acc_t)mean[u]);
+        running_var_next[u] = (real)((1 - 0.1) * running_var[u] + 0.1 * (acc_t)var[u] * m / (m - 1));
+    }
+}
+
+// %out: f32[3,m] = bias_add %out.matmul, %out.b
+extern "C" __global__ void train_step__out(const real* __restrict__ z, const real* __restrict__ b, real* __restrict__ y, int m) {
+    const long long n = 3 * (long long)m;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long r = i / m;  // the unit (row) of element i
+        const real x = z[i] + b[r];
+        y[i] = x;
+    }
+}
+
+// %loss: f32[] = softmax_cross_entropy %out, %y
+// One block for the whole batch; each thread takes examples j (column j of the logits):
+// loss = mean over j of -log softmax(logits[:, j])[labels[j]],
+// dlogits[:, j] = (softmax(logits[:, j]) - onehot(labels[j])) / m * dL.
+extern "C" __global__ void train_step__loss(const real* __restrict__ logits, const long long* __restrict__ labels, real* __restrict__ loss, real* __restrict__ dlogits, int m) {
+    __shared__ acc_t red[BLOCK];
+    if (blockIdx.x != 0) return;
+    acc_t total = 0;
+    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+        acc_t mx = logits[j];
+        for (int c = 1; c < 3; ++c) mx = fmax(mx, (acc_t)logits[(long long)c * m + j]);
+        acc_t se = 0;
+        for (int c = 0; c < 3; ++c) se += exp(logits[(long long)c * m + j] - mx);
+        const long long label = labels[j];
+        total += log(se) + mx - logits[label * m + j];
+        for (int c = 0; c < 3; ++c) {
+            const acc_t p = exp(logits[(long long)c * m + j] - mx) / se;
+            dlogits[(long long)c * m + j] = (real)((p - (c == label ? 1 : 0)) / m * 1.0);
+        }
+    }
+    total = block_sum(total, red);
+    if (threadIdx.x == 0) loss[0] = (real)(total / m);
+}
+
+// %out.b.grad: f32[3] = sum_batch %out.grad
+// One block per unit: s = sum(x, axis=batch).
+extern "C" __global__ void train_step__out_b_grad(const real* __restrict__ x, real* __restrict__ s, int m) {
+    __shared__ acc_t red[BLOCK];
+    for (int r = blockIdx.x; r < 3; r += gridDim.x) {
+        acc_t sum = 0;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) sum += x[(long long)r * m + j];
+        sum = block_sum(sum, red);
+        if (threadIdx.x == 0) s[r] = (real)sum;
+    }
+}
+
+// %fc1.matmul.grad: f32[5,m], %bn1.gamma.grad: f32[5], %bn1.beta.grad: f32[5] = batchnorm_act_grad[act=relu, eps=1e-05, mode=train, negative_slope=0.0] %act1.grad, %act1, %fc1.matmul, %bn1.gamma, %bn1.mean, %bn1.var
+// One block per unit: dbeta = sum(dy), dgamma = sum(dy*z_hat), then
+// dz = (gamma*inv_std/m) * (m*dy - dbeta - z_hat*dgamma), with dy = da*relu'(a).
+extern "C" __global__ void train_step__fc1_matmul_grad(const real* __restrict__ da, const real* __restrict__ a, const real* __restrict__ z, const real* __restrict__ gamma, const real* __restrict__ mean, const real* __restrict__ var, real* __restrict__ dz, real* __restrict__ dgamma, real* __restrict__ dbeta, int m) {
+    __shared__ acc_t red[BLOCK];
+    for (int r = blockIdx.x; r < 5; r += gridDim.x) {
+        const long long o = (long long)r * m;
+        const acc_t mu = mean[r];
+        const acc_t inv_std = 1.0 / sqrt((acc_t)var[r] + 1e-05);
+        acc_t sb = 0, sg = 0;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) {
+            const acc_t dy = (acc_t)da[o + j] * (a[o + j] > (real)0 ? (real)1 : (real)0);
+            sb += dy;
+            sg += dy * ((z[o + j] - mu) * inv_std);
+        }
+        const acc_t db = block_sum(sb, red);
+        const acc_t dg = block_sum(sg, red);
+        const acc_t k = gamma[r] * inv_std / m;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) {
+            const acc_t dy = (acc_t)da[o + j] * (a[o + j] > (real)0 ? (real)1 : (real)0);
+            const acc_t z_hat = (z[o + j] - mu) * inv_std;
+            dz[o + j] = (real)(k * (m * dy - db - z_hat * dg));
+        }
+        if (threadIdx.x == 0) { dgamma[r] = (real)dg; dbeta[r] = (real)db; }
+    }
+}
+
+// ======== forward ========
+
+// %act1: f32[5,m] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
+// One block per unit: s = gamma/sqrt(running_var + eps), t = beta - running_mean*s, then
+// y = relu(z*s + t).
+extern "C" __global__ void forward__act1(const real* __restrict__ z, const real* __restrict__ gamma, const real* __restrict__ beta, const real* __restrict__ running_mean, const real* __restrict__ running_var, real* __restrict__ y, int m) {
+    for (int r = blockIdx.x; r < 5; r += gridDim.x) {
+        const acc_t s = gamma[r] / sqrt((acc_t)running_var[r] + 1e-05);
+        const acc_t t = beta[r] - running_mean[r] * s;
+        const real* zr = z + (long long)r * m;
+        real* yr = y + (long long)r * m;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) {
+            const real x = (real)(zr[j] * s + t);
+            yr[j] = (x < (real)0 ? (real)0 : x);
+        }
+    }
+}
+
+// %out: f32[3,m] = bias_add %out.matmul, %out.b
+extern "C" __global__ void forward__out(const real* __restrict__ z, const real* __restrict__ b, real* __restrict__ y, int m) {
+    const long long n = 3 * (long long)m;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long r = i / m;  // the unit (row) of element i
+        const real x = z[i] + b[r];
+        y[i] = x;
+    }
+}
+
+// ======== forward_train ========
+
+// %act1: f32[5,m], %bn1.mean: f32[5], %bn1.var: f32[5] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
+// One block per unit: the batch mean, the variance around it (two passes, in double), then
+// y = relu(z*s + t) with s = gamma/sqrt(var + eps), t = beta - mean*s.
+extern "C" __global__ void forward_train__act1(const real* __restrict__ z, const real* __restrict__ gamma, const real* __restrict__ beta, real* __restrict__ y, real* __restrict__ mean, real* __restrict__ var_out, int m) {
+    __shared__ acc_t red[BLOCK];
+    for (int r = blockIdx.x; r < 5; r += gridDim.x) {
+        const real* zr = z + (long long)r * m;
+        real* yr = y + (long long)r * m;
+        acc_t sum = 0;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) sum += zr[j];
+        const acc_t mu = block_sum(sum, red) / m;  // batch mean
+        acc_t sq = 0;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) { const acc_t d = zr[j] - mu; sq += d * d; }
+        const acc_t var = block_sum(sq, red) / m;  // batch variance (biased)
+        const acc_t s = gamma[r] / sqrt(var + 1e-05);
+        const acc_t t = beta[r] - mu * s;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) {
+            const real x = (real)(zr[j] * s + t);
+            yr[j] = (x < (real)0 ? (real)0 : x);
+        }
+        if (threadIdx.x == 0) { mean[r] = (real)mu; var_out[r] = (real)var; }
+    }
+}
+
+// %out: f32[3,m] = bias_add %out.matmul, %out.b
+extern "C" __global__ void forward_train__out(const real* __restrict__ z, const real* __restrict__ b, real* __restrict__ y, int m) {
+    const long long n = 3 * (long long)m;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long r = i / m;  // the unit (row) of element i
+        const real x = z[i] + b[r];
+        y[i] = x;
+    }
+}
+
+// ======== evaluate ========
+
+// %act1: f32[5,m] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
+// One block per unit: s = gamma/sqrt(running_var + eps), t = beta - running_mean*s, then
+// y = relu(z*s + t).
+extern "C" __global__ void evaluate__act1(const real* __restrict__ z, const real* __restrict__ gamma, const real* __restrict__ beta, const real* __restrict__ running_mean, const real* __restrict__ running_var, real* __restrict__ y, int m) {
+    for (int r = blockIdx.x; r < 5; r += gridDim.x) {
+        const acc_t s = gamma[r] / sqrt((acc_t)running_var[r] + 1e-05);
+        const acc_t t = beta[r] - running_mean[r] * s;
+        const real* zr = z + (long long)r * m;
+        real* yr = y + (long long)r * m;
+        for (int j = threadIdx.x; j < m; j += blockDim.x) {
+            const real x = (real)(zr[j] * s + t);
+            yr[j] = (x < (real)0 ? (real)0 : x);
+        }
+    }
+}
+
+// %out: f32[3,m] = bias_add %out.matmul, %out.b
+extern "C" __global__ void evaluate__out(const real* __restrict__ z, const real* __restrict__ b, real* __restrict__ y, int m) {
+    const long long n = 3 * (long long)m;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long r = i / m;  // the unit (row) of element i
+        const real x = z[i] + b[r];
+        y[i] = x;
+    }
+}
+
+// %loss: f32[] = softmax_cross_entropy %out, %y
+// One block for the whole batch; each thread takes examples j (column j of the logits):
+// loss = mean over j of -log softmax(logits[:, j])[labels[j]].
+extern "C" __global__ void evaluate__loss(const real* __restrict__ logits, const long long* __restrict__ labels, real* __restrict__ loss, int m) {
+    __shared__ acc_t red[BLOCK];
+    if (blockIdx.x != 0) return;
+    acc_t total = 0;
+    for (int j = threadIdx.x; j < m; j += blockDim.x) {
+        acc_t mx = logits[j];
+        for (int c = 1; c < 3; ++c) mx = fmax(mx, (acc_t)logits[(long long)c * m + j]);
+        acc_t se = 0;
+        for (int c = 0; c < 3; ++c) se += exp(logits[(long long)c * m + j] - mx);
+        const long long label = labels[j];
+        total += log(se) + mx - logits[label * m + j];
+    }
+    total = block_sum(total, red);
+    if (threadIdx.x == 0) loss[0] = (real)(total / m);
+}
