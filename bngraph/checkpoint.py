@@ -1,22 +1,35 @@
-"""Checkpoints: a model's graph, params, state, step/epoch and optimizer state in one ``.npz``.
+"""Checkpoints: a model's graph, params, state, step/epoch, fit's place and the optimizer's state
+in one ``.npz``.
 
 Arrays leave the device through the model's runtime (``to_numpy``) and come back through it; a
-save is atomic (a temporary file in the same folder, then a rename), and a restore checks
-everything before it writes anything.
+save is atomic (a temporary file in the same folder, then a rename). Reading checks everything
+before anything is written: a damaged file (truncated, a flipped bit, empty, missing or mistyped
+metadata, arrays of strings) is a :class:`CheckpointError` naming the file and what is wrong,
+never a traceback from zipfile, NumPy or json, and the model is left as it was.
 """
 from __future__ import annotations
 
 import json
+import numbers
 import os
+import warnings
 
 import numpy as np
 
 from . import optim as optim_mod
 from .errors import CheckpointError
-from .fileio import atomic_write
+from .fileio import NpzError, atomic_write, read_npz
+from .ir import IRError
 from .version import __version__
 
 FORMAT = "bngraph-checkpoint-1"
+
+
+def _json_default(o):
+    """NumPy scalars (a seed or an lr given as np.int64/np.float32) as plain JSON numbers."""
+    if isinstance(o, (np.generic, np.ndarray)) and np.ndim(o) == 0:
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
 def meta(model) -> dict:
@@ -24,7 +37,7 @@ def meta(model) -> dict:
     return {
         "format": FORMAT, "version": __version__, "graph": str(model.source_graph),
         "dtype": model._dtype_name, "target": model.target, "seed": model.seed, "passes": model.passes,
-        "step": model.step, "epoch": model.epoch,
+        "step": model.step, "epoch": model.epoch, "fit": model.fit_state,
         "optimizer": None if opt is None else {"type": type(opt).__name__},
     }
 
@@ -47,9 +60,12 @@ def save(model, path) -> str:
         for p, slots in sd.get("slots", {}).items():
             for s, a in slots.items():
                 arrays[f"optim/{p}/{s}"] = rt.to_numpy(a)
-    arrays["meta"] = np.array(json.dumps(m))
+    arrays["meta"] = np.array(json.dumps(m, default=_json_default))
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
+
+
+# ---- reading: everything checked, one clear line per problem ---------------------------------
 
 
 def read(path):
@@ -58,14 +74,88 @@ def read(path):
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        m = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a bngraph checkpoint ({e})") from None
+        arrays = read_npz(path)
+    except NpzError as e:
+        raise CheckpointError(f"{path}: not a bngraph checkpoint: {e}") from None
+    raw = arrays.pop("meta", None)
+    if raw is None:
+        raise CheckpointError(f"{path}: not a bngraph checkpoint (no metadata; its arrays are "
+                              f"{', '.join(sorted(arrays)) or 'none'})")
+    if raw.ndim != 0 or raw.dtype.kind not in "US":
+        raise CheckpointError(f"{path}: damaged checkpoint: the metadata is a {raw.dtype} array of shape "
+                              f"{raw.shape}, not text")
+    try:
+        m = json.loads(str(raw[()]))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: damaged checkpoint: the metadata is not valid JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise CheckpointError(f"{path}: damaged checkpoint: the metadata is a {type(m).__name__}, not an object")
     if m.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a bngraph checkpoint (format {m.get('format')!r})")
+    _check_meta(path, m)
+    _check_arrays(path, arrays)
     return m, arrays
+
+
+def _is_int(v, minimum=0) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum
+
+
+_META = {  # key -> (check, what it must be)
+    "graph": (lambda v: isinstance(v, str), "the graph as IR text"),
+    "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
+    "target": (lambda v: isinstance(v, str), "a target name"),
+    "seed": (_is_int, "a non-negative integer"),
+    "passes": (lambda v: v is None or (isinstance(v, list) and all(isinstance(p, str) for p in v)),
+               "null or a list of pass names"),
+    "step": (_is_int, "a non-negative integer"),
+    "epoch": (_is_int, "a non-negative integer"),
+    "optimizer": (lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("type"), str)
+                                          and isinstance(v.get("hyper", {}), dict)), "null or an optimizer's state"),
+}
+
+
+def _check_meta(path, m):
+    for key, (ok, what) in _META.items():
+        if key not in m:
+            raise CheckpointError(f"{path}: damaged checkpoint: the metadata has no {key!r}")
+        if not ok(m[key]):
+            raise CheckpointError(f"{path}: damaged checkpoint: metadata {key!r} is {m[key]!r}, expected {what}")
+    problem = _fit_state_problem(m.get("fit"))
+    if problem:
+        raise CheckpointError(f"{path}: damaged checkpoint: metadata 'fit' {problem}")
+
+
+def _fit_state_problem(f) -> str | None:
+    """What is wrong with a recorded ``fit_state`` (None: nothing)."""
+    if f is None:
+        return None
+    if not isinstance(f, dict):
+        return f"is {f!r}, expected an object"
+    for key, ok in (("seed", _is_int), ("batch_size", lambda v: _is_int(v, 1)), ("n", lambda v: _is_int(v, 1)),
+                    ("shuffle", lambda v: isinstance(v, bool))):
+        if not ok(f.get(key)):
+            return f"has {key} {f.get(key)!r}"
+    p = f.get("position")
+    if p is not None:
+        if not (isinstance(p, dict) and _is_int(p.get("epoch"), 1) and _is_int(p.get("done"))
+                and isinstance(p.get("losses"), list) and len(p["losses"]) == p["done"]
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p["losses"])):
+            return f"has position {p!r}"
+    return None
+
+
+def _check_arrays(path, arrays):
+    for k, a in arrays.items():
+        kind = k.split("/", 1)[0]
+        if kind not in ("param", "state", "optim") or "/" not in k:
+            raise CheckpointError(f"{path}: damaged checkpoint: unexpected array {k!r}")
+        allowed = "fiu" if kind != "optim" else "fiub"
+        if a.dtype.kind not in allowed:
+            raise CheckpointError(f"{path}: damaged checkpoint: {k} holds {a.dtype} values, expected numbers")
+
+
+# ---- restoring -------------------------------------------------------------------------------
 
 
 def load_into(model, path, optimizer=None):
@@ -80,12 +170,20 @@ def load_into(model, path, optimizer=None):
 
 def load(path, optimizer=None):
     """Rebuild a model from a checkpoint: the graph, compiled the same way, with params, state, step,
-    epoch and optimizer state (a custom optimizer: pass an instance, its state is loaded into it)."""
+    epoch, fit's place and optimizer state (a custom optimizer: pass an instance, its state is
+    loaded into it -- hyperparameters included, with a warning naming those that change)."""
     from .model import Model
     from .parser import parse
 
     m, arrays = read(path)
-    model = Model(parse(m["graph"]), target=m["target"], dtype=m["dtype"], seed=m["seed"], passes=m["passes"])
+    try:
+        graph = parse(m["graph"])
+    except IRError as e:
+        raise CheckpointError(f"{path}: damaged checkpoint: its graph does not parse ({e})") from None
+    try:
+        model = Model(graph, target=m["target"], dtype=m["dtype"], seed=m["seed"], passes=m["passes"])
+    except (IRError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model: {e}") from None
     restore(model, m, arrays, optimizer, path)
     return model
 
@@ -98,35 +196,60 @@ def restore(model, m, arrays, optimizer, path):
     if set(params) != set(mine_p) or set(state) != set(mine_s):
         raise CheckpointError(f"{path}: params/state do not match this model's (compiled with other passes?): "
                               f"checkpoint has {sorted(params)}, model has {sorted(mine_p)}")
-    for k, v in {**params, **state}.items():
-        shape = tuple((mine_p.get(k) if k in mine_p else mine_s[k]).shape)
-        if v.shape != shape:
-            raise CheckpointError(f"{path}: {k} has shape {v.shape}, this model's is {shape}")
-        if not np.all(np.isfinite(v)):
-            raise CheckpointError(f"{path}: {k} contains NaN or inf")
-    om = m.get("optimizer")
-    if om is not None and "hyper" in om:
-        sd = dict(om)
-        slots: dict = {}
-        for k, v in arrays.items():
-            if k.startswith("optim/"):
-                p, s = k[6:].rsplit("/", 1)
-                slots.setdefault(p, {})[s] = v
-        sd["slots"] = slots
+    checked = []
+    for values, live, what in ((params, model._P.views, "params"), (state, model._S, "state")):
         try:
-            if optimizer is None:
-                optimizer = optim_mod.from_state_dict(sd)
-            elif not callable(getattr(optimizer, "load_state_dict", None)):
-                raise TypeError(f"the checkpoint holds {om.get('type')} state but the given "
-                                f"{type(optimizer).__name__} has no load_state_dict(d) method")
-            else:
-                optimizer.load_state_dict(sd)
-        except (ValueError, TypeError, KeyError) as e:
-            raise CheckpointError(f"{path}: cannot restore the optimizer: {e}") from None
-    model.set_params(params)
-    model.set_state(state)
+            checked.append((model._checked(values, live, what), live))
+        except (KeyError, ValueError) as e:
+            msg = e.args[0] if e.args else str(e)
+            raise CheckpointError(f"{path}: {msg.replace(f'set_{what}: ', '', 1)}") from None
+    optimizer = _restore_optimizer(m, arrays, optimizer, path)
+    for values, live in checked:
+        model._write(values, live)
     model.step, model.epoch = int(m["step"]), int(m["epoch"])
+    model.fit_state = m.get("fit")
     model.optimizer = optimizer
+
+
+def _restore_optimizer(m, arrays, optimizer, path):
+    om = m.get("optimizer")
+    if om is None or "hyper" not in om:
+        return optimizer
+    sd = dict(om)
+    slots: dict = {}
+    for k, v in arrays.items():
+        if k.startswith("optim/"):
+            p, _, s = k[6:].rpartition("/")
+            slots.setdefault(p, {})[s] = v
+    sd["slots"] = slots
+    before = _hyper(optimizer)
+    try:
+        if optimizer is None:
+            optimizer = optim_mod.from_state_dict(sd)
+        elif not callable(getattr(optimizer, "load_state_dict", None)):
+            raise TypeError(f"the checkpoint holds {om.get('type')} state but the given "
+                            f"{type(optimizer).__name__} has no load_state_dict(d) method")
+        else:
+            optimizer.load_state_dict(sd)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot restore the optimizer: {e}") from None
+    after = _hyper(optimizer)
+    changed = [f"{k} {before[k]!r} -> {after[k]!r}" for k in before if k in after and before[k] != after[k]]
+    if changed:
+        warnings.warn(f"{path}: the given {type(optimizer).__name__}'s hyperparameters were replaced by the "
+                      f"checkpoint's ({', '.join(changed)}), so that training resumes exactly; set them after "
+                      f"loading to change them (e.g. model.optimizer.lr = ...)", stacklevel=4)
+    return optimizer
+
+
+def _hyper(optimizer) -> dict:
+    """An optimizer's hyperparameters (``hyper``), or its ``lr`` for a protocol object."""
+    if optimizer is None:
+        return {}
+    hyper = getattr(optimizer, "hyper", None)
+    if isinstance(hyper, dict):
+        return dict(hyper)
+    return {"lr": optimizer.lr} if hasattr(optimizer, "lr") else {}
 
 
 def first_difference(a: str, b: str) -> str:

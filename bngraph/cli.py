@@ -11,12 +11,11 @@ traceback instead).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import runpy
 import sys
 
-from .fileio import atomic_write
+from .fileio import atomic_write, check_writable
 
 EXIT_USAGE = 2
 
@@ -55,14 +54,11 @@ def load_model_spec(spec: str):
         raise CLIError(f"model file not found: {path}")
     try:
         ns = runpy.run_path(path)
+    except SystemExit as e:  # sys.exit() in the user's file must not end bngraph silently
+        raise CLIError(f"{path}{_line_in(e, path)}: the model file exited (sys.exit({e.code!r})) while bngraph "
+                       f"was loading it; a model file should only define the graph") from None
     except Exception as e:  # the user's file: report where, in one line
-        tb = e.__traceback__
-        line = None
-        while tb is not None:
-            if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
-                line = tb.tb_lineno
-            tb = tb.tb_next
-        raise CLIError(f"{path}{f':{line}' if line else ''}: {type(e).__name__}: {e}") from None
+        raise CLIError(f"{path}{_line_in(e, path)}: {type(e).__name__}: {e}") from None
     if name not in ns:
         found = sorted(k for k, v in ns.items() if isinstance(v, Graph) or (callable(v) and not k.startswith("_")))
         raise CLIError(f"{path} defines no {name!r} (found: {', '.join(found) or 'nothing usable'})")
@@ -70,6 +66,9 @@ def load_model_spec(spec: str):
     if callable(obj) and not isinstance(obj, Graph):
         try:
             obj = obj()
+        except SystemExit as e:
+            raise CLIError(f"{path}:{name}(): the model function exited (sys.exit({e.code!r})) instead of "
+                           f"returning a graph") from None
         except Exception as e:
             raise CLIError(f"{path}:{name}(): {type(e).__name__}: {e}") from None
     if not isinstance(obj, Graph):
@@ -77,64 +76,45 @@ def load_model_spec(spec: str):
     return obj.build()  # frozen once: every command below sees the same graph
 
 
+def _line_in(e: BaseException, path: str) -> str:
+    """``:line`` of the last frame of ``e``'s traceback that is in the file ``path`` (or '')."""
+    tb, line = e.__traceback__, None
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f":{line}" if line else ""
+
+
 def _write_text(path: str, text: str):
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def cmd_train(args) -> int:
-    from . import optim
-    from .datasets import load_dataset
-    from .model import compile as bg_compile
+    from .cli_train import train
 
-    ds = load_dataset(args.dataset, seed=args.seed)
-    n_features = ds.X_train.shape[1]
-    graph = load_model_spec(args.model) if args.model else default_model(n_features, ds.num_classes)
-    model = bg_compile(graph, target=args.target, dtype=args.dtype, seed=args.seed)
-    if model.n_features != n_features:
-        raise CLIError(f"the model's input takes {model.n_features} features but dataset {ds.name} has {n_features}")
-    if model.classes is not None and model.classes < ds.num_classes:
-        raise CLIError(f"the model has {model.classes} classes but dataset {ds.name} has labels up to "
-                       f"{ds.num_classes - 1}")
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-    opt = optim.make(args.optimizer, lr=lr)
-    if not args.quiet:
-        print(f"bngraph: training {graph.name} on {ds.name} ({len(ds.X_train)} train / {len(ds.X_test)} test "
-              f"examples), {args.optimizer} lr={lr}, {args.epochs} epochs, batch {args.batch_size}, "
-              f"target {args.target}", file=sys.stderr)
-    hist = model.fit(ds.X_train, ds.y_train, optimizer=opt, epochs=args.epochs, batch_size=args.batch_size,
-                     seed=args.seed, validation_data=(ds.X_test, ds.y_test), verbose=not args.quiet)
-    if hist.stop_reason:
-        final = {}
-        if args.save:
-            print(f"bngraph: not saving {args.save}: training diverged", file=sys.stderr)
-    else:
-        final = model.evaluate(ds.X_test, ds.y_test)
-        if args.save:
-            model.save(args.save)
-    if args.json:
-        _write_text(args.json, json.dumps({
-            "model": graph.name, "dataset": ds.name, "optimizer": args.optimizer, "lr": lr, "epochs": args.epochs,
-            "batch_size": args.batch_size, "seed": args.seed, "target": args.target,
-            "history": list(hist), "stop_reason": hist.stop_reason,
-            "test": final,
-        }, indent=2) + "\n")
-    if hist.stop_reason:
-        print(f"bngraph: {hist.stop_reason}", file=sys.stderr)
-        return 1
-    acc = final.get("accuracy")
-    print(f"test loss {final['loss']:.4f}" + (f"  test accuracy {acc:.4f}" if acc is not None else ""))
-    return 0
+    return train(args)
 
 
 def cmd_emit(args) -> int:
     from .compiler import emit
+    from .export import inference_file_name
 
+    if args.standalone:  # a module + .npz needing only NumPy (bngraph/interop/cli_commands.py)
+        from .interop.cli_commands import emit_standalone
+
+        return emit_standalone(args)
     graph = load_model_spec(args.model)
     files = emit(graph, target=args.target, dtype=args.dtype, inference=args.inference)
+    if args.inference:
+        files = {inference_file_name(name): src for name, src in files.items()}
     if args.out:
-        for name, src in files.items():
-            _write_text(os.path.join(args.out, name), src)
-            print(os.path.join(args.out, name))
+        paths = {os.path.join(args.out, name): src for name, src in files.items()}
+        for path in paths:
+            check_writable(path, "--out")
+        for path, src in paths.items():
+            _write_text(path, src)
+            print(path)
     else:
         for name, src in files.items():
             if len(files) > 1:
@@ -154,6 +134,10 @@ def cmd_show(args) -> int:
         unknown = [p for p in passes if p not in PASSES]
         if unknown:
             raise CLIError(f"unknown pass(es) {', '.join(unknown)}; available: {', '.join(PASSES)}")
+    if args.format == "dot" or args.out:  # Graphviz DOT, or a picture (bngraph/interop/cli_commands.py)
+        from .interop.cli_commands import show_dot
+
+        return show_dot(args, graph, passes)
     print(f"// IR before the passes\n{graph}")
     if args.inference:
         res = inference_graph(graph, args.dtype, passes, print_after=args.print_after_all)
@@ -176,14 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (default: an MLP with batch norm on the built-in digits)")
     t.add_argument("model", nargs="?", help="path/to/file.py[:name] (default: the built-in MLP)")
     t.add_argument("--dataset", default="digits", help="'digits' (built in) or a .npz file with X and y")
-    t.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    t.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default depends on the optimizer)")
-    t.add_argument("--epochs", type=_positive_int, default=15)
-    t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--target", default="numpy")
-    t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    t.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) at the end")
+    t.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default adam (resuming: the checkpoint's)")
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default depends on the optimizer; resuming: the checkpoint's)")
+    t.add_argument("--epochs", type=_positive_int, default=15,
+                   help="epochs in all (resuming: up to this many, counting those already done)")
+    t.add_argument("--batch-size", type=_positive_int, default=None, help="default 64 (resuming: the checkpoint's)")
+    t.add_argument("--seed", type=_nonnegative_int, default=None,
+                   help="data split, initial values and shuffling; default 0 (resuming: the checkpoint's)")
+    t.add_argument("--val-fraction", type=_fraction, default=0.1,
+                   help="share of each class of the training data held out for the per-epoch validation "
+                        "figures (0: none); the test split is evaluated once, at the end")
+    t.add_argument("--target", default=None, help="default numpy (resuming: the checkpoint's)")
+    t.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                   help="default float32 (resuming: the checkpoint's)")
+    t.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) after every epoch, atomically, "
+                                                  "and on Ctrl-C")
+    t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     t.add_argument("--json", metavar="PATH", help="write the per-epoch history and final metrics as JSON")
     t.add_argument("--quiet", action="store_true", help="print only the final metrics")
     t.set_defaults(func=cmd_train)
@@ -194,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     e.add_argument("--inference", action="store_true", help="the inference pipeline (batch norm folded into weights)")
     e.add_argument("--out", metavar="DIR", help="write files into DIR instead of printing")
+    e.add_argument("--standalone", action="store_true",
+                   help="with --inference --out DIR: a module + .npz of weights needing only NumPy; MODEL may also "
+                        "be a checkpoint .npz (trained weights) or an .onnx file")
     e.set_defaults(func=cmd_emit)
 
     s = sub.add_parser("show", help="the IR before and after the passes")
@@ -202,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     s.add_argument("--inference", action="store_true", help="start from the inference graph")
     s.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    s.add_argument("--format", default="text", choices=("text", "dot"), help="dot: Graphviz DOT of the graph after "
+                   "the passes")
+    s.add_argument("--out", metavar="FILE", help="write the picture: FILE.svg or FILE.png (needs Graphviz's dot), "
+                   "or FILE.dot")
     s.set_defaults(func=cmd_show)
     return p
 
@@ -225,16 +225,38 @@ def _positive(kind):
 _positive_float, _positive_int = _positive(float), _positive(int)
 
 
+def _nonnegative_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _fraction(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
+
+
 def main(argv=None) -> int:
     from .ir import IRError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, IRError, ValueError, KeyError, OSError) as e:
+    except (CLIError, IRError, ValueError, KeyError, OSError, MemoryError) as e:
         if os.environ.get("BNGRAPH_DEBUG"):
             raise  # the full traceback, for debugging bngraph itself
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, MemoryError):
+            msg = f"out of memory{f' ({e})' if str(e) else ''}: a smaller model, --batch-size or data set would fit"
         print(f"bngraph: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,17 +1,47 @@
-"""Checks on data at the public API, shared by the model and the reference interpreter.
+"""Checks on data and arguments at the public API, shared by the model, the training loop, the
+reference interpreter and the command line.
 
 Data at the API is samples-by-rows, ``X: (m, n_features)``; every message names what is wrong
-and the first bad row.
+and the first bad row. Values are checked *as the model will see them*: cast to the model's dtype
+first, so a finite float64 that overflows float32 is refused like a NaN, naming its row.
 """
 from __future__ import annotations
 
+import numbers
+import os
+
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, ModelSizeError
 
 
-def check_x(X, n_features: int, where: str, input_name: str = "x") -> np.ndarray:
-    """A 2-D, real, finite ``(batch, n_features)`` array, or a DataError naming the bad row."""
+def _cast(A, dtype):
+    """``A`` in ``dtype`` (no copy when it already is); overflow becomes inf, checked by the caller."""
+    if dtype is None or A.dtype == dtype:
+        return A
+    with np.errstate(over="ignore", invalid="ignore"):
+        return A.astype(dtype)
+
+
+def _first_bad_row(A) -> int | None:
+    bad = ~np.isfinite(A).reshape(A.shape[0], -1).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _nonfinite_message(orig, cast, row, dtype, what) -> str:
+    """Why row ``row`` is refused: NaN/inf as given, or a finite value ``dtype`` cannot hold."""
+    given = orig[row].reshape(-1)
+    if np.issubdtype(orig.dtype, np.inexact) and not np.isfinite(given).all():
+        n = int((~np.isfinite(orig.reshape(orig.shape[0], -1)).all(axis=1)).sum())
+        return f"{what} row {row} contains NaN or inf ({n} bad rows)"
+    col = int(np.argmax(~np.isfinite(cast[row].reshape(-1))))
+    return (f"{what} row {row} holds {given[col].item()!r}, which overflows {np.dtype(dtype).name} (the model's dtype; "
+            f"its largest value is {np.finfo(dtype).max:.4g})")
+
+
+def check_x(X, n_features: int, where: str, input_name: str = "x", dtype=None) -> np.ndarray:
+    """A 2-D, real ``(batch, n_features)`` array, finite in ``dtype`` (when given, X is returned
+    cast to it), or a DataError naming the bad row."""
     X = np.asarray(X)
     if X.ndim == 1 and n_features == X.shape[0]:
         raise DataError(f"{where}: X must be 2-D (batch, {n_features}); got one example of shape "
@@ -25,11 +55,11 @@ def check_x(X, n_features: int, where: str, input_name: str = "x") -> np.ndarray
         raise DataError(f"{where}: X is empty")
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
         raise DataError(f"{where}: X must be real numbers, got dtype {X.dtype}")
-    bad = ~np.isfinite(X).all(axis=1)
-    if bad.any():
-        r = int(np.argmax(bad))
-        raise DataError(f"{where}: X row {r} contains NaN or inf ({int(bad.sum())} bad rows)")
-    return X
+    Xc = _cast(X, dtype)
+    r = _first_bad_row(Xc) if Xc.dtype.kind == "f" else None
+    if r is not None:
+        raise DataError(f"{where}: {_nonfinite_message(X, Xc, r, Xc.dtype, 'X')}")
+    return Xc
 
 
 def check_labels(y, classes: int, where: str, what: str = "label", at: str = "row", cls=DataError,
@@ -53,8 +83,11 @@ def check_labels(y, classes: int, where: str, what: str = "label", at: str = "ro
     return y.astype(np.int64, copy=False)
 
 
-def check_y(y, m: int, where: str, classes: int | None, n_outputs: int) -> np.ndarray:
-    """Labels ``(m,)`` for a classification loss (``classes`` set), else finite targets ``(m, n_outputs)``."""
+def check_y(y, m: int, where: str, classes: int | None, n_outputs: int, dtype=None, target_range=None,
+            loss: str = "the loss") -> np.ndarray:
+    """Labels ``(m,)`` for a classification loss (``classes`` set), else targets ``(m, n_outputs)``,
+    finite in ``dtype`` (returned cast to it) and inside ``target_range`` (the loss's domain, e.g.
+    [0, 1] for sigmoid_bce) when given."""
     y = np.asarray(y)
     if classes is not None:
         if y.ndim != 1 or y.shape[0] != m:
@@ -64,12 +97,101 @@ def check_y(y, m: int, where: str, classes: int | None, n_outputs: int) -> np.nd
         y = y[:, None]
     if y.shape != (m, n_outputs):
         raise DataError(f"{where}: targets expected shape ({m}, {n_outputs}), got {y.shape}")
-    bad = ~np.isfinite(y).all(axis=1)
-    if bad.any():
-        raise DataError(f"{where}: targets row {int(np.argmax(bad))} contains NaN or inf")
-    return y
+    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise DataError(f"{where}: targets must be real numbers, got dtype {y.dtype}")
+    yc = _cast(y, dtype)
+    r = _first_bad_row(yc) if yc.dtype.kind == "f" else None
+    if r is not None:
+        raise DataError(f"{where}: {_nonfinite_message(y, yc, r, yc.dtype, 'targets')}")
+    if target_range is not None:
+        lo, hi = target_range
+        bad = ((yc < lo) | (yc > hi)).any(axis=1)
+        if bad.any():
+            r = int(np.argmax(bad))
+            v = y[r][(yc[r] < lo) | (yc[r] > hi)][0].item()
+            raise DataError(f"{where}: targets row {r} holds {v!r}, outside [{lo:g}, {hi:g}]: {loss} targets are "
+                            f"probabilities ({int(bad.sum())} bad rows); class labels need softmax_cross_entropy")
+    return yc
 
 
-def check_batch_size(where, batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+def check_assignments(values: dict, shapes: dict, where: str, what: str, dtype, nonnegative=(),
+                      hint=lambda name: "") -> dict:
+    """``values`` (name -> host data) as arrays in ``dtype``, for ``set_params``/``set_state`` and a
+    checkpoint's restore: every name known (``shapes``: name -> shape; ``hint(name)`` explains a
+    missing one), every shape right, real numbers, finite *in dtype* (1e39 overflows float32), and
+    >= 0 for the names in ``nonnegative`` (a running variance: a negative one makes eval-mode
+    outputs NaN). KeyError for a name, ValueError for the rest; all checked before anything is
+    written (the caller writes)."""
+    out = {}
+    for k, v in values.items():
+        if k not in shapes:
+            raise KeyError(f"{where}: {k!r} is not a {what} of this model{hint(k)}; expected one of "
+                           f"{', '.join(shapes)}")
+        a = np.asarray(v)  # user data, on the host
+        if a.shape != tuple(shapes[k]):
+            raise ValueError(f"{where}: {k} expected shape {tuple(shapes[k])}, got {a.shape}")
+        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+            raise ValueError(f"{where}: {k} must be real numbers, got dtype {a.dtype}")
+        c = _cast(a, np.dtype(dtype))
+        if not np.all(np.isfinite(c)):
+            if np.all(np.isfinite(a)):
+                big = a.reshape(-1)[np.argmax(~np.isfinite(c.reshape(-1)))].item()
+                raise ValueError(f"{where}: {k} holds {big!r}, which overflows {np.dtype(dtype).name} (the model's "
+                                 f"dtype)")
+            raise ValueError(f"{where}: {k} contains NaN or inf")
+        if k in nonnegative and (c < 0).any():
+            i = int(np.argmax(c.reshape(-1) < 0))
+            raise ValueError(f"{where}: {k} must be >= 0 (a variance), got {a.reshape(-1)[i].item()!r} at index {i}")
+        out[k] = c
+    return out
+
+
+def check_int(where: str, name: str, value, minimum: int = 0) -> int:
+    """``value`` as a Python int >= ``minimum`` (NumPy integers welcome; bools and floats are not)."""
+    kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{where}: {name} must be {kind}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be {kind}, got {int(value)}")
+    return int(value)
+
+
+def check_batch_size(where, batch_size) -> int:
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_seed(where, seed) -> int:
+    """A seed for NumPy's generators: a non-negative integer (they refuse negative ones)."""
+    return check_int(where, "seed", seed, 0)
+
+
+# ---- sizes: refuse what cannot be allocated, before trying ------------------------------------
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**40:,.0f} TiB" if n >= 2**40 else f"{n / 2**30:,.1f} GiB"
+
+
+def check_model_size(graph, itemsize: int, limit: int | None = None):
+    """Refuse a graph whose params and their gradients alone (2 arrays per param, ``itemsize``
+    bytes each) would not fit in memory: a clear line instead of a failed huge allocation."""
+    limit = memory_bytes() if limit is None else limit
+    if limit is None:
+        return
+    n = sum(int(np.prod(v.type.shape, dtype=object)) for v in (*graph.params, *graph.state))
+    need = 2 * n * itemsize
+    if need > limit:
+        widths = ", ".join(f"{v.name} {'x'.join(str(d) for d in v.type.shape)}"
+                           for v in sorted(graph.params, key=lambda v: -int(np.prod(v.type.shape, dtype=object)))[:2])
+        raise ModelSizeError(f"graph {graph.name} has {n:,} parameters ({widths}, ...): {_gib(need)} for them and "
+                             f"their gradients, more than this machine's {_gib(limit)} of memory")

@@ -16,11 +16,13 @@ Splits are stratified (each class keeps its share in the test set) and seeded: t
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
+
+from .datacheck import check_seed
+from .fileio import NpzError, read_npz
 
 
 class DatasetError(ValueError):
@@ -59,10 +61,18 @@ def _check_fraction(test_fraction) -> float:
     return float(test_fraction)
 
 
+def _check_seed(seed) -> int:
+    try:
+        return check_seed("dataset split", seed)
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+
+
 def stratified_split(y: np.ndarray, test_fraction: float, seed=0) -> tuple:
     """(train indices, test indices): from each class, round(test_fraction * its count) samples go to
     the test set, chosen by a seeded permutation; both index arrays are shuffled (not class-sorted)."""
     test_fraction = _check_fraction(test_fraction)
+    seed = _check_seed(seed)
     rng = np.random.default_rng(seed)
     is_test = np.zeros(len(y), dtype=bool)
     for c in np.unique(y):
@@ -105,32 +115,27 @@ def _check_y(where: str, key: str, y: np.ndarray, x_key: str, n: int) -> np.ndar
     return y.astype(np.int64)
 
 
-def _read_npz(path) -> dict:
-    """The arrays of ``path`` (X, y and, when present, X_test, y_test), checked and converted."""
+def _read_npz(path, dtype=None) -> dict:
+    """The arrays of ``path`` (X, y and, when present, X_test, y_test), checked and converted.
+    With ``dtype`` (the model's, e.g. float32), X must also be finite in it."""
     where = os.fspath(path)
     if not os.path.isfile(where):
         raise DatasetError(f"{where}: no such file (expected a .npz with arrays X and y)")
     try:
-        f = np.load(where, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DatasetError(f"{where}: cannot read as .npz ({e})") from None
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise DatasetError(f"{where}: is a single .npy array, expected a .npz archive with arrays X and y")
-    with f:
-        keys = set(f.files)
-        for k in ("X", "y"):
-            if k not in keys:
-                raise DatasetError(f"{where}: missing key {k!r} (found keys: {', '.join(sorted(keys)) or 'none'})")
-        if ("X_test" in keys) != ("y_test" in keys):
-            have, missing = ("X_test", "y_test") if "X_test" in keys else ("y_test", "X_test")
-            raise DatasetError(f"{where}: key {have!r} given without {missing!r}")
-        arrays = {}
-        for k in ("X", "y", "X_test", "y_test"):
-            if k in keys:
-                try:
-                    arrays[k] = np.asarray(f[k])
-                except ValueError as e:  # object arrays need pickle, which we never load
-                    raise DatasetError(f"{where}: cannot read key {k!r} ({e})") from None
+        found = read_npz(where)
+    except NpzError as e:
+        if str(e).startswith("is a single .npy"):
+            raise DatasetError(f"{where}: is a single .npy array, expected a .npz archive with arrays X and y") \
+                from None
+        raise DatasetError(f"{where}: {e}" if e.key else f"{where}: cannot read as .npz: {e}") from None
+    keys = set(found)
+    for k in ("X", "y"):
+        if k not in keys:
+            raise DatasetError(f"{where}: missing key {k!r} (found keys: {', '.join(sorted(keys)) or 'none'})")
+    if ("X_test" in keys) != ("y_test" in keys):
+        have, missing = ("X_test", "y_test") if "X_test" in keys else ("y_test", "X_test")
+        raise DatasetError(f"{where}: key {have!r} given without {missing!r}")
+    arrays = {k: found[k] for k in ("X", "y", "X_test", "y_test") if k in keys}
     arrays["X"] = _check_X(where, "X", arrays["X"])
     arrays["y"] = _check_y(where, "y", arrays["y"], "X", len(arrays["X"]))
     if "X_test" in arrays:
@@ -139,16 +144,51 @@ def _read_npz(path) -> dict:
             raise DatasetError(f"{where}: X_test has {arrays['X_test'].shape[1]} features but X has "
                                f"{arrays['X'].shape[1]}; expected the same number")
         arrays["y_test"] = _check_y(where, "y_test", arrays["y_test"], "X_test", len(arrays["X_test"]))
+    if dtype is not None:
+        for k in ("X", "X_test"):
+            if k in arrays:
+                _check_fits(where, k, arrays[k], dtype)
+    _check_classes(where, arrays)
     return arrays
 
 
-def _make(name: str, arrays: dict, test_fraction, seed) -> Dataset:
+def _check_fits(where: str, key: str, X: np.ndarray, dtype):
+    """Every value of ``X`` is finite in ``dtype`` (the model's): a finite float64 can overflow float32."""
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(X.astype(dtype))
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(f"{where}: {key} row {row} column {col} is {X[row, col].item()!r}, which overflows "
+                           f"{dtype.name} (the model's dtype; its largest value is {np.finfo(dtype).max:.4g})")
+
+
+def _check_classes(where: str, arrays: dict):
+    """Labels are class indices 0..C-1 and the model gets C outputs: a label far beyond the number
+    of examples (a typo, an ID column) would size the model absurdly. Refused, naming the row."""
+    n = sum(len(arrays[k]) for k in ("y", "y_test") if k in arrays)
+    for k in ("y", "y_test"):
+        y = arrays.get(k)
+        if y is not None and len(y) and int(y.max()) >= n:
+            row = int(np.argmax(y))
+            raise DatasetError(f"{where}: {k} row {row} is {int(y[row])}: labels are class indices 0..C-1, and "
+                               f"{int(y[row]) + 1} classes for {n} examples leaves most classes without one "
+                               f"(is this column an ID?)")
+
+
+def _make(name: str, arrays: dict, test_fraction, seed, where: str | None = None) -> Dataset:
     X, y = arrays["X"], arrays["y"]
     if "X_test" in arrays:  # the file fixes the split; test_fraction and seed are not used
         X_train, y_train, X_test, y_test = X, y, arrays["X_test"], arrays["y_test"]
         _check_fraction(test_fraction)
     else:
         train, test = stratified_split(y, test_fraction, seed)
+        if len(test) == 0 and test_fraction > 0:
+            largest = int(np.bincount(y).max())
+            raise DatasetError(f"{where or name}: test_fraction {test_fraction:g} leaves the test split empty: the "
+                               f"largest class has {largest} example{'s' if largest != 1 else ''} and "
+                               f"round({test_fraction:g} x {largest}) = 0; add examples, raise test_fraction, or give "
+                               f"X_test and y_test in the file")
         X_train, y_train, X_test, y_test = X[train], y[train], X[test], y[test]
     num_classes = int(max(y_train.max(initial=-1), y_test.max(initial=-1))) + 1
     return Dataset(name, X_train, y_train, X_test, y_test, num_classes)
@@ -159,31 +199,38 @@ def _make(name: str, arrays: dict, test_fraction, seed) -> Dataset:
 # --------------------------------------------------------------------------------------------
 
 
-def load_npz(path, test_fraction: float = 0.2, seed=0) -> Dataset:
+def load_npz(path, test_fraction: float = 0.2, seed=0, dtype=None) -> Dataset:
     """A data set from a .npz file with ``X`` (n, features) numbers and ``y`` (n,) integer labels >= 0.
 
     With ``X_test`` and ``y_test`` in the file they are the test split; otherwise a stratified,
     seeded split keeps ``test_fraction`` of each class for testing. X is converted to float64, y to
-    int64; ``num_classes = max label + 1``. Problems raise :class:`DatasetError`.
+    int64; ``num_classes = max label + 1`` (at most the number of examples). ``dtype``: the model's
+    (e.g. ``"float32"``): X must be finite in it too. Problems raise :class:`DatasetError`: an
+    empty, damaged or non-.npz file, a missing key, a wrong shape, NaN/inf, negative labels, an
+    empty test split.
     """
-    arrays = _read_npz(path)
-    return _make(os.path.splitext(os.path.basename(os.fspath(path)))[0], arrays, test_fraction, seed)
+    _check_seed(seed)
+    arrays = _read_npz(path, dtype)
+    return _make(os.path.splitext(os.path.basename(os.fspath(path)))[0], arrays, test_fraction, seed,
+                 where=os.fspath(path))
 
 
-def load_digits(test_fraction: float = 0.2, seed=0) -> Dataset:
+def load_digits(test_fraction: float = 0.2, seed=0, dtype=None) -> Dataset:
     """The 8x8 handwritten digits: 1797 samples x 64 pixels scaled from 0..16 to [0, 1], 10 classes.
 
     The UCI "Optical Recognition of Handwritten Digits" test set (Alpaydin & Kaynak 1998, CC BY 4.0),
     as scikit-learn ships it; stored in ``bngraph/data/digits.npz``.
     """
+    _check_seed(seed)
     with resources.as_file(resources.files("bngraph.data").joinpath("digits.npz")) as path:
-        arrays = _read_npz(path)
+        arrays = _read_npz(path, dtype)
     arrays["X"] = arrays["X"] / 16.0
     return _make("digits", arrays, test_fraction, seed)
 
 
 def load_dataset(name_or_path, **kw) -> Dataset:
-    """``"digits"`` (the built-in set) or a path to a ``.npz`` file; keyword arguments go to the loader."""
+    """``"digits"`` (the built-in set) or a path to a ``.npz`` file; keyword arguments
+    (``test_fraction``, ``seed``, ``dtype``) go to the loader."""
     if isinstance(name_or_path, str) and name_or_path == "digits":
         return load_digits(**kw)
     if isinstance(name_or_path, (str, os.PathLike)) and os.fspath(name_or_path).endswith(".npz"):

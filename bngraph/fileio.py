@@ -1,13 +1,37 @@
-"""Atomic file writes: a temporary file in the same folder, flushed, then renamed over the target.
+"""Files: atomic writes, checking a destination before a long job, and reading ``.npz`` archives
+that may be damaged.
 
-A crash mid-write leaves the old file intact and no half-written file under the target's name;
-the temporary file is removed on any error. The new file gets the mode an ordinary ``open`` would
+An atomic write goes to a temporary file in the same folder, is flushed, then renamed over the
+target: a crash mid-write leaves the old file intact and no half-written file under the target's
+name. The temporary file is removed on any error; one left by a killed process
+(``NAME.<pid>-<random>.bngraph-tmp``, matched by ``.gitignore``) is removed by the next write of
+the same target once its process is gone. The new file gets the mode an ordinary ``open`` would
 give it (0o666 less the umask), not mkstemp's private 0o600.
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
 import tempfile
+import time
+import zipfile
+import zlib
+
+import numpy as np
+import numpy.lib.format as npformat
+
+TMP_SUFFIX = ".bngraph-tmp"
+STALE_AFTER_S = 24 * 3600  # where a process's liveness cannot be asked (not POSIX): the age of a stale file
+
+
+class NpzError(ValueError):
+    """A file that is not a readable ``.npz`` archive; the message says why (no file name: the
+    caller adds it, with its own error class). ``key``: the array that could not be read, if one."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def _umask() -> int:
@@ -16,12 +40,63 @@ def _umask() -> int:
     return old
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (someone else's), or we cannot tell: keep its file
+    return True
+
+
+def _stale_temporaries(folder: str, base: str) -> list:
+    """Temporary files of earlier writes of ``base`` whose process is gone."""
+    prefix, out = base + ".", []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return out
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(TMP_SUFFIX)):
+            continue
+        tag = name[len(prefix):-len(TMP_SUFFIX)]
+        pid = tag.split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue  # not ours to judge (our own are removed by the write that made them)
+        path = os.path.join(folder, name)
+        if os.name == "posix":
+            stale = not _pid_alive(int(pid))
+        else:
+            try:
+                stale = time.time() - os.path.getmtime(path) > STALE_AFTER_S
+            except OSError:
+                continue
+        if stale:
+            out.append(path)
+    return out
+
+
+def _naming(e: OSError, path: str) -> OSError:
+    """``e`` as the same kind of OSError whose message names ``path`` (not a temporary file)."""
+    err = type(e)(f"cannot write {path}: {e.strerror or e}")
+    err.errno = e.errno
+    return err
+
+
 def atomic_write(path, write, binary: bool = True) -> str:
-    """Call ``write(f)`` on a temporary file, then rename it to ``path``. Returns the path."""
+    """Call ``write(f)`` on a temporary file, then rename it to ``path``. Returns the path.
+    An OSError names ``path`` (not the temporary file)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    base = os.path.basename(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        fd, tmp = tempfile.mkstemp(prefix=f"{base}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=folder)
+    except OSError as e:  # name the target, not a temporary file
+        raise _naming(e, path) from None
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -29,8 +104,99 @@ def atomic_write(path, write, binary: bool = True) -> str:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # disk full, a quota...: one line naming the target
+            raise _naming(e, path) from None
         raise
+    for stale in _stale_temporaries(folder, base):
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass  # gone already, or not ours to remove
     return path
+
+
+def check_writable(path, what: str = "") -> str:
+    """Raise an OSError naming ``path`` (and ``what``, e.g. '--save') if it could not be written
+    now: its folder (or the nearest existing ancestor) must be a writable folder, and the path
+    itself must not be a folder. Nothing is created."""
+    path = os.fspath(path)
+    label = f"{what} {path}" if what else path
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {label}: it is a folder")
+    folder = os.path.dirname(os.path.abspath(path))
+    probe = folder
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise NotADirectoryError(f"cannot write {label}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {label}: no permission to write in {probe}")
+    if os.path.exists(path) and not os.access(path, os.W_OK) and not os.access(folder, os.W_OK):
+        raise PermissionError(f"cannot write {label}: permission denied")
+    return path
+
+
+# ---- reading .npz archives that may be damaged -----------------------------------------------
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members; an empty zip
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def read_npz(path) -> dict:
+    """``{key: array}`` of the ``.npz`` archive at ``path``, every member read and checked, or an
+    NpzError saying what is wrong: empty, not a zip archive, a single ``.npy``, truncated,
+    corrupt (a CRC mismatch), an array that needs pickle (object arrays are never loaded), or a
+    header that promises more data than the member holds (never allocated)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except IsADirectoryError:
+        raise NpzError("is a folder, not a .npz file") from None
+    except OSError as e:
+        raise NpzError(f"cannot read it ({e.strerror or e})") from None
+    if not head:
+        raise NpzError("the file is empty (0 bytes)")
+    if head.startswith(NPY_MAGIC):
+        raise NpzError("is a single .npy array, expected a .npz archive (np.savez)")
+    if not head.startswith(ZIP_MAGIC):
+        raise NpzError("not a .npz archive (a .npz is a zip file of .npy arrays, as np.savez writes)")
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                arrays[key] = _read_member(z, info)
+    except NpzError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError, KeyError, IndexError, OverflowError, MemoryError) as e:
+        raise NpzError(f"truncated or corrupt .npz archive ({type(e).__name__}: {e})") from None
+    return arrays
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+    data = z.read(info)  # checks the member's CRC: a flipped bit is found here
+    f = io.BytesIO(data)
+    try:
+        version = npformat.read_magic(f)
+        read_header = {(1, 0): npformat.read_array_header_1_0}.get(version, npformat.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+    except ValueError as e:
+        raise NpzError(f"cannot read key {key!r}: not a .npy array ({e})", key) from None
+    if dtype.hasobject:
+        raise NpzError(f"cannot read key {key!r}: it holds Python objects (dtype {dtype}), which need pickle; "
+                       f"they are never loaded", key)
+    count = int(np.prod(shape, dtype=object))
+    if count * dtype.itemsize > len(data) - f.tell():
+        raise NpzError(f"cannot read key {key!r}: truncated (its header says shape {shape} {dtype}, more than "
+                       f"the {len(data) - f.tell()} bytes it holds)", key)
+    f.seek(0)
+    return npformat.read_array(f, allow_pickle=False)

@@ -44,6 +44,10 @@ def ir_dtype(dtype) -> str:
     except TypeError as e:
         raise IRError(f"unknown dtype {dtype!r}: expected one of float32, float64") from e
     if name not in NUMPY_TO_IR:
+        if isinstance(dtype, str) and dtype != name:  # 'f16' is NumPy's float128: its number counts bytes
+            raise IRError(f"unsupported dtype {dtype!r}: NumPy reads that spelling as {name} (the number counts "
+                          f"bytes: 'f4' is float32, 'f8' float64); expected one of float32, float64, int64 "
+                          f"(or f32, f64, i64)")
         raise IRError(f"unsupported dtype {dtype!r} (numpy {name}): expected one of float32, float64, int64")
     return NUMPY_TO_IR[name]
 

@@ -9,14 +9,19 @@ device array goes through the runtime (``self.runtime``): the model never assume
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import checkpoint, training
+from .backends.base import GraphedPrograms
 from .compiler import PROGRAM_DOCS, build_programs
-from .datacheck import check_batch_size, check_x, check_y
-from .errors import CheckpointError, DataError, TrainingDiverged  # noqa: F401  (re-exported)
+from .datacheck import check_assignments, check_batch_size, check_model_size, check_seed, check_x, check_y
+from .errors import CheckpointError, DataError, ProgramError, TrainingDiverged  # noqa: F401  (re-exported)
 from .flat import FlatLayout
+from .graph import as_graph
 from .init import init_values
+from .snapshot import update_on_snapshot
 from .ir import DTYPES, IRError, ir_dtype
 from .ops import OPS, needs_batch_statistics
 from .training import History  # noqa: F401  (re-exported)
@@ -25,14 +30,16 @@ from .training import History  # noqa: F401  (re-exported)
 class Model:
     """Made by :func:`bngraph.compile`; see the README for the contract."""
 
-    def __init__(self, graph, target="numpy", dtype="float32", seed=0, passes=None, print_after=False, device=None):
+    def __init__(self, graph, target="numpy", dtype="float32", seed=0, passes=None, print_after=False, device=None,
+                 cuda_graph=False):
         from .backends import get_target
 
         target_def = get_target(target)
         self._dtype_name = DTYPES[graph.dtype if dtype is None else ir_dtype(dtype)]
         self.dtype = np.dtype(self._dtype_name)
         self.target = target
-        self.seed = seed
+        self.seed = check_seed("compile", seed)
+        check_model_size(as_graph(graph), self.dtype.itemsize)  # a clear line, not a huge failed allocation
         self.passes = None if passes is None else _pass_names(passes)
         built = build_programs(graph, self._dtype_name, self.passes, print_after=print_after)
         self.source_graph = built.source
@@ -44,6 +51,12 @@ class Model:
         self.source = "\n".join(self.sources.values())
         self.runtime = target_def.runtime(device)
         self.executable = self.runtime.load(rendered)
+        self._graphs = None
+        if cuda_graph:  # the training step captured once per batch size and replayed
+            if not callable(getattr(self.runtime, "capture", None)):
+                raise IRError(f"cuda_graph=True needs a target whose runtime captures graphs (cuda); "
+                              f"target {target} does not")
+            self._graphs = GraphedPrograms(self.executable)
         # initial values for the graph as written, then mapped through the passes (folded params go)
         values = self.report.remap(init_values(self.source_graph, seed))
         self.layout = FlatLayout([(p.name, p.type.shape, DTYPES[p.type.dtype]) for p in self.graph.params])
@@ -56,6 +69,7 @@ class Model:
         self.optimizer = None
         self.step = 0  # optimizer steps taken
         self.epoch = 0  # epochs completed by fit
+        self.fit_state = None  # fit's seed, batch size and place in an epoch (bngraph.training), saved in checkpoints
         self._describe_io()
 
     # ---- params and state ------------------------------------------------------------------
@@ -73,21 +87,27 @@ class Model:
     def state(self) -> dict:
         return dict(self._S)
 
+    def _checked(self, values: dict, live: dict, what) -> dict:
+        """``values`` as host arrays in the model's dtype, every name, shape and value checked: real,
+        finite *in that dtype* (1e39 overflows float32), and >= 0 where the op table says so (a
+        running variance: a negative one makes eval-mode outputs NaN)."""
+        return check_assignments(values, {k: tuple(v.shape) for k, v in live.items()}, f"set_{what}",
+                                 what[:-1] if what.endswith("s") else what, self.dtype, self._nonnegative,
+                                 self._folded_hint)
+
+    def _folded_hint(self, name) -> str:
+        """Why ``name``, a param of the graph as written, is not one of this model's (or '')."""
+        if name not in {p.name for p in self.source_graph.params}:
+            return ""
+        return " (it was folded away by the passes: " + "; ".join(
+            s for _, ch in self.report.report for s in ch if name in s) + ")"
+
+    def _write(self, checked: dict, live: dict):
+        for k, a in checked.items():
+            live[k][...] = self.runtime.asarray(a, self.dtype)
+
     def _set(self, values: dict, live: dict, what):
-        for k, v in values.items():
-            if k not in live:
-                folded = k in {p.name for p in self.source_graph.params}
-                hint = (" (it was folded away by the passes: "
-                        + "; ".join(s for _, ch in self.report.report for s in ch if k in s) + ")") if folded else ""
-                raise KeyError(f"set_{what}: {k!r} is not a {what[:-1] if what.endswith('s') else what} of this "
-                               f"model{hint}; expected one of {', '.join(live)}")
-            a = np.asarray(v)  # user data, on the host
-            if a.shape != tuple(live[k].shape):
-                raise ValueError(f"set_{what}: {k} expected shape {tuple(live[k].shape)}, got {a.shape}")
-            if not np.all(np.isfinite(a)):
-                raise ValueError(f"set_{what}: {k} contains NaN or inf")
-        for k, v in values.items():
-            live[k][...] = self.runtime.asarray(np.asarray(v), self.dtype)
+        self._write(self._checked(values, live, what), live)
 
     def set_params(self, values: dict):
         """Copy values in (shape-checked, all checked before any is written)."""
@@ -113,12 +133,20 @@ class Model:
         self.n_outputs = vals[loss.inputs[0]].type.shape[0]
         self.classes = self._y_input.classes
         self._batch_statistics = needs_batch_statistics(self.graph)  # a batch of one cannot be normalized
+        held = {v.name for v in (*self.graph.params, *self.graph.state)}
+        self._nonnegative = {n.inputs[i] for n in self.graph.nodes for i in OPS[n.op].nonnegative_inputs
+                             if i < len(n.inputs) and n.inputs[i] in held}  # running variances
+        self._state_keys = [f"state.{s.name}" for s in self.graph.state]  # the order of self._S
+        self._step_outputs = {"loss", *self._state_keys}
 
     def _check_x(self, X, where) -> np.ndarray:
-        return check_x(X, self.n_features, where, self._x_input.name)
+        """X checked as the model will see it: cast to its dtype (and returned so)."""
+        return check_x(X, self.n_features, where, self._x_input.name, dtype=self.dtype)
 
     def _check_y(self, y, m, where) -> np.ndarray:
-        return check_y(y, m, where, self.classes, self.n_outputs)
+        """Labels, or targets cast to the model's dtype and inside the loss's domain (BCE: [0, 1])."""
+        return check_y(y, m, where, self.classes, self.n_outputs, dtype=self.dtype,
+                       target_range=OPS[self.loss_kind].target_range, loss=self.loss_kind)
 
     def _feeds(self, X, y=None) -> dict:
         """Host data (rows are examples) -> device arrays in the compiler's (features, m) layout."""
@@ -132,7 +160,8 @@ class Model:
 
     def _run(self, program: str, feeds: dict, m: int) -> dict:
         grads = self._G.views if self.executable.plans[program].has_grads else None
-        return self.executable.run(program, feeds, self._P.views, self._S, grads, m)
+        runner = self._graphs if self._graphs is not None else self.executable
+        return runner.run(program, feeds, self._P.views, self._S, grads, m)
 
     # ---- the training API ----------------------------------------------------------------------
     def train_step(self, xb, yb, optimizer=None) -> float:
@@ -148,11 +177,20 @@ class Model:
                 "with the mini-batch's own variance, which is 0 for a single example (PyTorch raises 'Expected "
                 "more than 1 value per channel when training'). fit() merges a last batch of one example into "
                 "the batch before it.")
-        return self._step(X, y, self._optimizer(optimizer))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the step checks for NaN/inf itself
+            return self._step(X, y, self._optimizer(optimizer))
 
     def _step(self, X, y, optimizer) -> float:
-        """train_step on data already checked (fit checks the whole data set once)."""
+        """train_step on data already checked (fit checks the whole data set once). All or nothing:
+        the program writes only gradients and buffers; its outputs, the loss, the gradients and the
+        new running statistics are all checked before the update; an optimizer that is not a
+        built-in updates a snapshot it is rolled back to (see :meth:`_update`); the state and the
+        step counter are committed last."""
         out = self._run("train_step", self._feeds(X, y), X.shape[0])
+        if not self._step_outputs <= out.keys():
+            missing = [k for k in ("loss", *self._state_keys) if k not in out]
+            raise ProgramError(f"the generated train_step returned no {', '.join(missing)} (it returned "
+                               f"{', '.join(out) or 'nothing'}); nothing was updated")
         loss = self.runtime.to_float(out["loss"])
         if not np.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss} at step {self.step + 1}; nothing was updated")
@@ -160,21 +198,47 @@ class Model:
         if bad is not None:
             raise TrainingDiverged(f"the gradient of {bad} contains NaN or inf at step {self.step + 1}; "
                                    f"nothing was updated")
-        if callable(getattr(optimizer, "step_flat", None)):
-            if getattr(optimizer, "layout", None) is not self.layout:
-                optimizer.bind(self.layout, self.runtime.xp)
-            optimizer.step_flat(self._P, self._G)  # built-ins: whole-buffer passes
-        else:
-            optimizer.step(self._P.views, self._G.views)  # the protocol: name -> array dicts
-        bad = self._first_nonfinite(self._P)
-        if bad is not None:
-            raise TrainingDiverged(f"the update at step {self.step + 1} made {bad} NaN or inf (finite loss and "
-                                   f"gradients: is the learning rate too large?); the parameters are no longer "
-                                   f"usable: reload a checkpoint")
-        for s in self._S:
-            self._S[s][...] = out[f"state.{s}"]
+        new_state = [out[k] for k in self._state_keys]
+        if new_state:  # one small reduction and host read for all running statistics (their sum is NaN/inf
+            xp = self.runtime.xp  # when one of them is; a sum that overflows counts as divergence too)
+            if not math.isfinite(self.runtime.to_float(xp.sum(xp.concatenate(new_state)))):
+                bad = next((s for s, v in zip(self._S, new_state) if not self.runtime.all_finite(v)),
+                           "running statistics (their sum overflows)")
+                raise TrainingDiverged(f"the new {bad} contains NaN or inf at step {self.step + 1} (a batch variance "
+                                       f"overflowed?); nothing was updated")
+        self._update(optimizer)
+        for live, new in zip(self._S.values(), new_state):
+            live[...] = new
         self.step += 1
         return loss
+
+    def _bind(self, optimizer):
+        """Bind an Optimizer subclass to this model's flat layout, with the target's own fused
+        update kernel for a built-in when the target has one (CUDA: one launch per stretch)."""
+        fused = getattr(self.executable, "optimizer_kernel", None)
+        kernel = fused(optimizer) if fused is not None else None
+        optimizer.bind(self.layout, self.runtime.xp, **({"kernel": kernel} if kernel is not None else {}))
+
+    def _update(self, optimizer):
+        """The optimizer's update of the flat params, then their finite check.
+
+        A built-in (its fused update, ``optimizer._fusable()``) cannot fail halfway on checked
+        inputs, so it runs without a copy: the few percent a copy of every param would cost each
+        step are not spent. If it overflows (finite gradients, an absurd lr) the params are lost:
+        TrainingDiverged says so. Anything else (your ``update``/``step``, a protocol object)
+        runs on a snapshot of the params and of its ``state_dict()``: if it raises, or leaves a
+        param NaN/inf, both are restored and the step changed nothing."""
+        if callable(getattr(optimizer, "_fusable", None)) and optimizer._fusable():
+            if optimizer.layout is not self.layout:
+                self._bind(optimizer)
+            optimizer.step_flat(self._P, self._G)  # whole-buffer passes
+            bad = self._first_nonfinite(self._P)
+            if bad is not None:
+                raise TrainingDiverged(f"the update at step {self.step + 1} made {bad} NaN or inf (finite loss and "
+                                       f"gradients: is the learning rate too large?); the parameters are no longer "
+                                       f"usable: reload a checkpoint")
+            return
+        update_on_snapshot(self, optimizer)
 
     def _first_nonfinite(self, flat):
         """The first param whose array in ``flat`` holds NaN or inf, else None: one reduction per
@@ -245,18 +309,31 @@ class Model:
             result["accuracy"] = float(acc)
         return result
 
-    def fit(self, X, y, optimizer=None, epochs: int = 1, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
-            validation_data=None, verbose=None, lr_schedule=None, checkpoint: str | None = None) -> History:
+    def fit(self, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = None, shuffle: bool | None = None,
+            seed: int | None = None, validation_data=None, verbose=None, lr_schedule=None,
+            checkpoint: str | None = None) -> History:
         """Train for ``epochs`` more epochs; returns the per-epoch history.
 
         Mini-batches t = 1..T per epoch, reshuffled each epoch from (seed, epoch number) so that
-        the same seed gives the same result and a resumed run continues exactly. A last batch of a
-        single example is merged into the batch before it (batch norm cannot normalize one
-        example). ``lr_schedule(epoch, step) -> lr`` sets ``optimizer.lr`` before each step.
-        ``checkpoint``: a path saved (atomically) after every epoch. ``verbose``: None = a progress
-        bar on a terminal and one line per epoch, False = quiet."""
+        the same seed gives the same result and a resumed run continues exactly. ``batch_size``,
+        ``shuffle`` and ``seed`` default to those of this model's last fit (recorded in
+        checkpoints), else 64, True and 0. A last batch of a single example is merged into the
+        batch before it (batch norm cannot normalize one example). ``lr_schedule(epoch, step) -> lr``
+        sets ``optimizer.lr`` before each step (step: the global step number). ``checkpoint``: a
+        path saved (atomically) after every epoch. Ctrl-C stops at the next step boundary
+        (KeyboardInterrupt; the model is as after a whole step, and a checkpoint saved then
+        resumes mid-epoch). ``verbose``: None = a progress bar on a terminal and one line per
+        epoch, False = quiet."""
         return training.fit(self, X, y, optimizer, epochs, batch_size, shuffle, seed, validation_data, verbose,
                             lr_schedule, checkpoint)
+
+    def export_inference(self):
+        """This model for inference, in one call: batch norm folded into the weights (the inference
+        pipeline on the trained graph), the folded params computed from the live ones, and the
+        inference program rendered for this target. See :mod:`bngraph.export`."""
+        from .export import export_inference
+
+        return export_inference(self)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path):
@@ -294,8 +371,10 @@ read_checkpoint = checkpoint.read
 
 
 def compile(graph, target: str = "numpy", dtype="float32", seed: int = 0, passes=None, print_after=False,
-            device=None) -> Model:
+            device=None, cuda_graph: bool = False) -> Model:
     """Compile ``graph`` for ``target``: run the training pipeline (or ``passes``), differentiate,
     generate and load the code, and initialize params (seeded). ``device`` picks the target's
-    device (the numpy target runs on the host)."""
-    return Model(graph, target=target, dtype=dtype, seed=seed, passes=passes, print_after=print_after, device=device)
+    device (the numpy target runs on the host; cuda: a GPU index, or "emulator" for the CPU).
+    ``cuda_graph``: capture the training step once per batch size and replay it (cuda)."""
+    return Model(graph, target=target, dtype=dtype, seed=seed, passes=passes, print_after=print_after, device=device,
+                 cuda_graph=cuda_graph)

@@ -21,7 +21,14 @@ Each op is an :class:`OpDef` registered in ``OPS`` with
 * ``batch_statistics``: the op normalizes with the mini-batch's own statistics in ``mode=train``
   (so training needs at least two examples per batch): :func:`needs_batch_statistics`;
 * losses: ``class_labels`` (the target is integer labels), ``predict(out)`` and
-  ``accuracy(out, y)`` (None for a regression loss) on host arrays, rows = examples;
+  ``accuracy(out, y)`` (None for a regression loss) on host arrays, rows = examples, and
+  ``target_range``: the closed interval a float target must lie in (``sigmoid_bce``: [0, 1],
+  probabilities; None: any finite number), checked on the data before a step;
+* ``nonnegative_inputs``: input indices whose values must be >= 0 (a running variance), checked
+  when params or state are set or restored;
+* state ops (``kind='state'``): ``state_updates``, output index -> the input index whose next value
+  it is (``running_update``: the new running mean and variance); the verifier uses it to check
+  that a training graph returns the next value of every state value;
 * the NumPy code template ``templates/numpy/<op>.j2`` (and, later, ``templates/cuda/<op>.j2``),
   found by the op's name.
 
@@ -63,6 +70,9 @@ class OpDef:
     class_labels: bool = False  # losses: the target is integer class labels (g.labels), not a float array
     predict: Callable | None = None  # losses: out (m, outputs) host array -> predictions
     accuracy: Callable | None = None  # losses: (out, y) -> fraction right, or None where it means nothing (mse)
+    target_range: tuple | None = None  # losses: (low, high) a float target must lie in; None = any finite number
+    nonnegative_inputs: tuple = ()  # input indices whose values must be >= 0 (a running variance)
+    state_updates: dict = field(default_factory=dict)  # state ops: output index -> the input it is the next value of
 
     @property
     def differentiable(self) -> bool:
@@ -392,14 +402,14 @@ register(OpDef(
     "batchnorm",
     "y = gamma*(z - mu)/sqrt(var + eps) + beta; train: batch mu/var (also returned), eval: running stats",
     _bn_infer("batchnorm"), _bn_ref, _bn_grad, attrs=dict(BN_ATTRS),
-    init_roles=BN_INIT, name_prefix="bn", batch_statistics=True,
+    init_roles=BN_INIT, name_prefix="bn", batch_statistics=True, nonnegative_inputs=(4,),
 ))
 
 register(OpDef(
     "batchnorm_act",
     "a = g(z*s + t), s = gamma/sqrt(var + eps), t = beta - mu*s  (normalize, scale, shift, activate: one pass)",
     _bn_infer("batchnorm_act"), _bn_act_ref, _bn_act_grad, attrs={**BN_ATTRS, **ACT_ATTRS},
-    init_roles=BN_INIT, name_prefix="bn", batch_statistics=True,
+    init_roles=BN_INIT, name_prefix="bn", batch_statistics=True, nonnegative_inputs=(4,),
 ))
 
 
@@ -424,6 +434,7 @@ register(OpDef(
     "running_update",
     "running = (1 - momentum)*running + momentum*batch_stat; the variance uses the unbiased var*m/(m-1)",
     _running_update_infer, _running_update_ref, None, attrs={"momentum": (float, 0.1)}, kind="state",
+    nonnegative_inputs=(1,), state_updates={0: 0, 1: 1},  # (rm, rv) -> (rm.next, rv.next)
 ))
 
 # --------------------------------------------------------------------------------------------
@@ -538,6 +549,7 @@ register(OpDef(
     _pair_infer("sigmoid_bce"), _bce_ref, _loss_rule("sigmoid_bce_grad"), kind="loss",
     check_values=_float_target_check("sigmoid_bce"), name_prefix="loss",
     predict=lambda out: (out > 0).astype(np.int64), accuracy=_bce_accuracy,
+    target_range=(0.0, 1.0),  # probabilities: outside [0, 1] the loss can go negative
 ))
 
 # --------------------------------------------------------------------------------------------

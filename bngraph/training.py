@@ -2,18 +2,31 @@
 
 For each epoch the data is reshuffled from (seed, epoch number), so that the same seed gives the
 same run and a resumed run continues exactly; each mini-batch is one ``train_step`` (forward with
-that batch's own statistics, backward, optimizer update, running statistics).
+that batch's own statistics, backward, optimizer update, running statistics). ``model.fit_state``
+records the seed, batch size, shuffle, the number of examples and the place in the current epoch;
+checkpoints carry it, so a run resumes where it stopped, even mid-epoch after a Ctrl-C.
 """
 from __future__ import annotations
 
 import io
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
-from .datacheck import check_batch_size
+from .datacheck import check_batch_size, check_int, check_seed
 from .errors import DataError, TrainingDiverged
+from .fileio import check_writable
+
+
+class StepBoundaryInterrupt(KeyboardInterrupt):
+    """Ctrl-C, raised by ``fit`` between two steps: the model is exactly as after a whole step, and
+    ``model.fit_state`` says where (a checkpoint saved now resumes there). ``history``: the epochs
+    completed by this call."""
+
+    history: list = []
 
 
 class History(list):
@@ -27,57 +40,140 @@ class History(list):
         return [r.get(key) for r in self]
 
 
-def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
-        validation_data=None, verbose=None, lr_schedule=None, checkpoint: str | None = None) -> History:
-    """``Model.fit``: see its docstring."""
-    X = model._check_x(X, "fit")
+def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = None, shuffle: bool | None = None,
+        seed: int | None = None, validation_data=None, verbose=None, lr_schedule=None, checkpoint: str | None = None,
+        announce_stop: bool = True) -> History:
+    """``Model.fit``: see its docstring. ``announce_stop=False``: a divergence is not printed (the
+    caller reports ``history.stop_reason`` itself, as the command line does)."""
+    X = model._check_x(X, "fit")  # cast once to the model's dtype, not per batch
     y = model._check_y(y, X.shape[0], "fit")
     if validation_data is not None:
-        Xv, yv = validation_data
-        Xv = model._check_x(Xv, "fit validation_data")
-        yv = model._check_y(yv, Xv.shape[0], "fit validation_data")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
-    check_batch_size("fit", batch_size)
-    optimizer = model._optimizer(optimizer)
-    X = X.astype(model.dtype, copy=False)  # cast once, not per batch
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError(f"fit: validation_data must be a pair (X_val, y_val), got "
+                             f"{type(validation_data).__name__}")
+        Xv = model._check_x(validation_data[0], "fit validation_data")
+        yv = model._check_y(validation_data[1], Xv.shape[0], "fit validation_data")
+    epochs = check_int("fit", "epochs", epochs, 0)
+    last = model.fit_state or {}
+    batch_size = check_batch_size("fit", last.get("batch_size", 64) if batch_size is None else batch_size)
+    seed = check_seed("fit", last.get("seed", 0) if seed is None else seed)
+    shuffle = bool(last.get("shuffle", True) if shuffle is None else shuffle)
+    if lr_schedule is not None and not callable(lr_schedule):
+        raise ValueError(f"fit: lr_schedule must be a function (epoch, step) -> lr, got {lr_schedule!r}")
+    if checkpoint:
+        check_writable(checkpoint, "fit checkpoint")
     n = X.shape[0]
     if model._batch_statistics and (n < 2 or batch_size < 2):
         raise DataError(f"fit: batch norm needs at least 2 examples per batch (got {n} examples, "
                         f"batch_size {batch_size})")
+    optimizer = model._optimizer(optimizer)
     bar = Progress(verbose)
+    config = {"seed": seed, "batch_size": batch_size, "shuffle": shuffle, "n": n}
+    position = last.get("position")
+    if position and (position.get("epoch") != model.epoch + 1 or {k: last.get(k) for k in config} != config):
+        bar.line(f"epoch {position.get('epoch')} starts again from its first batch: it was interrupted with other "
+                 f"data, seed, batch size or shuffle")
+        position = None
+    model.fit_state = {**config, "position": position}
     history = History()
-    final = model.epoch + int(epochs)
-    for _ in range(int(epochs)):
-        ep = model.epoch + 1
-        order = np.random.default_rng([seed, ep]).permutation(n) if shuffle else np.arange(n)
-        bounds = batch_bounds(n, batch_size, merge_single=model._batch_statistics)
-        t0, losses = time.perf_counter(), []
-        for t, (a, b) in enumerate(bounds, start=1):
-            if lr_schedule is not None:
-                optimizer.lr = float(lr_schedule(ep, model.step + 1))
-            idx = order[a:b]
-            try:
-                losses.append(model._step(X[idx], y[idx], optimizer))
-            except TrainingDiverged as e:
-                history.stop_reason = (f"stopped early at epoch {ep}, step {t} of {len(bounds)} "
-                                       f"(global step {model.step + 1}): {e}")
-                bar.close()
-                bar.line(history.stop_reason)
-                return history
-            bar.update(ep, final, t, len(bounds), losses[-1])
-        rec = {"epoch": ep, "loss": float(np.mean(losses)), "steps": len(bounds),
-               "lr": float(getattr(optimizer, "lr", float("nan"))), "seconds": time.perf_counter() - t0}
-        if validation_data is not None:
-            for k, v in model._evaluate(Xv, yv).items():
-                rec[f"val_{k}"] = v
-        model.epoch = ep
-        history.append(rec)
-        bar.close()
-        bar.line(format_record(rec))
-        if checkpoint:
-            model.save(checkpoint)
+    validation = None if validation_data is None else (Xv, yv)
+    try:
+        return _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation, bar, lr_schedule,
+                     checkpoint, announce_stop, history)
+    except (StepBoundaryInterrupt, OSError) as e:  # Ctrl-C, or a checkpoint that could not be written
+        e.history = history  # the epochs done, for the caller's report
+        raise
+
+
+def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation, bar, lr_schedule, checkpoint,
+          announce_stop, history):
+    n = X.shape[0]
+    final = model.epoch + epochs
+    with _StepBoundaryInterrupts() as interrupts, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for _ in range(epochs):  # the steps check for NaN/inf themselves: no NumPy warnings
+            ep = model.epoch + 1
+            order = np.random.default_rng([seed, ep]).permutation(n) if shuffle else np.arange(n)
+            bounds = batch_bounds(n, batch_size, merge_single=model._batch_statistics)
+            pos = model.fit_state["position"]
+            if pos is None:
+                pos = model.fit_state["position"] = {"epoch": ep, "done": 0, "losses": []}
+            t0 = time.perf_counter()
+            for t in range(pos["done"] + 1, len(bounds) + 1):
+                interrupts.check(model, len(bounds))
+                a, b = bounds[t - 1]
+                old_lr = getattr(optimizer, "lr", None)
+                try:
+                    if lr_schedule is not None:
+                        optimizer.lr = float(lr_schedule(ep, model.step + 1))
+                    loss = model._step(X[order[a:b]], y[order[a:b]], optimizer)
+                except BaseException as e:
+                    if lr_schedule is not None and old_lr is not None:
+                        optimizer.lr = old_lr  # the failed step changed nothing, its lr included
+                    if not isinstance(e, TrainingDiverged):
+                        raise
+                    history.stop_reason = (f"stopped early at epoch {ep}, step {t} of {len(bounds)} "
+                                           f"(global step {model.step + 1}): {e}")
+                    bar.close()
+                    if announce_stop:
+                        bar.line(history.stop_reason)
+                    return history
+                pos["losses"].append(loss)
+                pos["done"] = t
+                bar.update(ep, final, t, len(bounds), loss)
+            rec = {"epoch": ep, "loss": float(np.mean(pos["losses"])), "steps": len(bounds),
+                   "lr": float(getattr(optimizer, "lr", float("nan"))), "seconds": time.perf_counter() - t0}
+            if validation is not None:  # a non-finite figure shows as inf/nan in the record
+                for k, v in model._evaluate(*validation).items():
+                    rec[f"val_{k}"] = v
+            model.epoch = ep
+            model.fit_state["position"] = None
+            history.append(rec)
+            bar.close()
+            bar.line(format_record(rec))
+            if checkpoint:
+                model.save(checkpoint)
+        interrupts.check(model, None)  # a Ctrl-C during the last validation or save
     return history
+
+
+class _StepBoundaryInterrupts:
+    """Ctrl-C during ``fit`` takes effect between steps, so that it never cuts a step (or a
+    checkpoint write) in half: the first SIGINT is remembered and raised as KeyboardInterrupt at
+    the next step boundary, where the model is exactly as after a whole step and
+    ``model.fit_state`` says where in the epoch it stopped (a checkpoint saved then resumes
+    there). A second SIGINT interrupts at once. Only in the main thread, and only where SIGINT has
+    Python's default handler; anything else is left alone."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt("interrupted twice: stopped at once")
+        self.requested = True
+
+    def check(self, model, steps):
+        if self.requested:
+            self.requested = False
+            pos = (model.fit_state or {}).get("position")
+            if pos and pos["done"] == 0:  # between two epochs: nothing of the next one is done
+                pos = model.fit_state["position"] = None
+            where = (f"epoch {pos['epoch']}, after step {pos['done']} of {steps}" if pos and steps
+                     else f"the end of epoch {model.epoch}")
+            raise StepBoundaryInterrupt(f"fit: interrupted at {where} (global step {model.step}); the model is "
+                                        f"as after that step")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 
 def batch_bounds(n, batch_size, merge_single):

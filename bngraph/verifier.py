@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .graph import FrozenGraph, as_graph
 from .ir import IRError
-from .ops import get_op
+from .ops import get_op, uses_batch_statistics
 
 
 class VerifyError(IRError):
@@ -12,8 +12,9 @@ class VerifyError(IRError):
 
 def verify(g, after: str | None = None, allow_dead: bool = False) -> FrozenGraph:
     """Check names, topological order, op attributes, each node against its op's checks (the shape
-    rule and the value-level check), outputs, and that nothing dangles (dead nodes, unused
-    inputs/params/state). Takes a builder or a frozen graph; returns the frozen graph."""
+    rule and the value-level check), outputs, the state updates of a training graph, and that
+    nothing dangles (dead nodes, unused inputs/params/state). Takes a builder or a frozen graph;
+    returns the frozen graph."""
     g = as_graph(g)
     ctx = f"graph {g.name}" + (f" after pass {after}" if after else "")
 
@@ -75,7 +76,9 @@ def verify(g, after: str | None = None, allow_dead: bool = False) -> FrozenGraph
                 if target.type != t:
                     fail(f"output {k}: expected type {target.type}, got %{v}: {t}")
     if not g.outputs:
-        fail("the graph has no outputs")
+        fail("the graph has no outputs: a model needs a loss, e.g. g.softmax_cross_entropy(logits, y), "
+             "g.mse(pred, target) or g.sigmoid_bce(logits, target)")
+    _check_state_updates(g, fail)
     if not allow_dead:
         for n in g.nodes:
             if not any(o.name in used for o in n.outputs):
@@ -84,3 +87,32 @@ def verify(g, after: str | None = None, allow_dead: bool = False) -> FrozenGraph
             if v.name not in used:
                 fail(f"{v.kind} %{v.name} is not used by any node")
     return g
+
+
+def _check_state_updates(g, fail):
+    """Each ``state.<s>`` output is the next value of ``s``: an output of a state op (its
+    ``state_updates`` field) computed from ``s`` itself. A graph that trains (it has a loss or
+    returns state) returns one for every state value that a training-mode node reads: otherwise a
+    step would update some running statistics and not others (or none), silently."""
+    producers = {o.name: (n, i) for n in g.nodes for i, o in enumerate(n.outputs)}
+    returned = set()
+    for k, v in g.outputs:
+        if not k.startswith("state."):
+            continue
+        s = k[len("state."):]
+        n, i = producers.get(v, (None, None))
+        j = None if n is None else get_op(n.op).state_updates.get(i)
+        if j is None or n.inputs[j] != s:
+            fail(f"output {k} returns %{v}, which is not the next value of %{s}: expected an output of a "
+                 f"state op (running_update) that reads %{s}")
+        returned.add(s)
+    if not (returned or any(k == "loss" for k, _ in g.outputs)):
+        return  # an inference program, or forward_train: it updates no state
+    state = {v.name for v in g.state}
+    for n in g.nodes:
+        if uses_batch_statistics(n):
+            for name in n.inputs:
+                if name in state and name not in returned:
+                    fail(f"node %{n.name} ({n.op}) normalizes with batch statistics, but the graph does not return "
+                         f"the next value of its state %{name} (an output state.{name}): a training step would "
+                         f"leave it stale while other running statistics move")

@@ -10,17 +10,20 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import bngraph as bg
+from bngraph.checkpoint import read as read_checkpoint
 from bngraph.cli import main
-from bngraph.datasets import load_dataset
+from bngraph.datasets import load_dataset, stratified_split
 
 MODELS = Path(__file__).parent / "models"
 SMALL = str(MODELS / "small.py")
+ODD = str(MODELS / "odd.py")
 
 
 def run(argv, capsys):
@@ -43,8 +46,10 @@ def test_train_default_reaches_95_percent(capsys):
     lines = err.splitlines()
     ds = load_dataset("digits", seed=0)
     assert len(ds.X_train) + len(ds.X_test) == 1797
-    assert lines[0] == (f"bngraph: training mlp on digits ({len(ds.X_train)} train / {len(ds.X_test)} test examples), "
-                        f"adam lr=0.003, 15 epochs, batch 64, target numpy")
+    train, val = stratified_split(ds.y_train, 0.1, 0)  # validation: 10% of each class of the training split
+    assert (len(train), len(val), len(ds.X_test)) == (1295, 143, 359)
+    assert lines[0] == ("bngraph: training mlp on digits (1295 train / 143 validation / 359 test examples), "
+                        "adam lr=0.003, 15 epochs, batch 64, target numpy")
     assert [ln.split("  ")[0] for ln in lines[1:]] == [f"epoch {i}" for i in range(1, 16)]  # one line per epoch
 
 
@@ -55,7 +60,8 @@ def test_train_json_and_save(tmp_path, capsys):
     assert err == ""  # --quiet: only the final metrics
     doc = json.loads(js.read_text())
     assert {"model", "dataset", "optimizer", "lr", "epochs", "batch_size", "seed", "target", "history",
-            "stop_reason", "test"} <= set(doc)
+            "stop_reason", "test", "val_fraction", "examples", "resumed_from"} <= set(doc)
+    assert doc["examples"] == {"train": 1295, "validation": 143, "test": 359} and doc["resumed_from"] is None
     assert (doc["model"], doc["dataset"], doc["optimizer"], doc["lr"], doc["epochs"]) == ("mlp", "digits", "adam",
                                                                                          0.003, 2)
     assert (doc["batch_size"], doc["seed"], doc["target"], doc["stop_reason"]) == (64, 0, "numpy", None)
@@ -64,12 +70,18 @@ def test_train_json_and_save(tmp_path, capsys):
         assert {"epoch", "loss", "steps", "lr", "seconds", "val_loss", "val_accuracy"} <= set(rec)
     assert set(doc["test"]) == {"loss", "accuracy"}
     assert out == f"test loss {doc['test']['loss']:.4f}  test accuracy {doc['test']['accuracy']:.4f}\n"
-    assert doc["history"][-1]["val_loss"] == doc["test"]["loss"]
-    # the checkpoint loads and gives the same test metrics
+    # the checkpoint loads; its validation figures are the validation split's, the test figures the test split's
     model = bg.load(ck)
     ds = load_dataset("digits", seed=0)
-    assert (model.epoch, model.step) == (2, 2 * -(-len(ds.X_train) // 64))
+    train, val = stratified_split(ds.y_train, 0.1, 0)
+    assert (model.epoch, model.step) == (2, 2 * -(-len(train) // 64))
     assert model.evaluate(ds.X_test, ds.y_test) == doc["test"]
+    ev = model.evaluate(ds.X_train[val], ds.y_train[val])
+    assert (doc["history"][-1]["val_loss"], doc["history"][-1]["val_accuracy"]) == (ev["loss"], ev["accuracy"])
+    assert doc["history"][-1]["val_loss"] != doc["test"]["loss"]
+    # fit's seed and batch size are in the checkpoint
+    fit = read_checkpoint(ck)[0]["fit"]
+    assert (fit["seed"], fit["batch_size"], fit["shuffle"], fit["n"], fit["position"]) == (0, 64, True, 1295, None)
     assert type(model.optimizer).__name__ == "Adam"
     assert sorted(os.listdir(tmp_path)) == ["out", "run.npz"] and os.listdir(tmp_path / "out") == ["run.json"]
 
@@ -93,7 +105,7 @@ def test_train_model_file_and_options(tmp_path, capsys):
     doc = json.loads(js.read_text())
     assert (doc["model"], doc["optimizer"], doc["lr"], doc["batch_size"], doc["seed"]) == ("made", "momentum", 0.02,
                                                                                            100, 3)
-    n = len(load_dataset("digits", seed=3).X_train)
+    n = len(stratified_split(load_dataset("digits", seed=3).y_train, 0.1, 3)[0])
     assert [r["steps"] for r in doc["history"]] == [-(-n // 100)] * 2
     assert "momentum lr=0.02, 2 epochs, batch 100" in err
 
@@ -103,17 +115,26 @@ def test_train_npz_dataset(tmp_path, capsys):
     np.savez(tmp_path / "blobs.npz", X=rng.standard_normal((60, 4)), y=np.arange(60) % 3)
     code, out, err = run(["train", f"{SMALL}:tiny", "--dataset", tmp_path / "blobs.npz", "--epochs", "2"], capsys)
     assert code == 0, err
-    assert "training tiny on blobs (48 train / 12 test examples)" in err
+    assert "training tiny on blobs (42 train / 6 validation / 12 test examples)" in err
     assert out.startswith("test loss ")
 
 
-def test_train_divergence_exits_1(tmp_path, capsys):
+@pytest.mark.parametrize("lr", ["1e30", "1e300"])
+@pytest.mark.parametrize("quiet", [True, False])
+def test_train_divergence_is_one_line_exit_2_without_warnings(tmp_path, capsys, lr, quiet):
+    """No NumPy warning quoting generated code; one error line saying the epoch and the step."""
     js = tmp_path / "d.json"
-    with np.errstate(all="ignore"):
-        code, out, err = run(["train", f"{SMALL}:nobn", "--optimizer", "sgd", "--lr", "1e300", "--epochs", "2",
-                              "--json", js, "--quiet"], capsys)
-    assert code == 1
-    assert "bngraph: stopped early at epoch 1, step " in err and "Traceback" not in err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = run(["train", f"{SMALL}:nobn", "--optimizer", "sgd", "--lr", lr, "--epochs", "2",
+                              "--json", js, *(["--quiet"] if quiet else [])], capsys)
+    assert code == 2 and out == ""
+    assert [str(w.message) for w in caught] == []
+    lines = err.splitlines()
+    assert re.fullmatch(r"bngraph: error: training diverged: stopped early at epoch 1, step \d+ of \d+ "
+                        r"\(global step \d+\): .*", lines[-1]), lines[-1]
+    assert len(lines) == (1 if quiet else 2)  # not quiet: the header line, then the error
+    assert "Traceback" not in err and "Warning" not in err
     assert json.loads(js.read_text())["stop_reason"].startswith("stopped early at epoch 1")
 
 
@@ -143,9 +164,9 @@ def test_emit_inference_to_a_folder(tmp_path, capsys):
     out_dir = tmp_path / "gen" / "code"
     code, out, err = run(["emit", SMALL, "--inference", "--out", out_dir], capsys)
     assert code == 0, err
-    path = out_dir / "small_numpy.py"
+    path = out_dir / "small_numpy_inference.py"
     assert out == f"{path}\n"
-    assert os.listdir(out_dir) == ["small_numpy.py"]
+    assert os.listdir(out_dir) == ["small_numpy_inference.py"]
     src = path.read_text()
     from bngraph.cli import load_model_spec
 
@@ -197,6 +218,22 @@ def bad_data(tmp_path):
     np.savez(tmp_path / "floaty.npz", X=rng.standard_normal((20, 4)), y=np.zeros(20))
     np.savez(tmp_path / "nokey.npz", X=rng.standard_normal((20, 4)))
     (tmp_path / "junk.npz").write_text("not a zip file")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "good.npz", X=rng.standard_normal((40, 4)), y=np.arange(40) % 3)
+    good = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(good[:len(good) // 2])
+    flipped = bytearray(good)
+    flipped[200] ^= 0x10  # inside X's data: the zip's CRC check finds it
+    (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+    np.savez(tmp_path / "twoperclass.npz", X=rng.standard_normal((6, 4)), y=np.array([0, 0, 1, 1, 2, 2]))
+    np.savez(tmp_path / "fiveperclass.npz", X=rng.standard_normal((15, 4)), y=np.arange(15) % 3)
+    huge = np.arange(60) % 3
+    huge[17] = 2**40
+    np.savez(tmp_path / "hugelabel.npz", X=rng.standard_normal((60, 64)), y=huge)
+    np.savez(tmp_path / "fourlabels.npz", X=rng.standard_normal((40, 4)), y=np.arange(40) % 4)
+    X = rng.standard_normal((30, 4))
+    X[7, 2] = 1e39  # finite in float64, inf in float32
+    np.savez(tmp_path / "overflow.npz", X=X, y=np.arange(30) % 3)
     return tmp_path
 
 
@@ -225,12 +262,57 @@ ERRORS = [
      r"the model has 3 classes but dataset fivelabels has labels up to 4"),
     ("feature-mismatch", ["train", SMALL + ":tiny"],
      r"the model's input takes 4 features but dataset digits has 64"),
-    ("unknown-target-train", ["train", "--target", "cuda"],
-     r"unknown target 'cuda': available targets are numpy"),
-    ("unknown-target-emit", ["emit", SMALL, "--target", "cuda"], r"unknown target 'cuda': available targets are numpy"),
+    ("unknown-target-train", ["train", "--target", "tpu"],
+     r"unknown target 'tpu': available targets are cuda, numpy"),
+    ("unknown-target-emit", ["emit", SMALL, "--target", "tpu"], r"unknown target 'tpu': available targets are cuda, numpy"),
     ("unknown-pass", ["show", SMALL, "--passes", "fold_bias,no_such_pass"],
      r"unknown pass\(es\) no_such_pass; available: fold_bias, fuse_bn, fold_bn_into_weights, fuse_bias_act, dce"),
-    ("unwritable-json", ["train", "--epochs", "1", "--quiet", "--json", "{tmp}/junk.npz/h.json"], r"junk\.npz"),
+    ("unwritable-json", ["train", "--epochs", "1", "--quiet", "--json", "{tmp}/junk.npz/h.json"],
+     r"cannot write --json .*h\.json: .*junk\.npz is a file, not a folder"),
+    # 5: damaged data files
+    ("dataset-empty-file", ["train", "--dataset", "{tmp}/empty.npz"],
+     r"empty\.npz: cannot read as \.npz: the file is empty \(0 bytes\)"),
+    ("dataset-truncated", ["train", "--dataset", "{tmp}/truncated.npz"],
+     r"truncated\.npz: cannot read as \.npz: truncated or corrupt"),
+    ("dataset-flipped-bit", ["train", "--dataset", "{tmp}/flipped.npz"],
+     r"flipped\.npz: cannot read as \.npz: truncated or corrupt .*Bad CRC-32"),
+    # 2: values the model's dtype cannot hold
+    ("dataset-overflows-float32", ["train", f"{SMALL}:tiny", "--dataset", "{tmp}/overflow.npz"],
+     r"overflow\.npz: X row 7 column 2 is 1e\+39, which overflows float32"),
+    # 6: sizes checked against the data first, absurd ones refused
+    ("dataset-huge-label", ["train", "--dataset", "{tmp}/hugelabel.npz"],
+     r"hugelabel\.npz: y row 17 is 1099511627776: labels are class indices"),
+    ("feature-mismatch-huge-model", ["train", f"{ODD}:huge_input"],
+     r"the model's input takes 1000000000 features but dataset digits has 64"),
+    ("model-too-large", ["train", f"{ODD}:too_wide"],
+     r"graph too_wide has [\d,]+ parameters \(fc1\.W 1000000000000x64, .*\): [\d,]+ TiB for them and their "
+     r"gradients, more than this machine's [\d.,]+ GiB of memory"),
+    # 1: targets outside the loss's domain
+    ("bce-on-class-labels", ["train", f"{ODD}:bce"],
+     r"dataset digits, training split: targets row \d+ holds [2-9], outside \[0, 1\]: sigmoid_bce targets"),
+    # 9: a model file that exits
+    ("model-file-exits", ["emit", str(MODELS / "exits.py")],
+     r"exits\.py:7: the model file exited \(sys\.exit\(3\)\) while bngraph was loading it"),
+    ("model-function-exits", ["train", f"{ODD}:exits"],
+     r"odd\.py:exits\(\): the model function exited \(sys\.exit\('no graph today'\)\)"),
+    # 10: splits too small to hold an example
+    ("empty-test-split", ["train", f"{SMALL}:tiny", "--dataset", "{tmp}/twoperclass.npz"],
+     r"test_fraction 0\.2 leaves the test split empty: the largest class has 2 examples"),
+    ("empty-validation-split", ["train", f"{SMALL}:tiny", "--dataset", "{tmp}/fiveperclass.npz"],
+     r"--val-fraction 0\.1 leaves no validation examples"),
+    # labels equal to the number of classes
+    ("labels-equal-classes", ["train", f"{SMALL}:tiny", "--dataset", "{tmp}/fourlabels.npz"],
+     r"the model has 3 classes but dataset fourlabels has labels up to 3"),
+    # 12: destinations checked before training
+    ("save-parent-is-a-file", ["train", "--save", "{tmp}/junk.npz/run.npz"],
+     r"cannot write --save .*run\.npz: .*junk\.npz is a file, not a folder"),
+    ("save-is-a-folder", ["train", "--save", "{tmp}"], r"cannot write --save .*: it is a folder"),
+    ("emit-out-is-a-file", ["emit", SMALL, "--out", "{tmp}/junk.npz"],
+     r"cannot write --out .*small_numpy\.py: .*junk\.npz is a file, not a folder"),
+    # 16: resuming
+    ("resume-missing", ["train", "--resume", "{tmp}/none.npz"], r"none\.npz: no such checkpoint"),
+    ("resume-not-a-checkpoint", ["train", "--resume", "{tmp}/good.npz"],
+     r"good\.npz: not a bngraph checkpoint \(no metadata"),
 ]
 
 
@@ -255,6 +337,12 @@ ARGPARSE_ERRORS = [
     ("bad-dtype", ["emit", SMALL, "--dtype", "float16"], r"argument --dtype: invalid choice: 'float16'"),
     ("no-command", [], r"required: \{train,emit,show\}|the following arguments are required"),
     ("emit-without-model", ["emit"], r"the following arguments are required: model"),
+    ("negative-seed", ["train", "--seed", "-1"], r"argument --seed: must be >= 0, got -1"),  # 11
+    ("float-seed", ["train", "--seed", "1.5"], r"argument --seed: expected an integer, got '1\.5'"),
+    ("val-fraction-one", ["train", "--val-fraction", "1"], r"argument --val-fraction: must be in \[0, 1\), got 1"),
+    ("val-fraction-negative", ["train", "--val-fraction", "-0.1"], r"argument --val-fraction: must be in \[0, 1\)"),
+    ("zero-batch-size", ["train", "--batch-size", "0"], r"argument --batch-size: must be > 0, got 0"),
+    ("bad-dtype-show", ["show", SMALL, "--dtype", "f16"], r"argument --dtype: invalid choice: 'f16'"),
 ]
 
 

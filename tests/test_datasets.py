@@ -1,6 +1,7 @@
 """bngraph.datasets: the built-in digits, user .npz files, and the errors for bad files."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,77 @@ def test_load_npz_missing_and_unreadable_files(tmp_path):
     np.savez(objects, X=np.array([{"a": 1}], dtype=object), y=np.zeros(1, int))
     with pytest.raises(DatasetError, match="cannot read key 'X'"):
         load_npz(objects)
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged files (item 5), absurd labels (item 6), splits too small (item 10), values the model's
+# dtype cannot hold (item 2): one DatasetError each, naming the file
+# --------------------------------------------------------------------------------------------
+
+
+def _good_bytes(tmp_path):
+    rng = np.random.default_rng(0)
+    return _save(tmp_path, "good.npz", X=rng.standard_normal((30, 3)), y=np.arange(30) % 3).read_bytes()
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda b: b"", r"cannot read as \.npz: the file is empty \(0 bytes\)"),
+    (lambda b: b"hello, not an archive", r"cannot read as \.npz: not a \.npz archive"),
+    (lambda b: b[:10], r"cannot read as \.npz: truncated or corrupt"),
+    (lambda b: b[:len(b) // 2], r"cannot read as \.npz: truncated or corrupt"),
+    (lambda b: b[:-1], r"cannot read as \.npz: truncated or corrupt"),
+    (lambda b: b[:150] + bytes([b[150] ^ 4]) + b[151:], r"cannot read as \.npz: truncated or corrupt .*CRC"),
+], ids=["empty", "text", "10-bytes", "half", "last-byte-missing", "flipped-bit"])
+def test_damaged_npz_files_are_one_clear_error(tmp_path, damage, match):
+    p = tmp_path / "d.npz"
+    p.write_bytes(damage(_good_bytes(tmp_path)))
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(p))}: {match}") as info:
+        load_npz(p)
+    assert "\n" not in str(info.value)
+
+
+def test_a_folder_named_npz_is_one_clear_error(tmp_path):
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(DatasetError, match=r"dir\.npz: no such file"):
+        load_npz(tmp_path / "dir.npz")
+
+
+@pytest.mark.parametrize("label", [60, 61, 2**40, 2**62])
+def test_a_label_beyond_the_number_of_examples_is_refused(tmp_path, label):
+    y = np.arange(60) % 3
+    y[17] = label
+    p = _save(tmp_path, X=np.zeros((60, 2)), y=y)
+    with pytest.raises(DatasetError, match=rf"y row 17 is {label}: labels are class indices 0\.\.C-1, and {label + 1} "
+                                           rf"classes for 60 examples"):
+        load_npz(p)
+    y[17] = 59  # as many classes as examples: allowed
+    assert load_npz(_save(tmp_path, X=np.zeros((60, 2)), y=y), test_fraction=0).num_classes == 60
+
+
+@pytest.mark.parametrize("per_class", [1, 2])
+def test_a_test_split_left_empty_is_refused(tmp_path, per_class):
+    p = _save(tmp_path, X=np.zeros((3 * per_class, 2)), y=np.repeat(np.arange(3), per_class))
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(p))}: test_fraction 0\.2 leaves the test split empty: "
+                                           rf"the largest class has {per_class} examples? and "
+                                           rf"round\(0\.2 x {per_class}\) = 0"):
+        load_npz(p)
+    assert len(load_npz(p, test_fraction=0.6).X_test) == 3  # round(0.6 x 1 or 2) = 1 per class
+    assert len(load_npz(p, test_fraction=0).X_test) == 0  # asked for: no test split
+
+
+@pytest.mark.parametrize("dtype, ok", [("float32", False), ("float64", True), (None, True)])
+def test_values_are_checked_in_the_models_dtype(tmp_path, dtype, ok):
+    X = np.zeros((20, 3))
+    X[4, 1] = -1e39
+    p = _save(tmp_path, X=X, y=np.arange(20) % 2)
+    if ok:
+        assert load_npz(p, dtype=dtype).X_train.dtype == np.float64
+    else:
+        with pytest.raises(DatasetError, match=r"X row 4 column 1 is -1e\+39, which overflows float32"):
+            load_npz(p, dtype=dtype)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_a_bad_seed_is_named(seed):
+    with pytest.raises(DatasetError, match=r"seed must be a non-negative integer"):
+        load_digits(seed=seed)

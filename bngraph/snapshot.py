@@ -1,0 +1,54 @@
+"""The update of an optimizer that is not a built-in, all or nothing (``Model._step``).
+
+A built-in optimizer's fused update cannot fail halfway on checked inputs, so it runs on the live
+params without a copy (a copy of every param each step would cost a few percent). Anything else
+-- your ``update`` or ``step``, a protocol object -- may raise or write NaN/inf halfway through
+the params, so it runs here on a snapshot: the flat params are copied and, when it has
+``state_dict``/``load_state_dict``, its state taken; if it raises (a KeyboardInterrupt included) or
+leaves a param NaN/inf, both are restored. Arrays move only through the array module of the
+params (``copy_array``), never through NumPy directly.
+"""
+from __future__ import annotations
+
+from .errors import TrainingDiverged
+from .optim.base import copy_array
+
+
+def update_on_snapshot(model, optimizer):
+    """``optimizer``'s update of ``model``'s flat params, rolled back if anything goes wrong."""
+    saved = {dt: copy_array(b) for dt, b in model._P.buffers.items()}
+    restorable = callable(getattr(optimizer, "state_dict", None)) and callable(
+        getattr(optimizer, "load_state_dict", None))
+    opt_state = optimizer.state_dict() if restorable else None
+    try:
+        if callable(getattr(optimizer, "step_flat", None)):  # an Optimizer subclass: bound to the layout
+            if getattr(optimizer, "layout", None) is not model.layout:
+                model._bind(optimizer)
+            optimizer.step_flat(model._P, model._G)
+        else:  # the protocol: name -> array dicts, params updated in place
+            params = dict(model._P.views)
+            optimizer.step(params, dict(model._G.views))
+            _copy_rebound(params, model._P.views)
+        bad = model._first_nonfinite(model._P)
+        if bad is not None:
+            raise TrainingDiverged(f"the update at step {model.step + 1} made {bad} NaN or inf (finite loss and "
+                                   f"gradients: is the learning rate too large?); nothing was updated")
+    except BaseException:
+        for dt, b in saved.items():
+            model._P.buffers[dt][...] = b
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        raise
+
+
+def _copy_rebound(params: dict, views: dict):
+    """An entry the optimizer rebound (``params[k] = new array``) instead of updating in place is
+    copied into the param's view (a wrong shape is refused)."""
+    for k, v in params.items():
+        view = views[k]
+        if v is not view:
+            shape = tuple(getattr(v, "shape", ()))
+            if shape != tuple(view.shape):
+                raise ValueError(f"the optimizer's step() set params[{k!r}] to an array of shape {shape}, expected "
+                                 f"{tuple(view.shape)}; nothing was updated")
+            view[...] = v
