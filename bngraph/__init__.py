@@ -18,6 +18,7 @@ from .backends import Target, get_target, register_target
 from .compiler import emit
 from .dsl import Graph, GraphBuilder, mlp
 from .graph import FrozenGraph, as_graph
+from .interop import ImportedGraph, MissingDependency, UnsafeModel, from_onnx, from_torch, to_dot, to_onnx
 from .interpreter import interpret
 from .ir import IRError, Node, TensorType, Value
 from .model import CheckpointError, DataError, History, Model, TrainingDiverged, compile, load
@@ -33,4 +34,5 @@ __all__ = [
     "Node", "OPS", "PASSES", "ParseError", "Pass", "PassError", "PassResult", "PipelineResult", "TRAINING_PIPELINE", "Target", "TensorType", "TrainingDiverged", "Value", "VerifyError",
     "as_graph", "compile", "datasets", "emit", "get_target", "grad_graph", "interpret", "load", "load_dataset", "mlp", "optim", "parse", "passes", "register_target",
     "run_pipeline", "to_inference", "verify",
+    "ImportedGraph", "MissingDependency", "UnsafeModel", "from_onnx", "from_torch", "to_dot", "to_onnx",
 ]

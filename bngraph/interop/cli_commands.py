@@ -1,0 +1,45 @@
+"""The interop parts of the ``bngraph`` command: ``emit --standalone`` and ``show --format dot``.
+(bngraph/cli.py parses the arguments and calls these.)"""
+from __future__ import annotations
+
+import sys
+
+from .deps import MissingDependency
+
+
+def emit_standalone(args) -> int:
+    """``bngraph emit MODEL --inference --standalone --out DIR``."""
+    from ..cli import CLIError
+    from .standalone import load_for_deploy, write_standalone
+
+    if not args.out:
+        raise CLIError("--standalone writes files: give --out DIR")
+    if not args.inference:
+        raise CLIError("--standalone writes the inference module: add --inference")
+    if args.target != "numpy":
+        raise CLIError(f"--standalone code is NumPy code; --target {args.target} is not available with it")
+    try:
+        graph, values = load_for_deploy(args.model)
+    except MissingDependency as e:
+        raise CLIError(str(e)) from None
+    for path in write_standalone(graph, values, args.out, args.dtype):
+        print(path)
+    return 0
+
+
+def show_dot(args, graph, passes) -> int:
+    """``bngraph show MODEL --format dot [--out FILE.svg|png|dot]``: the graph after the passes."""
+    from ..compiler import cast_graph, inference_graph
+    from ..passes import TRAINING_PIPELINE, run_pipeline
+    from .dot import render, to_dot
+
+    if args.inference:
+        g = inference_graph(graph, args.dtype, passes).graph
+    else:
+        g = run_pipeline(cast_graph(graph, args.dtype), TRAINING_PIPELINE if passes is None else passes).graph
+    text = to_dot(g)
+    if args.out:
+        print(render(text, args.out))
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,215 @@
+"""What an import produces: a :class:`ImportedGraph` (a ``bg.Graph`` that also knows its values and
+where they came from) and the boundary between the outside layout and the IR's.
+
+Outside (ONNX, PyTorch) the batch is axis 0: ``X: (N, features...)``; inside the compiler a value is
+``(features, m)``. Each graph input and output records how it crosses (:class:`InputSpec`,
+:class:`OutputSpec`): a transpose for rows, a reshape when feature or batch axes were flattened, and
+for spatial batch norm ``(N, C, d1, ...) <-> (C, N*d1*...)`` (per-channel statistics over N and the
+spatial axes are exactly the IR's batchnorm on that view).
+
+Params are not copied at import: each IR param or state value has a :class:`Tensor` recipe, a
+function of the source arrays by their outside name (initializers, or graph inputs whose value
+comes at run time, as ONNX allows). ``imported.weights`` evaluates them with the file's own arrays;
+``imported.bind(arrays)`` with others.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..dsl import Graph
+from ..ir import DTYPES, IRError
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A constant: ``get(arrays) -> ndarray`` from the source arrays by outside name."""
+
+    shape: tuple
+    get: Callable
+    sources: frozenset = frozenset()
+
+    def map(self, fn, shape=None) -> "Tensor":
+        get = self.get
+        return Tensor(self.shape if shape is None else shape, lambda a: fn(get(a)), self.sources)
+
+
+def literal(array) -> Tensor:
+    a = np.asarray(array)
+    return Tensor(a.shape, lambda _: a)
+
+
+@dataclass(frozen=True)
+class Data:
+    """A batch-sized value: IR value ``ir`` of shape ``(prod(fshape), m)``.
+
+    ``layout``: ``flat`` (outside shape = batch dims + ``fshape``) or ``channels`` (outside
+    ``(N, C, *spatial)``, IR ``(C, N*prod(spatial))``, ``fshape = (C,)``). ``rows``: the batch
+    dims were flattened into one axis (after a Flatten). ``head``: 'softmax' or 'log_softmax'
+    applied at the output boundary. ``affine``: (W, b) param names when the value is a matmul's
+    output (with its bias), so that a constant scale can fold into them."""
+
+    ir: str
+    fshape: tuple
+    layout: str = "flat"
+    brank: int = 1  # outside batch axes (0: one example without a batch axis)
+    rows: bool = False
+    head: str | None = None
+    affine: tuple | None = None
+
+    @property
+    def features(self) -> int:
+        return math.prod(self.fshape)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an outside input enters. kind: ``flat`` (batch = the first ``axis`` dims, the rest are
+    features), ``flat_t`` (a (features, N) matrix: Gemm transA), ``channels`` or ``labels``."""
+
+    name: str  # outside name
+    ir: str
+    kind: str
+    axis: int = 1
+    fshape: tuple = ()
+
+    def to_ir(self, a: np.ndarray, dtype) -> tuple:
+        """(IR array, batch dims) for an outside array ``a``."""
+        if self.kind == "labels":
+            a = np.asarray(a)
+            if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+                raise IRError(f"input {self.name!r}: labels must be a 1-D integer array, got {a.dtype}{a.shape}")
+            return a.astype(np.int64), a.shape
+        a = np.asarray(a, dtype=dtype)
+        if self.kind == "flat_t":
+            self._expect(a.ndim == 2 and a.shape[0] == self.fshape[0], a, f"({self.fshape[0]}, N)")
+            return np.ascontiguousarray(a), a.shape[1:]
+        if self.kind == "channels":
+            self._expect(a.ndim >= 3 and a.shape[1] == self.fshape[0], a, f"(N, {self.fshape[0]}, ...)")
+            c = a.shape[1]
+            return np.ascontiguousarray(np.moveaxis(a, 1, 0).reshape(c, -1)), (a.shape[0], *a.shape[2:])
+        batch, feat = a.shape[: self.axis], a.shape[self.axis:]
+        self._expect(a.ndim == self.axis + len(self.fshape) and feat == tuple(self.fshape), a,
+                     f"({', '.join(['N'] * self.axis + [str(d) for d in self.fshape])})")
+        return np.ascontiguousarray(a.reshape(math.prod(batch), -1).T), batch
+
+    def _expect(self, ok, a, want):
+        if not ok:
+            raise IRError(f"input {self.name!r}: expected shape {want}, got {a.shape}")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How an IR result leaves: kind ``flat``/``channels`` (a batch-sized value), ``scalar`` (a
+    loss), ``vector`` (per-unit, e.g. a running mean) or ``population_var`` (a running variance
+    converted from bngraph's unbiased update to ONNX's: ``rv - (1 - momentum)*var/(m - 1)``,
+    ``extra`` = (the key of the IR batch variance, ONNX momentum, its IR value))."""
+
+    name: str  # outside name
+    key: str  # the program output key
+    ir: str  # the IR value it reads
+    kind: str
+    fshape: tuple = ()
+    rows: bool = False
+    head: str | None = None
+    extra: tuple = ()
+
+    @property
+    def needs(self) -> tuple:
+        """(program output key, IR value) pairs this output reads."""
+        pairs = [(self.key, self.ir)]
+        if self.kind == "population_var":
+            pairs.append((self.extra[0], self.extra[2]))
+        return tuple(pairs)
+
+    def from_ir(self, out: dict, batch: tuple, m: int) -> np.ndarray:
+        a = np.asarray(out[self.key])
+        if self.kind == "scalar":
+            return a.reshape(())
+        if self.kind == "vector":
+            return a.copy()
+        if self.kind == "population_var":
+            var, momentum = np.asarray(out[self.extra[0]]), self.extra[1]
+            return a - (1 - momentum) * var / max(m - 1, 1)
+        if self.kind == "channels":
+            c = a.shape[0]
+            a = np.moveaxis(a.reshape(c, batch[0], *batch[1:]), 0, 1)
+        else:
+            dims = (m,) if self.rows else tuple(batch)
+            a = a.T.reshape(tuple(dims) + tuple(self.fshape))
+        return HEADS[self.head](a) if self.head else np.array(a)  # a copy (ascontiguousarray makes 0-d 1-d)
+
+
+def _softmax(a):
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _log_softmax(a):
+    s = a - a.max(axis=-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
+
+
+# A classifier's output transform, applied to the logits on the host like OpDef.predict: the IR keeps
+# softmax inside its loss (softmax_cross_entropy reads logits), so a trailing Softmax is the head.
+HEADS = {"softmax": _softmax, "log_softmax": _log_softmax}
+
+
+class ImportedGraph(Graph):
+    """A ``bg.Graph`` built from another format, with the values that came with it.
+
+    * ``weights``: IR param/state name -> array, from the file (params whose source is a graph
+      input without an initializer are missing: they come at run time or from ``compile``'s init);
+    * ``original_names``: IR name -> the name in the file (used again on export);
+    * ``inputs_spec``/``outputs_spec``: the layout change at the boundary, per outside input/output;
+    * ``training_outputs``: the file's batch norm runs in training mode (ONNX ``training_mode=1``).
+    """
+
+    def __init__(self, name: str, dtype="f32"):
+        super().__init__(name, dtype)
+        self.recipes: dict = {}  # IR param/state name -> Tensor
+        self.original_names: dict = {}
+        self.inputs_spec: list = []
+        self.outputs_spec: list = []
+        self.training_outputs = False
+        self.added_loss = False  # the loss was chosen by the importer, not read from the file
+        self.source_arrays: dict = {}  # outside name -> array (initializers)
+        self.bound_inputs: list = []  # graph inputs read as weights: their values come at run time
+
+    @property
+    def weights(self) -> dict:
+        """IR param/state name -> array, from the file (missing: values the file does not hold)."""
+        return self.bind({}, missing_ok=True)
+
+    def bind(self, arrays: dict, missing_ok: bool = False) -> dict:
+        """IR values computed from the file's arrays overridden by ``arrays`` (outside names)."""
+        known = {**self.source_arrays, **arrays}
+        dt = DTYPES[self.dtype]
+        out = {}
+        for name, t in self.recipes.items():
+            missing = sorted(s for s in t.sources if s not in known)
+            if missing:
+                if missing_ok:
+                    continue
+                raise IRError(f"{name}: needs the value of {', '.join(repr(s) for s in missing)}, which the file "
+                              f"does not hold (a graph input without an initializer): feed it")
+            out[name] = np.asarray(t.get(known), dtype=dt).reshape(self.value(name).type.shape)
+        return out
+
+    def compile(self, target: str = "numpy", dtype=None, seed: int = 0, **kwargs):
+        """``bg.compile`` with the imported values loaded (through the passes' remap: a bias folded
+        into batch norm moves into its running mean). Values the file lacks start as ``init``
+        draws them. Needs a loss (see ``from_onnx(loss=...)``)."""
+        from ..init import init_values
+        from ..model import compile as bg_compile
+
+        model = bg_compile(self, target=target, dtype=self.dtype if dtype is None else dtype, seed=seed, **kwargs)
+        start = {**init_values(self.build(), seed), **self.weights}
+        values = model.report.remap(start)
+        model.set_params({k: values[k] for k in model.params})
+        model.set_state({k: values[k] for k in model.state})
+        model.original_names = dict(self.original_names)  # read by bg.to_onnx
+        return model

@@ -1,0 +1,320 @@
+"""ONNX -> bngraph: ``from_onnx(path_or_ModelProto)`` builds an :class:`ImportedGraph`.
+
+``IMPORTERS`` is the mapping, one entry per ONNX op type: ``fn(ctx, node, where, ins) -> outputs``
+(``ins``: a :class:`Data` for batch-sized values, a :class:`Tensor` for constants). Anything else
+is one :class:`UnsupportedNode` error naming the node, its op type and why. Conventions converted
+here, explicitly:
+
+* layout: ONNX puts the batch on axis 0, the IR on axis 1 (see :mod:`.imported`);
+* Gemm ``Y = alpha*A'B' + beta*C``: ``W = alpha*B'^T`` (the IR's ``(out, in)``), ``b = beta*C``;
+* BatchNormalization ``momentum`` is the weight of the *old* value (default 0.9); bngraph's is the
+  weight of the new batch: ``momentum_ir = 1 - momentum_onnx``. ONNX updates the running variance
+  with the population (biased) variance, bngraph with the unbiased one (PyTorch's convention): a
+  graph trained in bngraph follows bngraph's; the backend adapter converts its outputs back.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from .imported import Data, InputSpec, Tensor, literal
+from .names import show
+from .onnx_context import _dims, _f32
+from .onnx_read import INT_TYPES, UnsupportedNode, attributes
+
+IMPORTERS: dict = {}
+
+
+def importer(*op_types):
+    def wrap(fn):
+        for t in op_types:
+            IMPORTERS[t] = fn
+        return fn
+    return wrap
+
+
+def _per_feature(ctx, t: Tensor, fshape, where, op, what) -> Tensor:
+    """A constant that broadcasts over the batch, as one value per feature (flattened)."""
+    shape = tuple(t.shape)
+    while shape and shape[0] == 1 and len(shape) > len(fshape):
+        shape = shape[1:]
+    try:
+        np.broadcast_shapes(shape, tuple(fshape))
+        ok = len(shape) <= len(fshape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UnsupportedNode(where, op, f"{what} of shape {tuple(t.shape)} does not broadcast over the batch to "
+                              f"features {tuple(fshape)}: it must hold one value per feature (or one in all)")
+    n = math.prod(fshape)
+    return t.map(lambda a: np.broadcast_to(np.asarray(a).reshape(shape), fshape).reshape(n), (n,))
+
+
+# ---- the op table --------------------------------------------------------------------------------
+@importer("Gemm")
+def _gemm(ctx, node, where, ins):
+    at = attributes(node, {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}, where)
+    if len(ins) < 2:
+        raise UnsupportedNode(where, "Gemm", "needs inputs A and B")
+    a = ins[0]
+    if at["transA"]:
+        if not isinstance(a, str):
+            raise UnsupportedNode(where, "Gemm", "transA=1 on a computed value: A^T would put the batch on the "
+                                  "features axis; only a graph input (read as features x batch) may be transposed")
+        elem, dims = ctx.pending[a]
+        if dims is None or len(dims) != 2 or dims[0] is None:
+            raise UnsupportedNode(where, "Gemm", f"transA=1 needs A of shape (K, N) with K fixed, got "
+                                  f"{_dims(dims or ())}")
+        x = ctx.lay_out(a, where, "Gemm", "flat_t")
+    else:
+        x = ctx.data(a, where, "Gemm", "A")
+    if len(x.fshape) != 1 or x.layout != "flat":
+        raise UnsupportedNode(where, "Gemm", f"A must be 2-D (batch, features); its features are {x.fshape}")
+    B = ctx.tensor(ins[1], where, "B")
+    if len(B.shape) != 2:
+        raise UnsupportedNode(where, "Gemm", f"B must be 2-D, got shape {B.shape}")
+    K, N = B.shape[::-1] if at["transB"] else B.shape
+    if K != x.features:
+        raise UnsupportedNode(where, "Gemm", f"A has {x.features} features but B is {B.shape} "
+                              f"(transB={at['transB']})")
+    C = ins[2] if len(ins) > 2 and ins[2] != "" else None
+    if C is not None:
+        C = ctx.operand(C, Data(x.ir, (N,)), where, "C")
+    matrix_bias = isinstance(C, (Data, str))
+    if matrix_bias and at["beta"] != 1.0:
+        raise UnsupportedNode(where, "Gemm", "a batch-sized C with beta != 1: the IR adds such values unscaled")
+    name = ctx.layer_name(node, "fc")
+    vector_bias = C is not None and not matrix_bias
+    out = ctx.g.matmul(x.ir, N, bias=vector_bias, name=name)
+    alpha, trans = float(at["alpha"]), bool(at["transB"])
+    ctx.param(f"{name}.W", B.map(lambda b: alpha * (b if trans else b.T), (N, K)), _source(node, 1))
+    affine = (f"{name}.W", None)
+    if vector_bias:
+        beta = float(at["beta"])
+        ctx.param(f"{name}.b", _per_feature(ctx, C, (N,), where, "Gemm", "C").map(lambda c: beta * c),
+                  _source(node, 2))
+        affine = (f"{name}.W", f"{name}.b")
+    if matrix_bias:
+        c = ctx.data(C, where, "Gemm", "C")
+        if c.fshape != (N,):
+            raise UnsupportedNode(where, "Gemm", f"C has features {c.fshape}, expected ({N},)")
+        out = ctx.g.add_node("add", [out.name, c.ir], {}, [ctx.names.claim(f"{name}_c", "add")]).out
+        affine = None
+    return [Data(out.name, (N,), brank=1, rows=x.rows, affine=affine)]
+
+
+def _source(node, i):
+    return node.input[i] if len(node.input) > i else None
+
+
+@importer("MatMul")
+def _matmul(ctx, node, where, ins):
+    attributes(node, {}, where)
+    x = ctx.data(ins[0], where, "MatMul", "A")
+    if len(x.fshape) != 1 or x.layout != "flat":
+        raise UnsupportedNode(where, "MatMul", f"A must be 1-D or 2-D (batch, features); its features are {x.fshape}")
+    if not isinstance(ins[1], (Tensor, str)):
+        raise UnsupportedNode(where, "MatMul", "B is batch-sized: the IR multiplies data by weights (B a constant)")
+    B = ctx.tensor(ins[1], where, "B")
+    if len(B.shape) not in (1, 2) or B.shape[0] != x.features:
+        raise UnsupportedNode(where, "MatMul", f"B of shape {B.shape} does not take {x.features} features")
+    N = B.shape[1] if len(B.shape) == 2 else 1
+    name = ctx.layer_name(node, "fc")
+    out = ctx.g.matmul(x.ir, N, bias=False, name=name)
+    ctx.param(f"{name}.W", B.map(lambda b: b.T if b.ndim == 2 else b[None, :], (N, x.features)), _source(node, 1))
+    return [Data(out.name, (N,) if len(B.shape) == 2 else (), brank=x.brank, rows=x.rows,
+                 affine=(f"{name}.W", None))]
+
+
+@importer("Add", "Sub")
+def _add_sub(ctx, node, where, ins):
+    attributes(node, {}, where)
+    op = node.op_type
+    a, b = ins
+    if isinstance(a, Tensor) and not isinstance(b, Tensor):
+        if op == "Sub":
+            raise UnsupportedNode(where, op, "constant minus data: the IR has no negation")
+        a, b = b, a
+    x = ctx.data(a, where, op)
+    b = ctx.operand(b, x, where, "the second operand")
+    name = ctx.layer_name(node, "bias")
+    if isinstance(b, Tensor):
+        if x.layout != "flat":
+            raise UnsupportedNode(where, op, "a constant added to spatial (N, C, ...) data")
+        sign = -1.0 if op == "Sub" else 1.0
+        out = ctx.g.bias_add(x.ir, name=name)
+        ctx.param(f"{name}.b", _per_feature(ctx, b, x.fshape, where, op, "the constant").map(lambda c: sign * c),
+                  _source(node, 1))
+        return [replace(x, ir=out.name, affine=None)]
+    y = ctx.data(b, where, op)
+    if op == "Sub":
+        raise UnsupportedNode(where, op, "data minus data: the IR has elementwise add only")
+    if (y.fshape, y.layout) != (x.fshape, x.layout):
+        raise UnsupportedNode(where, op, f"operands with features {x.fshape} and {y.fshape}: data plus data must "
+                              f"have the same shape")
+    out = ctx.g.add_node("add", [x.ir, y.ir], {}, [name])
+    return [replace(x, ir=out.out.name, affine=None)]
+
+
+@importer("Mul", "Div")
+def _scale(ctx, node, where, ins):
+    """x*s, x/s with a constant s per feature: folded into the matmul before it (W' = s[:,None]*W,
+    b' = s*b) when x is that matmul's only use, else a diagonal matmul (trainable as a full matrix)."""
+    attributes(node, {}, where)
+    op = node.op_type
+    a, b = ins
+    if op == "Mul" and isinstance(a, Tensor):
+        a, b = b, a
+    if isinstance(a, Tensor):
+        raise UnsupportedNode(where, op, "a constant divided by data: the IR has no reciprocal")
+    x = ctx.data(a, where, op)
+    b = ctx.operand(b, x, where, "the second operand")
+    if not isinstance(b, Tensor):
+        raise UnsupportedNode(where, op, "data times/over data: the IR multiplies data only by constants")
+    if x.layout != "flat":
+        raise UnsupportedNode(where, op, "a scale on spatial (N, C, ...) data")
+    s = _per_feature(ctx, b, x.fshape, where, op, "the constant")
+    if op == "Div":
+        s = s.map(lambda c: 1.0 / c)
+    if x.affine is not None and ctx.consumers.get(node.input[0], 0) == 1:
+        W, bias = x.affine
+        ctx.g.recipes[W] = _combine(ctx.g.recipes[W], s, lambda w, sc: sc[:, None] * w)
+        if bias is not None:
+            ctx.g.recipes[bias] = _combine(ctx.g.recipes[bias], s, lambda c, sc: sc * c)
+        return [x]
+    name = ctx.layer_name(node, "scale")
+    out = ctx.g.matmul(x.ir, x.features, bias=False, name=name)
+    ctx.param(f"{name}.W", s.map(np.diag, (x.features, x.features)), _source(node, 1))
+    return [replace(x, ir=out.name, affine=(f"{name}.W", None))]
+
+
+def _combine(t: Tensor, s: Tensor, fn) -> Tensor:
+    tg, sg = t.get, s.get
+    return Tensor(t.shape, lambda a: fn(np.asarray(tg(a)), np.asarray(sg(a))), t.sources | s.sources)
+
+
+ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "identity",
+                  "LeakyRelu": "leaky_relu"}
+
+
+@importer(*ACTIVATION_OPS)
+def _activation(ctx, node, where, ins):
+    kind = ACTIVATION_OPS[node.op_type]
+    at = attributes(node, {"alpha": 0.01} if kind == "leaky_relu" else {}, where)
+    x = ctx.data(ins[0], where, node.op_type)
+    extra = {"negative_slope": _f32(at["alpha"])} if kind == "leaky_relu" else {}
+    if extra and not (math.isfinite(extra["negative_slope"]) and extra["negative_slope"] >= 0):
+        raise UnsupportedNode(where, node.op_type, f"alpha={at['alpha']!r}: the IR's leaky_relu needs a finite "
+                              f"slope >= 0 (its gradient is computed from the output)")
+    out = ctx.g.activation(x.ir, kind, name=ctx.names.claim(node.output[0], kind), **extra)
+    return [replace(x, ir=out.name, affine=None)]
+
+
+@importer("Flatten")
+def _flatten(ctx, node, where, ins):
+    at = attributes(node, {"axis": 1}, where)
+    if isinstance(ins[0], str):  # a graph input: the reshape happens at the boundary
+        rank = len(ctx.pending[ins[0]][1])
+        axis = at["axis"] + rank if at["axis"] < 0 else at["axis"]
+        if not 0 <= axis <= rank:
+            raise UnsupportedNode(where, "Flatten", f"axis {at['axis']} out of range for rank {rank}")
+        x = ctx.lay_out(ins[0], where, "Flatten", "flat", axis)
+        return [Data(x.ir, (x.features,), brank=1, rows=True)]
+    x = ctx.data(ins[0], where, "Flatten")
+    rank = (0 if x.rows else 1) + len(x.fshape)
+    axis = at["axis"] + rank if at["axis"] < 0 else at["axis"]
+    if x.layout != "flat" or axis != (0 if x.rows else 1):
+        raise UnsupportedNode(where, "Flatten", f"axis={at['axis']} on a computed value would move the batch "
+                              f"axis; only axis=1 (keep the batch) is supported there")
+    return [Data(x.ir, (x.features,), brank=1, rows=True)]
+
+
+@importer("Softmax", "LogSoftmax")
+def _softmax(ctx, node, where, ins):
+    at = attributes(node, {"axis": -1 if ctx.opset >= 13 else 1}, where)
+    x = ctx.data(ins[0], where, node.op_type)
+    rank = (0 if x.rows else 1) + len(x.fshape)
+    if x.layout != "flat" or len(x.fshape) != 1 or at["axis"] not in (rank - 1, -1):
+        raise UnsupportedNode(where, node.op_type, f"axis={at['axis']}: only a softmax over the features of "
+                              f"2-D (batch, features) data is supported")
+    return [replace(x, affine=None, head="softmax" if node.op_type == "Softmax" else "log_softmax")]
+
+
+@importer("BatchNormalization")
+def _batchnorm(ctx, node, where, ins):
+    at = attributes(node, {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "spatial": 1, "is_test": 1,
+                           "consumed_inputs": []}, where)
+    if not at["spatial"]:
+        raise UnsupportedNode(where, "BatchNormalization", "spatial=0 (per-element statistics) is not supported")
+    eps, mom = _f32(at["epsilon"]), _f32(at["momentum"])
+    if not (math.isfinite(eps) and eps > 0) or not (0 <= mom <= 1):
+        raise UnsupportedNode(where, "BatchNormalization", f"epsilon={eps!r} must be > 0 and momentum={mom!r} in [0, 1]")
+    if isinstance(ins[0], str) and len(ctx.pending[ins[0]][1] or ()) >= 3:
+        x = ctx.lay_out(ins[0], where, "BatchNormalization", "channels")
+    else:
+        x = ctx.data(ins[0], where, "BatchNormalization", "X")
+        if len(x.fshape) != 1:
+            raise UnsupportedNode(where, "BatchNormalization", f"X has features {x.fshape}: spatial batch norm is "
+                                  f"imported on graph inputs (N, C, ...) only")
+    C = x.fshape[0]
+    params = [_per_feature(ctx, ctx.tensor(t, where, w), (C,), where, "BatchNormalization", w)
+              for t, w in zip(ins[1:5], ("scale", "B", "input_mean", "input_var"))]
+    name = ctx.layer_name(node, "bn")
+    out = ctx.g.batchnorm(x.ir, name=name, eps=eps, momentum=float(f"{1.0 - mom:.12g}"))
+    for suffix, t, i in zip(("gamma", "beta", "running_mean", "running_var"), params, range(1, 5)):
+        ctx.param(f"{name}.{suffix}", t, _source(node, i))
+    outs = [replace(x, ir=out.name, affine=None)]
+    if at["training_mode"]:
+        ctx.g.training_outputs = True
+        outs += [("state", f"{name}.running_mean.next", None),
+                 ("state", f"{name}.running_var.next", (f"{name}.var", mom))]
+    elif len(node.output) > 1 and any(node.output[1:]):
+        raise UnsupportedNode(where, "BatchNormalization", "running statistics outputs need training_mode=1")
+    return outs
+
+
+@importer("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
+def _loss(ctx, node, where, ins):
+    op = node.op_type
+    at = attributes(node, {"reduction": "mean", "ignore_index": None}, where)
+    why = []
+    if at["reduction"] != "mean":
+        why.append(f"reduction={at['reduction']!r}")
+    if at["ignore_index"] is not None:
+        why.append("ignore_index")
+    if len(ins) > 2 and ins[2] != "":
+        why.append("class weights")
+    if len(node.output) > 1:
+        why.append("the log_prob output")
+    x = ctx.data(ins[0], where, op, "scores")
+    if op == "NegativeLogLikelihoodLoss" and x.head != "log_softmax":
+        why.append("input that is not a LogSoftmax's output (NLL of log_softmax is softmax_cross_entropy)")
+    if why:
+        raise UnsupportedNode(where, op, f"{', '.join(why)}: the IR's softmax_cross_entropy is the mean over the "
+                              f"batch of -log softmax(logits)[label], without weights")
+    if len(x.fshape) != 1 or not isinstance(ins[1], str):
+        raise UnsupportedNode(where, op, "needs 2-D scores (batch, classes) and labels that are a graph input")
+    return [("loss", _labels_loss(ctx, x, ins[1], node), None)]
+
+
+def _labels_loss(ctx, x, label_input, node=None):
+    elem, dims = ctx.pending.pop(label_input)
+    if elem not in INT_TYPES or len(dims or ()) != 1:
+        raise UnsupportedNode(show(label_input), "labels", "labels must be a 1-D int32/int64 graph input")
+    ir = ctx.names.claim(label_input, "y")
+    ctx.g.labels(ir, x.features)
+    ctx.g.inputs_spec.append(InputSpec(label_input, ir, "labels"))
+    name = ctx.names.claim(node.output[0] if node is not None else "loss", "loss")
+    return ctx.g.softmax_cross_entropy(x.ir, ir, name=name).name
+
+
+@importer("Constant")
+def _constant(ctx, node, where, ins):
+    at = attributes(node, {"value": None, "value_float": None, "value_floats": None, "value_int": None,
+                           "value_ints": None}, where)
+    given = [k for k, v in at.items() if v is not None]
+    if len(given) != 1:
+        raise UnsupportedNode(where, "Constant", "needs exactly one value attribute")
+    return [literal(np.asarray(at[given[0]]))]
