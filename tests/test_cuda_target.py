@@ -237,3 +237,99 @@ def test_emulator_reports_a_kernel_that_does_not_compile(monkeypatch):
 
     with pytest.raises(bg.IRError, match="could not compile the generated kernels"):
         emulator.compile_kernels("this is not C++")
+
+
+# ---- the optimizer kernels -----------------------------------------------------------------------
+
+OPTIMIZERS = {
+    "adam": lambda: bg.optim.Adam(lr=1e-2),
+    "adam-l2-amsgrad": lambda: bg.optim.Adam(lr=1e-2, weight_decay=0.1, amsgrad=True),
+    "adamw": lambda: bg.optim.AdamW(lr=1e-2, weight_decay=0.05),
+    "sgd": lambda: bg.optim.SGD(lr=0.1),
+    "momentum-dampening-l2": lambda: bg.optim.SGD(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=1e-3),
+    "nesterov": lambda: bg.optim.SGD(lr=0.1, momentum=0.9, nesterov=True),
+    "rmsprop": lambda: bg.optim.RMSprop(lr=1e-2),
+    "rmsprop-centered-momentum-l2": lambda: bg.optim.RMSprop(lr=1e-2, centered=True, momentum=0.5, weight_decay=1e-2),
+    "adam-groups": lambda: bg.optim.Adam(lr=1e-2, weight_decay=0.1,
+                                         groups=[{"params": ["*.gamma", "*.beta"], "weight_decay": 0.0},
+                                                 {"params": "fc1.*", "lr": 1e-3}]),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_kernels_equal_the_array_module_update_bit_for_bit(name, dtype):
+    """The same params, gradients and schedule through the CUDA kernels (emulated) and through
+    bngraph.optim's NumPy passes: identical bits, params and every slot, over 6 steps."""
+    from bngraph.flat import FlatLayout
+
+    model = emulated(bg.mlp([4, 5, 3]), dtype=dtype)
+    layout = FlatLayout([(k, v.shape, dtype) for k, v in model.params.items()])
+    rng = np.random.default_rng(0)
+    P1, P2, G = layout.allocate(np), layout.allocate(np), layout.allocate(np)
+    for k in layout.names:
+        P1.views[k][...] = rng.standard_normal(layout.segments[k].shape)
+    P2.buffers[dtype][...] = P1.buffers[dtype]
+    device, host = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    kernel = model.executable.optimizer_kernel(device)
+    assert kernel is not None
+    device.bind(layout, np, kernel=kernel)
+    host.bind(layout, np)
+    for step in range(6):
+        G.buffers[dtype][...] = rng.standard_normal(G.buffers[dtype].shape)
+        device.lr = host.lr = 1e-2 / (1 + step)  # a schedule: lr is data
+        device.step_flat(P1, G)
+        host.step_flat(P2, G)
+        np.testing.assert_array_equal(P1.buffers[dtype], P2.buffers[dtype], err_msg=f"step {step}")
+    a, b = device.state_dict(), host.state_dict()
+    assert a["step"] == b["step"] == 6
+    for p, slots in b["slots"].items():
+        for key, v in slots.items():
+            np.testing.assert_array_equal(a["slots"][p][key], v, err_msg=f"{p}/{key}")
+
+
+def test_a_user_optimizer_keeps_the_array_module_path():
+    class Halving(bg.optim.SGD):
+        def update(self, p, g, slots):
+            p -= 0.5 * self.lr * g
+
+    model = emulated(bg.mlp([4, 5, 3]))
+    assert model.executable.optimizer_kernel(Halving(lr=0.1)) is None
+    assert model.executable.optimizer_kernel(bg.optim.AdamW()) is not None
+
+
+# ---- CUDA graphs (the emulator records and replays like a graph: arguments fixed at capture) -----
+
+
+def test_graph_replay_equals_the_eager_step_bit_for_bit():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((45, 4)), rng.integers(0, 3, 45)  # 45 = 5*8 + 5: two batch sizes
+    eager = emulated(bg.mlp([4, 6, 5, 3]), dtype="float32")
+    graphed = bg.compile(bg.mlp([4, 6, 5, 3]), target="cuda", device="emulator", dtype="float32", cuda_graph=True)
+    schedule = lambda epoch, step: 1e-2 / step  # noqa: E731  (lr changes every step: it must not be baked in)
+    for m in (eager, graphed):
+        m.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=3, batch_size=8, lr_schedule=schedule, verbose=False)
+    assert graphed._graphs.replays == 3 * 6 - 2  # per batch size: one eager run, then captured and replayed
+    assert sorted(m for _, m in graphed._graphs.entries) == [5, 8]
+    for k in eager.params:
+        np.testing.assert_array_equal(graphed.params[k], eager.params[k], err_msg=k)
+    for k in eager.state:
+        np.testing.assert_array_equal(graphed.state[k], eager.state[k], err_msg=k)
+
+
+def test_graph_capture_records_instead_of_running():
+    model = bg.compile(bg.mlp([4, 5, 3]), target="cuda", device="emulator", cuda_graph=True)
+    rt = model.runtime
+    out = model.grads["out.b"]
+    out[...] = 7.0
+    feeds = model._feeds(np.ones((4, 4)), np.zeros(4, np.int64))
+    graph = rt.capture(lambda: model.executable.run("train_step", feeds, model._P.views, model._S, model._G.views, 4))
+    assert np.all(out == 7.0)  # captured, not run
+    assert len(graph) > 5
+    rt.replay(graph)
+    assert not np.all(out == 7.0)
+
+
+def test_cuda_graph_needs_a_target_that_captures():
+    with pytest.raises(bg.IRError, match="cuda_graph=True needs a target whose runtime captures graphs"):
+        bg.compile(bg.mlp([4, 5, 3]), cuda_graph=True)

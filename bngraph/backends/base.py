@@ -130,6 +130,42 @@ class Executable:
         return self.functions[program](*args, P, S, bufs)
 
 
+class GraphedPrograms:
+    """Programs captured once per batch size and replayed (CUDA graphs): the first call runs the
+    program eagerly (kernels load), the second captures it with the runtime (``capture(fn)``) on
+    static input buffers, later calls copy their inputs into those buffers and ``replay``. Params,
+    state, gradients and buffers must keep their addresses, which the model's flat buffers do;
+    anything that changes between steps must live in device memory."""
+
+    def __init__(self, executable: Executable, programs=("train_step",)):
+        self.executable = executable
+        self.runtime = executable.runtime
+        self.programs = set(programs)
+        self.entries: dict = {}  # (program, m) -> [static feeds, graph or None, outputs]
+        self.replays = 0
+
+    def run(self, program: str, feeds: dict, P: dict, S: dict, G: dict | None, m: int) -> dict:
+        if program not in self.programs:
+            return self.executable.run(program, feeds, P, S, G, m)
+        key = (program, m)
+        entry = self.entries.get(key)
+        if entry is None:  # eager: loads the kernels; its static inputs are kept for the capture
+            static = {k: self.runtime.empty(v.shape, v.dtype) for k, v in feeds.items()}
+            for k, v in feeds.items():
+                static[k][...] = v
+            out = self.executable.run(program, static, P, S, G, m)
+            self.entries[key] = [static, None, out]
+            return out
+        static, graph, out = entry
+        for k, v in feeds.items():
+            static[k][...] = v
+        if graph is None:
+            entry[1] = graph = self.runtime.capture(lambda: self.executable.run(program, static, P, S, G, m))
+        self.runtime.replay(graph)
+        self.replays += 1
+        return out
+
+
 @dataclass(frozen=True)
 class Target:
     """A named target: its renderer and a factory of runtimes (``device -> Runtime``)."""

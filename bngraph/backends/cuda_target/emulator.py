@@ -22,6 +22,7 @@ import numpy as np
 
 from ...ir import IRError
 from ..base import Executable, Rendered, Runtime
+from .optimizers import make_kernel
 
 PRELUDE = r"""
 #include <cmath>
@@ -74,6 +75,8 @@ def _c_arg(a):
         return ctypes.c_void_p(a.ctypes.data)
     if isinstance(a, np.int32):
         return ctypes.c_int32(int(a))
+    if isinstance(a, np.int64):
+        return ctypes.c_int64(int(a))
     if isinstance(a, np.float32):
         return ctypes.c_float(float(a))
     if isinstance(a, (np.float64, float)):
@@ -95,6 +98,21 @@ class EmulatorRuntime(Runtime):
 
     def __init__(self):
         super().__init__("emulator")
+        self._recording = None  # a list while capturing a graph
+
+    def capture(self, fn):
+        """Like a CUDA graph: record the launches and matrix products ``fn`` makes (nothing runs),
+        with their arguments as they are now; ``replay`` runs exactly those again."""
+        self._recording = []
+        try:
+            fn()
+        finally:
+            graph, self._recording = self._recording, None
+        return graph
+
+    def replay(self, graph):
+        for fn, args in graph:
+            fn(*args)
 
     def load(self, rendered: Rendered) -> Executable:
         (cu,) = [s for k, s in rendered.sources.items() if k.endswith(".cu")]
@@ -102,14 +120,25 @@ class EmulatorRuntime(Runtime):
         lib = compile_kernels(cu)
 
         def launch(name, grid, block, *args):
-            getattr(lib, name)(*[_c_arg(a) for a in args])
+            call = (getattr(lib, name), [_c_arg(a) for a in args])  # pointers and scalars fixed now
+            if self._recording is not None:
+                self._recording.append(call)
+            else:
+                call[0](*call[1])
+
+        def record_gemm(*args):
+            if self._recording is not None:
+                self._recording.append((gemm, args))
+                return args[-1]
+            return gemm(*args)
 
         module = types.ModuleType(f"bngraph_generated_{rendered.graph_name}_cuda")
         module.__file__ = f"<bngraph:{py_name}>"
         exec(compile(py, module.__file__, "exec"), module.__dict__)
-        module.launch, module.gemm = launch, gemm
+        module.launch, module.gemm = launch, record_gemm
         exe = Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans})
-        exe.module = module
+        exe.module, exe.launch = module, launch
+        exe.optimizer_kernel = lambda opt: make_kernel(launch, lambda a: np.array(a), opt)
         return exe
 
     def asarray(self, a, dtype):

@@ -19,6 +19,7 @@ import numpy as np
 
 from ...ir import IRError
 from ..base import Executable, Rendered, Runtime
+from .optimizers import make_kernel
 
 _MODULES: dict = {}  # source hash -> cupy.RawModule (NVRTC compiles once per source; CuPy also caches on disk)
 
@@ -73,7 +74,8 @@ class CudaRuntime(Runtime):
         exec(compile(py, module.__file__, "exec"), module.__dict__)
         module.launch, module.gemm = launch, self.blas.gemm
         exe = Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans})
-        exe.module, exe.raw_module = module, raw
+        exe.module, exe.raw_module, exe.launch = module, raw, launch
+        exe.optimizer_kernel = lambda opt: make_kernel(launch, lambda a: self.asarray(a, np.float64), opt)
         return exe
 
     def asarray(self, a, dtype):
@@ -95,6 +97,18 @@ class CudaRuntime(Runtime):
 
     def synchronize(self):
         self.stream.synchronize()
+
+    def capture(self, fn):
+        """A CUDA graph of what ``fn`` launches on this runtime's stream (nothing runs yet)."""
+        self.stream.begin_capture()
+        try:
+            fn()
+        finally:
+            graph = self.stream.end_capture()  # always end: a failed capture must not leave the stream capturing
+        return graph
+
+    def replay(self, graph):
+        graph.launch(stream=self.stream)
 
 
 # ---- cuBLAS through ctypes ------------------------------------------------------------------------

@@ -241,3 +241,78 @@ extern "C" __global__ void evaluate__loss(const real* __restrict__ logits, const
     total = block_sum(total, red);
     if (threadIdx.x == 0) loss[0] = (real)(total / m);
 }
+
+// ======== optimizers: one multi-tensor kernel per update, over a stretch of the flat buffer ========
+// The same arithmetic as bngraph/optim (PyTorch's formulas), element by element. Every
+// hyperparameter, the learning rate and the step count are read from device memory (h), so a
+// captured CUDA graph replays with a schedule; the flags (nesterov, amsgrad...) are entries of h too.
+
+// SGD: h = {lr, momentum, dampening, weight_decay, nesterov, fresh}; fresh: the momentum buffer
+// starts at the first (undampened) gradient, as in PyTorch.
+extern "C" __global__ void optim_sgd(real* __restrict__ p, const real* __restrict__ g, real* __restrict__ buf,
+                                     const double* __restrict__ h, long long n) {
+    const real lr = (real)h[0], mu = (real)h[1], damp = (real)(1 - h[2]), wd = (real)h[3];
+    const bool nesterov = h[4] != 0, fresh = h[5] != 0, with_momentum = h[1] != 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        real d = g[i];
+        if (h[3] != 0) d = p[i] * wd + d;
+        if (with_momentum) {
+            real b = fresh ? d : (h[2] == 0 ? buf[i] * mu + d : buf[i] * mu + d * damp);
+            buf[i] = b;
+            d = nesterov ? b * mu + d : b;
+        }
+        p[i] = p[i] - d * lr;
+    }
+}
+
+// RMSprop: h = {lr, alpha, eps, weight_decay, momentum, centered}.
+extern "C" __global__ void optim_rmsprop(real* __restrict__ p, const real* __restrict__ g, real* __restrict__ sq,
+                                         real* __restrict__ ga, real* __restrict__ buf, const double* __restrict__ h,
+                                         long long n) {
+    const real lr = (real)h[0], alpha = (real)h[1], one_minus_alpha = (real)(1 - h[1]), eps = (real)h[2];
+    const real wd = (real)h[3], mu = (real)h[4];
+    const bool centered = h[5] != 0, with_momentum = h[4] > 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        real d = g[i];
+        if (h[3] != 0) d = p[i] * wd + d;
+        const real s = sq[i] * alpha + d * d * one_minus_alpha;
+        sq[i] = s;
+        real denom;
+        if (centered) {
+            const real a = ga[i] + (d - ga[i]) * one_minus_alpha;
+            ga[i] = a;
+            denom = sqrt(s - a * a) + eps;
+        } else {
+            denom = sqrt(s) + eps;
+        }
+        real step = d / denom;
+        if (with_momentum) { step = buf[i] * mu + step; buf[i] = step; }
+        p[i] = p[i] - step * lr;
+    }
+}
+
+// Adam/AdamW: h = {lr, t, beta1, beta2, eps, weight_decay, decoupled, amsgrad}; t is this step's count.
+extern "C" __global__ void optim_adam(real* __restrict__ p, const real* __restrict__ g, real* __restrict__ m1,
+                                      real* __restrict__ m2, real* __restrict__ vmax, const double* __restrict__ h,
+                                      long long n) {
+    const double lr = h[0], t = h[1], b1 = h[2], b2 = h[3];
+    const real eps = (real)h[4], wd = (real)h[5], decay = (real)(1 - lr * h[5]);
+    const bool decoupled = h[6] != 0, amsgrad = h[7] != 0;
+    const real step_size = (real)(lr / (1 - pow(b1, t)));
+    const real bc2 = (real)sqrt(1 - pow(b2, t));
+    const real one_minus_b1 = (real)(1 - b1), beta2 = (real)b2, one_minus_b2 = (real)(1 - b2);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        real pi = p[i], d = g[i];
+        if (h[5] != 0) {
+            if (decoupled) pi = pi * decay;
+            else d = pi * wd + d;
+        }
+        const real m = m1[i] + (d - m1[i]) * one_minus_b1;
+        const real v = m2[i] * beta2 + d * d * one_minus_b2;
+        m1[i] = m;
+        m2[i] = v;
+        real vv = v;
+        if (amsgrad) { const real old = vmax[i]; vv = (old > v || old != old) ? old : v; vmax[i] = vv; }
+        p[i] = pi - m / (sqrt(vv) / bc2 + eps) * step_size;
+    }
+}

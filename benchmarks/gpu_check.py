@@ -1,0 +1,231 @@
+"""The one script for a lent GPU: the GPU tests, then the CUDA step timings against PyTorch.
+
+    python benchmarks/gpu_check.py [--quick] [--json PATH] [--skip-tests]
+
+1. ``pytest -m gpu tests/test_cuda_gpu.py`` (the CUDA target against the NumPy target, PyTorch,
+   CUDA-graph replay, compute-sanitizer).
+2. For 64-128-128-10 at batch 32 and 784-1024-1024-1024-10 at batch 64, 256, 1024 and 4096
+   (ReLU, batch norm, softmax cross-entropy, Adam, float32, no TF32): the median over 200 steps
+   (after warm-up; CUDA events around each step) of bngraph eager, bngraph with its CUDA graph,
+   PyTorch eager with ``Adam(fused=True)``, the same PyTorch step captured in a CUDA graph
+   (``Adam(fused=True, capturable=True)``) and ``torch.compile`` (its compile time apart); the
+   kernels and cuBLAS calls per bngraph step; the fused batch-norm forward kernel's bandwidth
+   against a device-to-device copy of the same tensor. One table on stdout, every record in JSON.
+Nothing is installed: the machine needs CuPy, PyTorch with CUDA, and this checkout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import bngraph as bg  # noqa: E402
+
+CONFIGS = [([64, 128, 128, 10], 32), ([784, 1024, 1024, 1024, 10], 64), ([784, 1024, 1024, 1024, 10], 256),
+           ([784, 1024, 1024, 1024, 10], 1024), ([784, 1024, 1024, 1024, 10], 4096)]
+
+
+def cuda_median(step, cp, n):
+    """Median milliseconds of ``step()`` between two CUDA events on the current stream."""
+    for _ in range(10):
+        step()
+    cp.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(n):
+        a, b = cp.cuda.Event(), cp.cuda.Event()
+        a.record()
+        step()
+        b.record()
+        b.synchronize()
+        times.append(cp.cuda.get_elapsed_time(a, b))
+    return float(np.median(times))
+
+
+def bngraph_rows(widths, m, n, cp):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((m, widths[0])).astype(np.float32)
+    y = rng.integers(0, widths[-1], m)
+    out = {}
+    for label, kw in (("bngraph eager", {}), ("bngraph CUDA graph", {"cuda_graph": True})):
+        model = bg.compile(bg.mlp(widths), target="cuda", **kw)
+        opt = bg.optim.Adam(lr=1e-4)
+        out[label] = cuda_median(lambda: model.train_step(X, y, opt), cp, n)
+    # kernels per step: count the driver's launches and cuBLAS calls for one eager step
+    model = bg.compile(bg.mlp(widths), target="cuda")
+    opt = bg.optim.Adam(lr=1e-4)
+    model.train_step(X, y, opt)
+    exe, counts = model.executable, {"kernels": 0, "gemm": 0}
+    launch, gemm = exe.module.launch, exe.module.gemm
+
+    def counting(kind, fn):
+        def call(*a):
+            counts[kind] += 1
+            return fn(*a)
+        return call
+
+    exe.module.launch, exe.module.gemm = counting("kernels", launch), counting("gemm", gemm)
+    model.train_step(X, y, opt)
+    exe.module.launch, exe.module.gemm = launch, gemm
+    # plus one optimizer kernel per dtype buffer, and the model's finite checks and state copies
+    out["kernels per step (driver)"] = f"{counts['kernels']} + {counts['gemm']} gemm + 1 optimizer"
+    return out, model, X
+
+
+def bn_bandwidth(model, X, cp):
+    """The fused BN+ReLU forward kernel of layer 1 alone against copying its input."""
+    exe = model.executable
+    m = X.shape[0]
+    feeds = model._feeds(X, np.zeros(m, np.int64))
+    res = model._run("train_step", feeds, m)  # fills the buffers
+    bufs = exe.buffers("train_step", m)
+    z, y = bufs["fc1.matmul"], bufs["act1"]
+    mean, var = bufs["bn1.mean"], bufs["bn1.var"]
+    P = model.params
+    kernel = "train_step__act1"
+    t_bn = cuda_median(lambda: exe.launch(kernel, (z.shape[0],), (256,), z, P["bn1.gamma"], P["bn1.beta"], y, mean, var,
+                                          np.int32(m)), cp, 200)
+    t_copy = cuda_median(lambda: cp.copyto(y, z), cp, 200)
+    del res
+    return t_bn, t_copy, 2 * z.nbytes / (t_bn * 1e-3) / 1e12
+
+
+def torch_rows(widths, m, n):
+    import torch
+    import torch.nn.functional as F
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device("cuda")
+
+    def make():
+        layers = []
+        for a, b in zip(widths[:-2], widths[1:-1]):
+            layers += [torch.nn.Linear(a, b), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
+        layers.append(torch.nn.Linear(widths[-2], widths[-1]))
+        return torch.nn.Sequential(*layers).to(dev)
+
+    x = torch.randn(m, widths[0], device=dev)
+    y = torch.randint(0, widths[-1], (m,), device=dev)
+
+    def timed(step):
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(n):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            step()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b))
+        return float(np.median(ts))
+
+    out = {}
+    net = make()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)
+
+    def eager():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    out["PyTorch eager (fused Adam)"] = timed(eager)
+
+    net = make()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True, capturable=True)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            eager_opt_step(net, opt, x, y, F)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    out["PyTorch CUDA graph"] = timed(graph.replay)
+
+    net = make()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)
+    cnet = torch.compile(net)
+    t0 = time.perf_counter()
+
+    def compiled():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(cnet(x), y).backward()
+        opt.step()
+
+    compiled()
+    torch.cuda.synchronize()
+    out["torch.compile compile s"] = time.perf_counter() - t0
+    out["torch.compile"] = timed(compiled)
+    return out
+
+
+def eager_opt_step(net, opt, x, y, F):
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="20 steps per median instead of 200")
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.json"))
+    args = ap.parse_args(argv)
+    n = 20 if args.quick else 200
+    if not args.skip_tests:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rs",
+                            os.path.join(os.path.dirname(HERE), "tests", "test_cuda_gpu.py")])
+        print(f"GPU tests: exit code {r.returncode}", flush=True)
+    import cupy as cp
+
+    print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
+    records = []
+    for widths, m in CONFIGS:
+        name = f"{'-'.join(map(str, widths))} b{m}"
+        rec = {"config": name}
+        try:
+            rows, model, X = bngraph_rows(widths, m, n, cp)
+            rec.update(rows)
+            if widths[1] == 1024:
+                t_bn, t_copy, tbps = bn_bandwidth(model, X, cp)
+                rec.update({"BN fwd kernel ms": t_bn, "copy ms": t_copy, "BN TB/s": tbps, "BN / copy": t_bn / t_copy})
+        except Exception as e:  # noqa: BLE001 (one failing row must not hide the others)
+            rec["bngraph error"] = f"{type(e).__name__}: {e}"
+        try:
+            rec.update(torch_rows(widths, m, n))
+        except Exception as e:  # noqa: BLE001
+            rec["torch error"] = f"{type(e).__name__}: {e}"
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    cols = ["bngraph eager", "bngraph CUDA graph", "PyTorch eager (fused Adam)", "PyTorch CUDA graph", "torch.compile"]
+    print("\n| config | " + " | ".join(cols) + " | graph / PyTorch graph | eager / PyTorch eager | kernels |")
+    print("|" + "---|" * (len(cols) + 4))
+    for r in records:
+        cells = [f"{r[c]:.3f} ms" if isinstance(r.get(c), float) else "-" for c in cols]
+        ratio = lambda a, b: f"{r[a] / r[b]:.2f}" if isinstance(r.get(a), float) and isinstance(r.get(b), float) else "-"  # noqa: E731
+        print(f"| {r['config']} | " + " | ".join(cells) + f" | {ratio('bngraph CUDA graph', 'PyTorch CUDA graph')} | "
+              f"{ratio('bngraph eager', 'PyTorch eager (fused Adam)')} | {r.get('kernels per step (driver)', '-')} |")
+    for r in records:
+        if "BN / copy" in r:
+            print(f"{r['config']}: BN forward {r['BN fwd kernel ms']:.4f} ms, copy {r['copy ms']:.4f} ms "
+                  f"(BN at {1 / r['BN / copy']:.0%} of copy bandwidth, {r['BN TB/s']:.2f} TB/s)")
+    with open(args.json, "w") as f:
+        json.dump(records, f, indent=2)
+    print(f"records: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
