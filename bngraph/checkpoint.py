@@ -168,10 +168,11 @@ def load_into(model, path, optimizer=None):
     return model
 
 
-def load(path, optimizer=None):
+def load(path, optimizer=None, device=None):
     """Rebuild a model from a checkpoint: the graph, compiled the same way, with params, state, step,
     epoch, fit's place and optimizer state (a custom optimizer: pass an instance, its state is
-    loaded into it -- hyperparameters included, with a warning naming those that change)."""
+    loaded into it -- hyperparameters included, with a warning naming those that change).
+    ``device``: where the checkpoint's target runs it (cuda: a GPU index or "emulator")."""
     from .model import Model
     from .parser import parse
 
@@ -181,7 +182,7 @@ def load(path, optimizer=None):
     except IRError as e:
         raise CheckpointError(f"{path}: damaged checkpoint: its graph does not parse ({e})") from None
     try:
-        model = Model(graph, target=m["target"], dtype=m["dtype"], seed=m["seed"], passes=m["passes"])
+        model = Model(graph, target=m["target"], dtype=m["dtype"], seed=m["seed"], passes=m["passes"], device=device)
     except (IRError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model: {e}") from None
     restore(model, m, arrays, optimizer, path)

@@ -171,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=_fraction, default=0.1,
                    help="share of each class of the training data held out for the per-epoch validation "
                         "figures (0: none); the test split is evaluated once, at the end")
-    t.add_argument("--target", default=None, help="default numpy (resuming: the checkpoint's)")
+    t.add_argument("--target", default=None, help="numpy or cuda; default numpy (resuming: the checkpoint's)")
+    t.add_argument("--device", default=None, help="the target's device: cuda takes a GPU index (default 0) or "
+                                                  "'emulator' (its kernels on the CPU)")
+    t.add_argument("--cuda-graph", action="store_true", help="cuda: capture the training step once per batch "
+                                                             "size and replay it")
     t.add_argument("--dtype", default=None, choices=("float32", "float64"),
                    help="default float32 (resuming: the checkpoint's)")
     t.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) after every epoch, atomically, "

@@ -37,12 +37,14 @@ def train(args) -> int:
     X_train, y_train, val = _validation_split(ds, args.val_fraction, cfg["seed"])
     graph = _graph(args, resumed[0] if resumed else None, ds, cfg["dtype"])
     _check_against_data(graph, ds)
+    device = _device(args.device)
     if resumed:
-        model = checkpoint.load(args.resume)
+        model = checkpoint.load(args.resume, device=device)
     else:
         from .model import compile as bg_compile
 
-        model = bg_compile(graph, target=cfg["target"], dtype=cfg["dtype"], seed=cfg["seed"])
+        model = bg_compile(graph, target=cfg["target"], dtype=cfg["dtype"], seed=cfg["seed"], device=device,
+                           cuda_graph=args.cuda_graph)
     opt = model.optimizer
     if opt is None:
         opt = optim.make(cfg["optimizer"], lr=args.lr if args.lr is not None else DEFAULT_LR[cfg["optimizer"]])
@@ -189,3 +191,10 @@ def _interrupted(args, model, report, history) -> int:
 def _write_report(args, report):
     if args.json:
         _write_text(args.json, json.dumps(report, indent=2, default=checkpoint._json_default) + "\n")
+
+
+def _device(text):
+    """--device: a GPU index, a name ('emulator'), or None."""
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text

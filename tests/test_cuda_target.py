@@ -333,3 +333,12 @@ def test_graph_capture_records_instead_of_running():
 def test_cuda_graph_needs_a_target_that_captures():
     with pytest.raises(bg.IRError, match="cuda_graph=True needs a target whose runtime captures graphs"):
         bg.compile(bg.mlp([4, 5, 3]), cuda_graph=True)
+
+
+def test_cli_trains_on_the_emulator_with_and_without_a_graph(capsys):
+    from bngraph.cli import main
+
+    assert main(["train", "--target", "cuda", "--device", "emulator", "--epochs", "1", "--quiet"]) == 0
+    eager = capsys.readouterr().out
+    assert main(["train", "--target", "cuda", "--device", "emulator", "--cuda-graph", "--epochs", "1", "--quiet"]) == 0
+    assert capsys.readouterr().out == eager and "test accuracy" in eager
