@@ -106,6 +106,31 @@ class Plan:
         """``[(key, concrete shape, dtype)]`` at batch size ``m``."""
         return [(k, t.concrete_shape(m), t.dtype) for k, t in self.buffers]
 
+    def expr(self, name: str) -> str:
+        """How the generated host code names a value: params and state through the ``P`` and ``S``
+        dicts every program takes, everything else by its identifier."""
+        kind = self.kinds[name]
+        if kind == "param":
+            return f'P["{name}"]'
+        if kind == "state":
+            return f'S["{name}"]'
+        return self.idents[name]
+
+    def signature(self) -> list:
+        """The generated function's arguments: the inputs, then ``P, S[, G], B``."""
+        return [self.expr(v.name) for v in self.inputs] + ["P", "S"] + (["G"] if self.has_grads else []) + ["B"]
+
+    def returns(self) -> list:
+        """``[(output key, expression)]``: gradients are returned as their ``G`` arrays."""
+        return [(k, f'G["{k[len("grad."):]}"]' if k.startswith("grad.") else self.expr(v)) for k, v in self.outputs]
+
+    @staticmethod
+    def dest_expr(dest) -> str | None:
+        """The array an output is written into: ``B["key"]`` (a buffer) or ``G["param"]``."""
+        if dest is None:
+            return None
+        return f'{"B" if dest.kind == "buffer" else "G"}["{dest.key}"]'
+
     def resolve(self, name: str) -> str:
         """Follow identity aliases to the value that holds the data."""
         while name in self.aliases:

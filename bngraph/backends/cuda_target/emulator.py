@@ -22,6 +22,7 @@ import numpy as np
 
 from ...ir import IRError
 from ..base import Executable, Rendered, Runtime
+from ..numpy_target.runtime import NumpyRuntime
 from .optimizers import make_kernel
 
 PRELUDE = r"""
@@ -90,14 +91,14 @@ def gemm(ta, tb, M, N, K, A, B, C):
     return C
 
 
-class EmulatorRuntime(Runtime):
-    """The CUDA target's code, on the host: NumPy arrays, kernels compiled by the C++ compiler."""
+class EmulatorRuntime(NumpyRuntime):
+    """The CUDA target's code, on the host: NumPy arrays (the NumPy runtime's), kernels compiled by
+    the C++ compiler."""
 
     target = "cuda"
-    xp = np
 
     def __init__(self):
-        super().__init__("emulator")
+        Runtime.__init__(self, "emulator")
         self._recording = None  # a list while capturing a graph
 
     def capture(self, fn):
@@ -142,11 +143,4 @@ class EmulatorRuntime(Runtime):
         return exe
 
     def asarray(self, a, dtype):
-        return np.ascontiguousarray(a, dtype=dtype)
-
-    def to_numpy(self, a):
-        return np.asarray(a)
-
-    def all_finite(self, a) -> bool:
-        with np.errstate(over="ignore", invalid="ignore"):
-            return bool(np.isfinite(np.sum(a)))
+        return np.ascontiguousarray(a, dtype=dtype)  # kernels take raw pointers: C order

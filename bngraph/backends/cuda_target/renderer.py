@@ -47,14 +47,7 @@ class CudaRenderer(Renderer):
         g = plan.graph
         producers = {o.name: n for n in g.nodes for o in n.outputs}
 
-        def expr(name):
-            kind = plan.kinds[name]
-            if kind == "param":
-                return f'P["{name}"]'
-            if kind == "state":
-                return f'S["{name}"]'
-            return plan.idents[name]
-
+        expr, dest = plan.expr, plan.dest_expr
         def const(name):
             """The literal value of a constant (fill) value, else None."""
             n = producers.get(name)
@@ -65,7 +58,7 @@ class CudaRenderer(Renderer):
         for step in plan.steps:
             n = step.node
             body.append("    # " + format_node(n))
-            dests = [None if d is None else f'{"B" if d.kind == "buffer" else "G"}["{d.key}"]' for d in step.dests]
+            dests = [dest(d) for d in step.dests]
             ins = [expr(i) for i in n.inputs]
             if step.template.endswith(".py.j2"):  # host-side: gemm, alias, constant
                 ctx = dict(out=step.outs, ins=ins, dest=dests, attrs=n.attr, node_name=n.name, **_gemm_dims(n, g))
@@ -85,13 +78,12 @@ class CudaRenderer(Renderer):
             if grad_node is not None:
                 gstep = next(s for s in plan.steps if s.node is grad_node)
                 gdest = gstep.dests[0]
-                binds.append((gstep.outs[0], f'{"B" if gdest.kind == "buffer" else "G"}["{gdest.key}"]'))
+                binds.append((gstep.outs[0], dest(gdest)))
             body.append(f"    {', '.join(o for o, _ in binds)} = {', '.join(d for _, d in binds)}")
             args = [expr(v) for v in spec["in_args"]] + list(spec["out_args"]) + ["mi"]
             body.append(f'    launch("{kname}", {spec["grid"]}, (BLOCK,), {", ".join(args)})')
         name, axis = plan.batch
-        returns = [(k, f'G["{k[5:]}"]' if k.startswith("grad.") else expr(v)) for k, v in plan.outputs]
-        args = [expr(v.name) for v in plan.inputs] + ["P", "S"] + (["G"] if plan.has_grads else []) + ["B"]
+        returns, args = plan.returns(), plan.signature()
         fn = self.env.get_template("function.py.j2").render(
             name=plan.name, args=", ".join(args), doc=doc, batch_expr=f"{expr(name)}.shape[{axis}]", body=body,
             copies=[(p, expr(v)) for p, v in plan.copies], returns=returns).rstrip("\n")

@@ -32,19 +32,7 @@ class NumpyRenderer(Renderer):
         return Rendered({f"{graph_name}_numpy.py": src.rstrip("\n") + "\n"}, plans, dtype, graph_name)
 
     def render_function(self, plan: Plan, doc: str) -> str:
-        def expr(name):
-            kind = plan.kinds[name]
-            if kind == "param":
-                return f'P["{name}"]'
-            if kind == "state":
-                return f'S["{name}"]'
-            return plan.idents[name]
-
-        def dest(d):
-            if d is None:
-                return None
-            return f'{"B" if d.kind == "buffer" else "G"}["{d.key}"]'
-
+        expr, dest = plan.expr, plan.dest_expr
         body = []
         for step in plan.steps:
             n = step.node
@@ -62,8 +50,7 @@ class NumpyRenderer(Renderer):
             body.append("    # " + format_node(n))
             body.extend("    " + ln for ln in code.strip("\n").splitlines())
         name, axis = plan.batch
-        returns = [(k, f'G["{k[5:]}"]' if k.startswith("grad.") else expr(v)) for k, v in plan.outputs]
-        args = [expr(v.name) for v in plan.inputs] + ["P", "S"] + (["G"] if plan.has_grads else []) + ["B"]
+        returns, args = plan.returns(), plan.signature()
         return self.env.get_template("function.py.j2").render(
             name=plan.name, args=", ".join(args), doc=doc, batch_expr=f"{expr(name)}.shape[{axis}]", body=body,
             copies=[(p, expr(v)) for p, v in plan.copies], returns=returns,
