@@ -1,6 +1,10 @@
 """Where the time of one training step goes, on the CPU (NumPy target).
 
-    OPENBLAS_NUM_THREADS=2 python benchmarks/profile_step.py [--optimizer adam|momentum] [--rounds N]
+    OPENBLAS_NUM_THREADS=2 OPENBLAS_THREAD_TIMEOUT=20 python benchmarks/profile_step.py \
+        [--configs small,big-b64,big-b256,big-b1024] [--optimizer adam|momentum] [--rounds N]
+
+(OPENBLAS_THREAD_TIMEOUT as ``python -m benchmarks`` sets it: it lets bngraph's host-thread lanes
+run; see bngraph/hostthreads.py.)
 
 For each config it times, as medians over many rounds (the parts interleaved in every round, so
 machine noise hits them alike): the whole ``model.train_step``; the generated ``train_step``
@@ -18,7 +22,8 @@ import numpy as np
 
 import bngraph as bg
 
-CONFIGS = {"small": ([64, 128, 128, 10], 32), "big-b256": ([784, 1024, 1024, 1024, 10], 256)}
+BIG = [784, 1024, 1024, 1024, 10]
+CONFIGS = {"small": ([64, 128, 128, 10], 32), "big-b64": (BIG, 64), "big-b256": (BIG, 256), "big-b1024": (BIG, 1024)}
 
 
 def timed(fn) -> float:
@@ -58,10 +63,12 @@ def main(argv=None):
     ap.add_argument("--optimizer", default="adam", choices=("adam", "momentum"))
     ap.add_argument("--rounds", type=int, default=0, help="rounds per config (default: 400 small, 40 big)")
     ap.add_argument("--reference", action="store_true", help="time the per-parameter reference update instead")
+    ap.add_argument("--configs", default="small,big-b256", help=f"comma-separated, of {', '.join(CONFIGS)}")
     args = ap.parse_args(argv)
     make_opt = (lambda: bg.optim.Adam(lr=1e-4)) if args.optimizer == "adam" else \
         (lambda: bg.optim.SGD(lr=1e-3, momentum=0.9))
-    for name, (widths, m) in CONFIGS.items():
+    for name in args.configs.split(","):
+        widths, m = CONFIGS[name]
         rounds = args.rounds or (400 if name == "small" else 40)
         med = profile(widths, m, make_opt, rounds, args.reference)
         total = med["step"]

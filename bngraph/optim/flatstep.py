@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import hostthreads
 from ..flat import FlatArrays, FlatLayout, array_namespace
 from .groups import assign_groups
 
@@ -50,6 +51,11 @@ class Binding:
     slots: dict = field(default_factory=dict)  # slot key -> FlatArrays (allocated on first need)
     scratch: tuple = ()           # two {dtype: buffer}, one block long: the fused temporaries,
                                   # reused by every piece (so they stay in cache)
+    kernel: Any = None            # a target's own fused update (bind(..., kernel=)), else the xp passes
+    lanes: list = field(default_factory=list)  # group index -> [pieces of one host thread, ...]:
+                                  # each lane a contiguous share of the group, with its own scratch
+                                  # (NumPy: the lanes run at once; [] or one lane: pieces, here)
+    lane_scratch: list = field(default_factory=list)  # lane -> its two scratch dicts
 
     def slot(self, key: str) -> FlatArrays:
         """The flat storage of slot ``key`` (zeros when first asked for)."""
@@ -71,18 +77,35 @@ class GroupPlan:
 class FlatStepMixin:
     """``bind``, ``step_flat`` and what they need; mixed into :class:`~bngraph.optim.Optimizer`."""
 
-    def bind(self, layout: FlatLayout, xp, *, block: int | None | str = "auto") -> None:
+    def bind(self, layout: FlatLayout, xp, *, block: int | None | str = "auto", kernel=None,
+             threads: int | str = "auto") -> None:
         """Keep every slot in flat buffers of ``layout`` (one per dtype, from the array module
         ``xp``), with ``self.state[name][key]`` views into them; existing slots are copied in.
         Call it again for another model (another layout).
 
         ``block``: ``step_flat`` updates each run in pieces of at most this many elements, so a
         piece's arrays stay in the CPU's cache from one pass to the next; None: whole runs (one
-        kernel per pass on a device). "auto": :data:`NUMPY_BLOCK` for NumPy, else None."""
+        kernel per pass on a device). "auto": :data:`NUMPY_BLOCK` for NumPy, else None.
+
+        ``kernel``: a target's fused update, ``kernel(opt, p, g, slots, hp, t, fresh)`` on one
+        stretch (the CUDA target: one kernel launch reading lr and t from device memory); it
+        replaces the whole-buffer ``xp`` passes of ``_kernel``, with the same bookkeeping.
+
+        ``threads``: on NumPy, a group's update is split into up to this many contiguous lanes
+        that run at once on host threads (NumPy releases the GIL; every element gets the same
+        operations, so the numbers do not change); "auto": :func:`bngraph.hostthreads.default_threads`
+        for NumPy (the thread budget, where the BLAS threads do not spin on the cores), 1 otherwise. Groups too short to pay
+        for a thread stay on one (:data:`bngraph.hostthreads.MIN_LANE`)."""
+        numpy = xp is sys.modules.get("numpy")
         if block == "auto":
-            block = NUMPY_BLOCK if xp is sys.modules.get("numpy") else None
+            block = NUMPY_BLOCK if numpy else None
+        if threads == "auto":
+            threads = hostthreads.default_threads() if numpy else 1
         self._flush_plan()
         self._bound, self.state = self._binding(layout, xp, self.state, block)
+        self._bound.kernel = kernel
+        if numpy and kernel is None and self._fusable():
+            self._bound.lanes, self._bound.lane_scratch = _lanes(self._bound, int(threads))
 
     @property
     def layout(self) -> FlatLayout | None:
@@ -179,8 +202,19 @@ class FlatStepMixin:
             hp = self._effective[gp.index]
             keys = [k for k in self._slot_keys(hp) if k != COUNTER]
             t = None if gp.t is None else gp.t + 1
-            for dt, cut, scut in b.pieces[gp.index]:
+            if b.lanes and len(b.lanes[gp.index]) > 1:  # host threads, one contiguous lane each
+                def lane(i, gp=gp, hp=hp, keys=keys, t=t):
+                    D, T = b.lane_scratch[i]
+                    for dt, cut, scut in b.lanes[gp.index][i]:
+                        self._kernel(xp, P.buffers[dt][cut], G.buffers[dt][cut],
+                                     {k: b.slots[k].buffers[dt][cut] for k in keys}, D[dt][scut],
+                                     T[dt][scut], hp, t, gp.fresh)
+                hostthreads.run_lanes(lane, list(range(len(b.lanes[gp.index]))))
+            for dt, cut, scut in (b.pieces[gp.index] if not b.lanes or len(b.lanes[gp.index]) <= 1 else ()):
                 slots = {k: b.slots[k].buffers[dt][cut] for k in keys}
+                if b.kernel is not None:
+                    b.kernel(self, P.buffers[dt][cut], G.buffers[dt][cut], slots, hp, t, gp.fresh)
+                    continue
                 self._kernel(xp, P.buffers[dt][cut], G.buffers[dt][cut], slots, D[dt][scut],
                              T[dt][scut], hp, t, gp.fresh)
             if gp.t is not None:
@@ -246,3 +280,33 @@ class FlatStepMixin:
         if self._steps is not None:
             return self._steps.get(self._active_name, 0) + 1
         return int(counter)
+
+
+def _lanes(b: Binding, threads: int) -> tuple:
+    """Each group's runs split into contiguous lanes of nearly equal length for host threads
+    (each lane cut into pieces of at most ``b.block``), and every lane's scratch:
+    ``(lanes, lane_scratch)``; ``([], [])`` when no group is long enough for two lanes."""
+    lanes, longest = [], 0
+    for names in b.names:
+        runs = b.layout.runs(names)
+        n = sum(stop - start for _, start, stop in runs)
+        k = hostthreads.lanes_for(n, threads)
+        bounds = [lo for lo, _ in hostthreads.split(0, n, k)][1:] + [n]  # where each lane ends
+        group, lane, done = [[] for _ in range(k)], 0, 0
+        for dt, start, stop in runs:
+            while start < stop:
+                end = min(stop, start + bounds[lane] - done, start + (b.block or stop))
+                group[lane].append((dt, slice(start, end), slice(0, end - start)))
+                longest = max(longest, end - start)
+                done += end - start
+                start = end
+                if done == bounds[lane] and lane < k - 1:
+                    lane += 1
+        lanes.append(group)
+    n_lanes = max((len(g) for g in lanes), default=0)
+    if n_lanes <= 1:
+        return [], []
+    # lane 0 uses the binding's own scratch (min(buffer, block) long: never shorter than a piece)
+    scratch = [b.scratch] + [tuple({dt: b.xp.empty(longest, dtype=dt) for dt in b.layout.totals}
+                                   for _ in range(2)) for _ in range(n_lanes - 1)]
+    return lanes, scratch

@@ -94,7 +94,8 @@ def _bn_backward_context(node, ins):
     fused = node.op == "batchnorm_act_grad" and node.attr["act"] != "identity"
     return {"train": node.attr["mode"] == "train", "fused_act": fused, "da": ins[0],
             "a": ins[1] if node.op == "batchnorm_act_grad" else None,
-            "z": ins[-4], "gamma": ins[-3], "mean": ins[-2], "var": ins[-1]}
+            "z": ins[-4], "gamma": ins[-3], "mean": ins[-2], "var": ins[-1],
+            "units": node.outputs[0].type.shape[0]}
 
 
 def _bn_forward(attrs):
@@ -106,9 +107,12 @@ def _bn_backward_buffers(attrs):
 
 
 ACTIVATION = Lowering("activation.j2")
-BN_FORWARD = Lowering(_bn_forward, temps=("s", "t"),
-                      context=lambda node, ins: {"act": node_act(node) or Act("identity")})  # plain batchnorm: identity
-BN_BACKWARD = Lowering("batchnorm_grad.j2", temps=("dy", "inv_std", "zhat"), temp_buffers=_bn_backward_buffers,
+# Train-mode BN and every BN backward: one function per node over a block of units (rows), which
+# the generated code hands to ``rows`` (the runtime's runs long ones in lanes on host threads).
+BN_FORWARD = Lowering(_bn_forward, temps=("s", "t", "rows"),
+                      context=lambda node, ins: {"act": node_act(node) or Act("identity"),  # plain batchnorm: identity
+                                                 "units": node.outputs[0].type.shape[0]})
+BN_BACKWARD = Lowering("batchnorm_grad.j2", temps=("dy", "rows"), temp_buffers=_bn_backward_buffers,
                        context=_bn_backward_context)
 
 LOWERINGS = {

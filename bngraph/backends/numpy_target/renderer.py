@@ -17,7 +17,7 @@ from .lowerings import LOWERINGS, Act, node_act
 class NumpyRenderer(Renderer):
     target = "numpy"
     lowerings = LOWERINGS
-    reserved = ("np", "P", "S", "G", "B", "m", "DTYPE")
+    reserved = ("np", "P", "S", "G", "B", "m", "DTYPE", "rows")
 
     def __init__(self):
         self.env = template_env("numpy")
@@ -28,7 +28,8 @@ class NumpyRenderer(Renderer):
         functions = [self.render_function(plan, docs.get(name, f"Program {name} of graph {graph_name}."))
                      for name, plan in plans.items()]
         src = self.env.get_template("module.py.j2").render(
-            graph_name=graph_name, version=__version__, dtype=DTYPES[dtype], functions=functions)
+            graph_name=graph_name, version=__version__, dtype=DTYPES[dtype], functions=functions,
+            uses_rows=any("    rows(" in f for f in functions))
         return Rendered({f"{graph_name}_numpy.py": src.rstrip("\n") + "\n"}, plans, dtype, graph_name)
 
     def render_function(self, plan: Plan, doc: str) -> str:
@@ -48,7 +49,7 @@ class NumpyRenderer(Renderer):
                 ctx.update(step.lowering.context(n, ins))
             code = self.env.get_template(step.template).render(**ctx)
             body.append("    # " + format_node(n))
-            body.extend("    " + ln for ln in code.strip("\n").splitlines())
+            body.extend(("    " + ln) if ln.strip() else "" for ln in code.strip("\n").splitlines())
         name, axis = plan.batch
         returns, args = plan.returns(), plan.signature()
         return self.env.get_template("function.py.j2").render(

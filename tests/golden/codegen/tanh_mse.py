@@ -12,6 +12,13 @@ import numpy as np
 DTYPE = np.float32
 
 
+def rows(fn, *arrays):
+    """fn(*arrays): a node's statements on its units (rows; arrays of n units along axis 0). The
+    units of a batch norm are independent, so bngraph's runtime replaces this with one that runs
+    long ones in lanes of rows on host threads (bngraph.hostthreads.rows): the same numbers."""
+    fn(*arrays)
+
+
 def train_step(x, y, P, S, G, B):
     """One training step on a mini-batch: forward with the batch's own statistics, loss, backward.
     Returns the loss, grad.<param> for every param and state.<name>, the new running statistics.
@@ -20,13 +27,20 @@ def train_step(x, y, P, S, G, B):
     # %fc1.matmul: f32[4,m] = matmul %fc1.W, %x
     fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
     # %act1: f32[4,m], %bn1.mean: f32[4], %bn1.var: f32[4] = batchnorm_act[act=tanh, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
-    bn1_mean = fc1_matmul.mean(axis=1)  # batch mean, per unit
-    act1 = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["act1"])  # z - mean, in the output buffer
-    bn1_var = np.einsum("ij,ij->i", act1, act1) / m  # batch variance (biased), per unit
-    act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
-    act1 *= act1_s[:, None]  # tanh((z - mean)*s + beta) = tanh(z*s + t), t = beta - mean*s
-    act1 += P["bn1.beta"][:, None]
-    np.tanh(act1, out=act1)
+    act1, bn1_mean, bn1_var = B["act1"], np.empty(4, DTYPE), np.empty(4, DTYPE)
+
+    def act1_rows(z, a, mean, var, gamma, beta):  # a block of units (rows): each unit's statistics are its own
+        z.sum(axis=1, out=mean)  # batch mean, per unit
+        mean /= m
+        np.subtract(z, mean[:, None], out=a)  # z - mean, in the output buffer
+        np.einsum("ij,ij->i", a, a, out=var)  # batch variance (biased), per unit
+        var /= m
+        s = gamma / np.sqrt(var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
+        a *= s[:, None]  # tanh((z - mean)*s + beta) = tanh(z*s + t), t = beta - mean*s
+        a += beta[:, None]
+        np.tanh(a, out=a)
+
+    rows(act1_rows, fc1_matmul, act1, bn1_mean, bn1_var, P["bn1.gamma"], P["bn1.beta"])  # in lanes of units on host threads when large
     # %bn1.running_mean.next: f32[4], %bn1.running_var.next: f32[4] = running_update[momentum=0.1] %bn1.running_mean, %bn1.running_var, %bn1.mean, %bn1.var, %fc1.matmul
     bn1_running_mean_next = (1 - 0.1) * S["bn1.running_mean"] + 0.1 * bn1_mean
     bn1_running_var_next = (1 - 0.1) * S["bn1.running_var"] + 0.1 * bn1_var * (m / (m - 1))  # unbiased batch variance
@@ -49,16 +63,21 @@ def train_step(x, y, P, S, G, B):
     # %act1.grad: f32[4,m] = matmul[ta=true] %out.W, %out.grad
     act1_grad = np.matmul(P["out.W"].T, out_grad, out=B["act1.grad"])
     # %fc1.matmul.grad: f32[4,m], %bn1.gamma.grad: f32[4], %bn1.beta.grad: f32[4] = batchnorm_act_grad[act=tanh, eps=1e-05, mode=train, negative_slope=0.0] %act1.grad, %act1, %fc1.matmul, %bn1.gamma, %bn1.mean, %bn1.var
-    fc1_matmul_grad_dy = np.multiply(act1_grad, (1 - act1 * act1), out=B["fc1.matmul.grad.dy"])  # dy = da * tanh'(z~), from the output a
-    fc1_matmul_grad_inv_std = 1 / np.sqrt(bn1_var + 1e-05)  # per unit
-    fc1_matmul_grad_zhat = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["fc1.matmul.grad"])  # z_hat = (z - mean) * inv_std
-    fc1_matmul_grad_zhat *= fc1_matmul_grad_inv_std[:, None]
-    bn1_beta_grad = fc1_matmul_grad_dy.sum(axis=1, out=G["bn1.beta"])  # dbeta = sum(dy)
-    bn1_gamma_grad = np.einsum("ij,ij->i", fc1_matmul_grad_dy, fc1_matmul_grad_zhat, out=G["bn1.gamma"])  # dgamma = sum(dy * z_hat)
-    fc1_matmul_grad_zhat *= (bn1_gamma_grad / m)[:, None]  # dz = gamma*inv_std * (dy - dbeta/m - z_hat*dgamma/m), in place
-    fc1_matmul_grad_zhat += (bn1_beta_grad / m)[:, None]
-    fc1_matmul_grad = np.subtract(fc1_matmul_grad_dy, fc1_matmul_grad_zhat, out=fc1_matmul_grad_zhat)
-    fc1_matmul_grad *= (P["bn1.gamma"] * fc1_matmul_grad_inv_std)[:, None]
+    fc1_matmul_grad, bn1_gamma_grad, bn1_beta_grad = B["fc1.matmul.grad"], G["bn1.gamma"], G["bn1.beta"]
+
+    def fc1_matmul_grad_rows(da, a, dy, z, gamma, mean, var, dz, dgamma, dbeta):  # a block of units (rows)
+        np.multiply(da, (1 - a * a), out=dy)  # dy = da * tanh'(z~), from the output a
+        inv_std = 1 / np.sqrt(var + 1e-05)  # per unit
+        np.subtract(z, mean[:, None], out=dz)  # z_hat = (z - mean) * inv_std, in the dz buffer
+        dz *= inv_std[:, None]
+        dy.sum(axis=1, out=dbeta)  # dbeta = sum(dy)
+        np.einsum("ij,ij->i", dy, dz, out=dgamma)  # dgamma = sum(dy * z_hat)
+        dz *= (dgamma / m)[:, None]  # dz = gamma*inv_std * (dy - dbeta/m - z_hat*dgamma/m), in place
+        dz += (dbeta / m)[:, None]
+        np.subtract(dy, dz, out=dz)
+        dz *= (gamma * inv_std)[:, None]
+
+    rows(fc1_matmul_grad_rows, act1_grad, act1, B["fc1.matmul.grad.dy"], fc1_matmul, P["bn1.gamma"], bn1_mean, bn1_var, fc1_matmul_grad, bn1_gamma_grad, bn1_beta_grad)  # in lanes of units on host threads when large
     # %fc1.W.grad: f32[4,3] = matmul[tb=true] %fc1.matmul.grad, %x
     fc1_W_grad = np.matmul(fc1_matmul_grad, x.T, out=G["fc1.W"])
     return {
@@ -123,13 +142,20 @@ def forward_train(x, P, S, B):
     # %fc1.matmul: f32[4,m] = matmul %fc1.W, %x
     fc1_matmul = np.matmul(P["fc1.W"], x, out=B["fc1.matmul"])
     # %act1: f32[4,m], %bn1.mean: f32[4], %bn1.var: f32[4] = batchnorm_act[act=tanh, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
-    bn1_mean = fc1_matmul.mean(axis=1)  # batch mean, per unit
-    act1 = np.subtract(fc1_matmul, bn1_mean[:, None], out=B["act1"])  # z - mean, in the output buffer
-    bn1_var = np.einsum("ij,ij->i", act1, act1) / m  # batch variance (biased), per unit
-    act1_s = P["bn1.gamma"] / np.sqrt(bn1_var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
-    act1 *= act1_s[:, None]  # tanh((z - mean)*s + beta) = tanh(z*s + t), t = beta - mean*s
-    act1 += P["bn1.beta"][:, None]
-    np.tanh(act1, out=act1)
+    act1, bn1_mean, bn1_var = B["act1"], np.empty(4, DTYPE), np.empty(4, DTYPE)
+
+    def act1_rows(z, a, mean, var, gamma, beta):  # a block of units (rows): each unit's statistics are its own
+        z.sum(axis=1, out=mean)  # batch mean, per unit
+        mean /= m
+        np.subtract(z, mean[:, None], out=a)  # z - mean, in the output buffer
+        np.einsum("ij,ij->i", a, a, out=var)  # batch variance (biased), per unit
+        var /= m
+        s = gamma / np.sqrt(var + 1e-05)  # s = gamma / sqrt(var + eps), per unit
+        a *= s[:, None]  # tanh((z - mean)*s + beta) = tanh(z*s + t), t = beta - mean*s
+        a += beta[:, None]
+        np.tanh(a, out=a)
+
+    rows(act1_rows, fc1_matmul, act1, bn1_mean, bn1_var, P["bn1.gamma"], P["bn1.beta"])  # in lanes of units on host threads when large
     # %out.matmul: f32[2,m] = matmul %out.W, %act1
     out_matmul = np.matmul(P["out.W"], act1, out=B["out.matmul"])
     # %out: f32[2,m] = bias_add %out.matmul, %out.b
