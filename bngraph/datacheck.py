@@ -53,13 +53,7 @@ def check_x(X, n_features: int, where: str, input_name: str = "x", dtype=None) -
                         f"got {X.shape} ({X.shape[1]} features)")
     if X.shape[0] == 0:
         raise DataError(f"{where}: X is empty")
-    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-        raise DataError(f"{where}: X must be real numbers, got dtype {X.dtype}")
-    Xc = _cast(X, dtype)
-    r = _first_bad_row(Xc) if Xc.dtype.kind == "f" else None
-    if r is not None:
-        raise DataError(f"{where}: {_nonfinite_message(X, Xc, r, Xc.dtype, 'X')}")
-    return Xc
+    return _real_and_finite(X, dtype, where, "X")
 
 
 def check_labels(y, classes: int, where: str, what: str = "label", at: str = "row", cls=DataError,
@@ -97,12 +91,7 @@ def check_y(y, m: int, where: str, classes: int | None, n_outputs: int, dtype=No
         y = y[:, None]
     if y.shape != (m, n_outputs):
         raise DataError(f"{where}: targets expected shape ({m}, {n_outputs}), got {y.shape}")
-    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
-        raise DataError(f"{where}: targets must be real numbers, got dtype {y.dtype}")
-    yc = _cast(y, dtype)
-    r = _first_bad_row(yc) if yc.dtype.kind == "f" else None
-    if r is not None:
-        raise DataError(f"{where}: {_nonfinite_message(y, yc, r, yc.dtype, 'targets')}")
+    yc = _real_and_finite(y, dtype, where, "targets")
     if target_range is not None:
         lo, hi = target_range
         bad = ((yc < lo) | (yc > hi)).any(axis=1)
@@ -195,3 +184,15 @@ def check_model_size(graph, itemsize: int, limit: int | None = None):
                            for v in sorted(graph.params, key=lambda v: -int(np.prod(v.type.shape, dtype=object)))[:2])
         raise ModelSizeError(f"graph {graph.name} has {n:,} parameters ({widths}, ...): {_gib(need)} for them and "
                              f"their gradients, more than this machine's {_gib(limit)} of memory")
+
+
+def _real_and_finite(a, dtype, where: str, what: str) -> np.ndarray:
+    """``a`` as the model will see it (cast to ``dtype``), refused unless real and finite there:
+    the message names the first bad row and, for a value that overflows the dtype, the value."""
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise DataError(f"{where}: {what} must be real numbers, got dtype {a.dtype}")
+    ac = _cast(a, dtype)
+    r = _first_bad_row(ac) if ac.dtype.kind == "f" else None
+    if r is not None:
+        raise DataError(f"{where}: {_nonfinite_message(a, ac, r, ac.dtype, what)}")
+    return ac
