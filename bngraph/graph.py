@@ -12,6 +12,8 @@ for a builder ``g``. This module does not import the DSL (the DSL imports it).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import re
 
 from .ir import FLOAT_DTYPES, NAME_PATTERN, IRError, Node, Value, ir_dtype
@@ -29,7 +31,7 @@ def check_header(name, dtype) -> str:
     return dt
 
 
-class GraphBase:
+class GraphBase(ABC):
     """Lookups over ``name, dtype, inputs, params, state, nodes, outputs`` (``outputs``: ordered
     ``(key, value name)`` pairs), shared by the builder and the frozen graph."""
 
@@ -41,8 +43,9 @@ class GraphBase:
     nodes: tuple
     outputs: tuple
 
+    @abstractmethod
     def build(self) -> "FrozenGraph":
-        raise NotImplementedError
+        """The frozen graph: the builder builds one, a frozen graph is itself."""
 
     def values(self) -> dict:
         """name -> Value for every input, param, state and node output."""

@@ -259,3 +259,27 @@ def test_values_are_checked_in_the_models_dtype(tmp_path, dtype, ok):
 def test_a_bad_seed_is_named(seed):
     with pytest.raises(DatasetError, match=r"seed must be a non-negative integer"):
         load_digits(seed=seed)
+
+
+def test_an_npz_with_an_unsupported_compression_method_is_one_clear_error(tmp_path):
+    """zipfile raises NotImplementedError for a compression method it cannot read: one line."""
+    import io
+    import zipfile
+
+    from bngraph.fileio import NpzError, read_npz
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(3))
+    path = tmp_path / "odd.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("X.npy", buf.getvalue())
+    raw = bytearray(path.read_bytes())
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # the local and central headers: method field -> 99
+        at = raw.index(sig)
+        off = 8 if sig == b"PK\x03\x04" else 10
+        raw[at + off:at + off + 2] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(NpzError, match=r"truncated or corrupt \.npz archive \(NotImplementedError"):
+        read_npz(str(path))
+    with pytest.raises(DatasetError, match="odd.npz"):
+        load_npz(path)

@@ -540,3 +540,15 @@ def test_float64_state_into_float32_params():
     assert all(p.dtype == np.float32 for p in params.values())
     assert opt2.state["W"]["exp_avg"].dtype == np.float32
     assert int(opt2.state["W"]["step"]) == 2
+
+
+def test_an_optimizer_without_update_or_step_says_what_to_implement():
+    import numpy as np
+
+    class Nothing(optim.Optimizer):
+        pass
+
+    p = {"w": np.ones(3)}
+    with pytest.raises(NotImplementedError, match="Nothing must implement update\\(\\) or step\\(\\)"):
+        Nothing(lr=0.1).step(p, {"w": np.ones(3)})
+    np.testing.assert_array_equal(p["w"], 1.0)

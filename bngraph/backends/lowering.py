@@ -84,7 +84,7 @@ class Plan:
     graph: object
     target: str
     idents: dict  # IR value name -> identifier (inputs and node outputs)
-    kinds: dict  # IR value name -> 'input', 'param', 'state' or 'node'
+    kinds: dict  # IR value name -> 'input', 'param', 'state', 'node' or 'const'
     types: dict  # IR value name -> TensorType
     steps: list
     buffers: list  # [(key, TensorType)], batch-sized, in first-use order
@@ -93,6 +93,7 @@ class Plan:
     batch: tuple  # (input name, axis): where the batch size m is read
     outputs: list  # [(key, value name)]
     aliases: dict = field(default_factory=dict)  # value -> the value it is (identity)
+    consts: dict = field(default_factory=dict)  # value -> its float value (const lowerings: fill)
 
     @property
     def inputs(self) -> list:
@@ -107,9 +108,11 @@ class Plan:
         return [(k, t.concrete_shape(m), t.dtype) for k, t in self.buffers]
 
     def expr(self, name: str) -> str:
-        """How the generated host code names a value: params and state through the ``P`` and ``S``
-        dicts every program takes, everything else by its identifier."""
+        """How the generated code names a value: params and state through the ``P`` and ``S``
+        dicts every program takes, a constant by its literal, everything else by its identifier."""
         kind = self.kinds[name]
+        if kind == "const":
+            return repr(self.consts[name])
         if kind == "param":
             return f'P["{name}"]'
         if kind == "state":
@@ -189,7 +192,7 @@ def plan_program(name: str, g, lowerings: dict, target: str, reserved=(), buffer
         else:
             copies.append((param, v))
 
-    steps, buffers, aliases = [], [], {}
+    steps, buffers, aliases, consts = [], [], {}, {}
     for n in g.nodes:
         low = _lowering(lowerings, n, target)
         outs, dests = [], []
@@ -207,6 +210,9 @@ def plan_program(name: str, g, lowerings: dict, target: str, reserved=(), buffer
                 dests.append(None)
         if low.alias:
             aliases[n.outputs[0].name] = n.inputs[0]
+        if low.const:
+            kinds[n.outputs[0].name] = "const"
+            consts[n.outputs[0].name] = float(n.attr["value"])
         first = n.outputs[0].name
         temps = {t: namer(f"{first}.{t}") for t in low.temps}
         tbufs = {}
@@ -219,7 +225,8 @@ def plan_program(name: str, g, lowerings: dict, target: str, reserved=(), buffer
     batch = next(((v.name, list(v.type.shape).index(BATCH)) for v in g.inputs if BATCH in v.type.shape), None)
     if batch is None:
         raise LoweringError(f"program {name} of graph {g.name} has no batch-sized input to read the batch size from")
-    return Plan(name, g, target, idents, kinds, types, steps, buffers, grads, copies, batch, list(g.outputs), aliases)
+    return Plan(name, g, target, idents, kinds, types, steps, buffers, grads, copies, batch, list(g.outputs), aliases,
+                consts)
 
 
 def _lowering(lowerings: dict, n: Node, target: str) -> Lowering:

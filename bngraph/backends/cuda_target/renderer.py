@@ -45,13 +45,11 @@ class CudaRenderer(Renderer):
     # ---- one program -------------------------------------------------------------------------
     def render_program(self, plan: Plan, dtype: str, doc: str):
         g = plan.graph
-        producers = {o.name: n for n in g.nodes for o in n.outputs}
 
         expr, dest = plan.expr, plan.dest_expr
         def const(name):
-            """The literal value of a constant (fill) value, else None."""
-            n = producers.get(name)
-            return repr(float(n.attr["value"])) if n is not None and LOWERINGS[n.op].const else None
+            """The literal of a constant (fill) value, else None."""
+            return plan.expr(name) if plan.kinds[name] == "const" else None
 
         fused_grads = self._fused_loss_grads(g)
         body, kernels = [], []
@@ -65,10 +63,10 @@ class CudaRenderer(Renderer):
                 code = self.env.get_template(step.template).render(**ctx)
                 body.extend("    " + ln for ln in code.strip("\n").splitlines())
                 continue
-            if n.op in LOSS_GRADS and id(n) in fused_grads.values():
+            if n.op in LOSS_GRADS and any(gn is n for gn in fused_grads.values()):
                 body.append(f"    {step.outs[0]} = {dests[0]}  # computed by the loss's kernel above")
                 continue
-            grad_node = next((gn for gn in g.nodes if id(gn) == fused_grads.get(id(n))), None)
+            grad_node = fused_grads.get(id(n))
             kname = f"{plan.name}__{step.outs[0]}"
             spec = self._kernel_spec(n, step, plan, grad_node, const)
             src = self.env.get_template(step.template).render(
@@ -91,13 +89,13 @@ class CudaRenderer(Renderer):
 
     @staticmethod
     def _fused_loss_grads(g) -> dict:
-        """id(loss node) -> id(its gradient node) when both are in the graph (one kernel for both)."""
+        """id(loss node) -> its gradient node when both are in the graph (one kernel for both)."""
         pairs = {}
         for n in g.nodes:
             if n.op in LOSS_GRADS:
                 loss = next((l for l in g.nodes if l.op == n.op[:-len("_grad")] and l.inputs == n.inputs[:2]), None)
                 if loss is not None and id(loss) not in pairs:
-                    pairs[id(loss)] = id(n)
+                    pairs[id(loss)] = n
         return pairs
 
     def _kernel_spec(self, n, step, plan, grad_node, const) -> dict:

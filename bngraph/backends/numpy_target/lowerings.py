@@ -138,5 +138,5 @@ LOWERINGS = {
     "softmax_cross_entropy_grad": Lowering("softmax_cross_entropy_grad.j2"),
     "mse_grad": Lowering("mse_grad.j2"),
     "sigmoid_bce_grad": Lowering("sigmoid_bce_grad.j2"),
-    "fill": Lowering("fill.j2"),  # the seed dL/dL of the backward pass (autodiff)
+    "fill": Lowering("fill.j2", const=True),  # the seed dL/dL of the backward pass (autodiff)
 }

@@ -53,14 +53,13 @@ def train_step(x, y, P, S, G, B):
     loss_logp -= np.log(np.exp(loss_logp).sum(axis=0))
     loss = -loss_logp[y, np.arange(m)].mean()
     # %loss.grad: f32[] = fill[dtype=f32, value=1.0]
-    loss_grad = DTYPE(1.0)  # a scalar; autodiff's seed dL/dL
+    # a constant (1.0): written into the statements that read it, no array of its own
     # %out.grad: f32[3,m] = softmax_cross_entropy_grad %out, %y, %loss.grad
     out_grad = np.subtract(out, out.max(axis=0), out=B["out.grad"])  # softmax over classes
     np.exp(out_grad, out=out_grad)
     out_grad /= out_grad.sum(axis=0)
     out_grad[y, np.arange(m)] -= 1  # softmax - onehot(y)
     out_grad /= m
-    out_grad *= loss_grad  # times the incoming gradient dL
     # %out.b.grad: f32[3] = sum_batch %out.grad
     out_b_grad = out_grad.sum(axis=1, out=G["out.b"])
     # %out.W.grad: f32[3,5] = matmul[tb=true] %out.grad, %act1

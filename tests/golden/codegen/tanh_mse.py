@@ -51,11 +51,10 @@ def train_step(x, y, P, S, G, B):
     # %loss: f32[] = mse %out, %y
     loss = np.square(out - y).mean()
     # %loss.grad: f32[] = fill[dtype=f32, value=1.0]
-    loss_grad = DTYPE(1.0)  # a scalar; autodiff's seed dL/dL
+    # a constant (1.0): written into the statements that read it, no array of its own
     # %out.grad: f32[2,m] = mse_grad %out, %y, %loss.grad
     out_grad = np.subtract(out, y, out=B["out.grad"])
     out_grad *= 2 / out_grad.size
-    out_grad *= loss_grad  # times the incoming gradient dL
     # %out.b.grad: f32[2] = sum_batch %out.grad
     out_b_grad = out_grad.sum(axis=1, out=G["out.b"])
     # %out.W.grad: f32[2,4] = matmul[tb=true] %out.grad, %act1
