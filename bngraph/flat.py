@@ -87,6 +87,14 @@ class FlatLayout:
                    for i in range(start, stop, block)]
         return out
 
+    def name_at(self, offset: int, dtype: str | None = None) -> str:
+        """The name whose segment holds element ``offset`` of the ``dtype`` buffer (the only one
+        when None), or '?' outside every segment."""
+        for s in self.segments.values():
+            if (dtype is None or s.dtype == dtype) and s.offset <= offset < s.offset + s.size:
+                return s.name
+        return "?"
+
     def __eq__(self, other):
         return isinstance(other, FlatLayout) and self.segments == other.segments
 

@@ -40,8 +40,9 @@ class Model:
         self.target = target
         self.seed = check_seed("compile", seed)
         check_model_size(as_graph(graph), self.dtype.itemsize)  # a clear line, not a huge failed allocation
-        self.passes = None if passes is None else _pass_names(passes)
-        built = build_programs(graph, self._dtype_name, self.passes, print_after=print_after)
+        self.passes = None if passes is None else _pass_names(passes)  # what a checkpoint records
+        built = build_programs(graph, self._dtype_name, None if passes is None else _pass_list(passes),
+                               print_after=print_after)
         self.source_graph = built.source
         self.graph = built.graph
         self.programs = built.programs
@@ -52,6 +53,9 @@ class Model:
         self.runtime = target_def.runtime(device)
         self.executable = self.runtime.load(rendered)
         self._graphs = None
+        self._cuda_graph = bool(cuda_graph)
+        self._guarded = None  # the target's guarded device step (CUDA, a built-in optimizer), see _guarded_step
+        self._unread, self._diverged = [], None  # fit's host-checked steps not collected yet (_submit/_collect)
         if cuda_graph:  # the training step captured once per batch size and replayed
             if not callable(getattr(self.runtime, "capture", None)):
                 raise IRError(f"cuda_graph=True needs a target whose runtime captures graphs (cuda); "
@@ -150,12 +154,16 @@ class Model:
 
     def _feeds(self, X, y=None) -> dict:
         """Host data (rows are examples) -> device arrays in the compiler's (features, m) layout."""
-        feeds = {self._x_input.name: self.runtime.asarray(X.T, self.dtype)}
+        return {k: self.runtime.asarray(a, dt) for k, (a, dt) in self._layout_feeds(X, y).items()}
+
+    def _host_feeds(self, X, y) -> dict:
+        """The same, as contiguous host arrays (for a runtime to copy into its own buffers)."""
+        return {k: np.ascontiguousarray(a, dt) for k, (a, dt) in self._layout_feeds(X, y).items()}
+
+    def _layout_feeds(self, X, y) -> dict:
+        feeds = {self._x_input.name: (X.T, self.dtype)}
         if y is not None:
-            if self.classes is not None:
-                feeds[self._y_input.name] = self.runtime.asarray(y, np.int64)
-            else:
-                feeds[self._y_input.name] = self.runtime.asarray(y.T, self.dtype)
+            feeds[self._y_input.name] = (y, np.int64) if self.classes is not None else (y.T, self.dtype)
         return feeds
 
     def _run(self, program: str, feeds: dict, m: int) -> dict:
@@ -181,7 +189,58 @@ class Model:
             return self._step(X, y, self._optimizer(optimizer))
 
     def _step(self, X, y, optimizer) -> float:
-        """train_step on data already checked (fit checks the whole data set once). All or nothing:
+        """train_step on data already checked: the target's guarded step, read at once, when it
+        has one for this optimizer (:meth:`_guarded_step`), else :meth:`_host_step`."""
+        guarded = self._guarded_step(optimizer)
+        if guarded is None:
+            return self._host_step(X, y, optimizer)
+        guarded.submit(X, y)
+        return guarded.read()[-1]
+
+    def _guarded_step(self, optimizer):
+        """The target's guarded step for ``optimizer`` when its next step can be one, else None.
+
+        A target may check a step on the device instead of the host (the CUDA target with a
+        built-in optimizer: bngraph/backends/cuda_target/step.py): the step is enqueued with its
+        checks, and the host reads the losses and the checks' verdict only when asked, so ``fit``
+        reads once per logging interval; a diverged step still changes nothing."""
+        factory = getattr(self.executable, "guarded_step", None)
+        if factory is None or not (callable(getattr(optimizer, "_fusable", None)) and optimizer._fusable()):
+            return None
+        g = self._guarded
+        if g is None or g.optimizer is not optimizer:
+            if g is not None and g.pending:
+                raise RuntimeError("a new optimizer while steps of the old one are unread")
+            g = self._guarded = factory(self, optimizer, self._cuda_graph)
+        return g if g is not None and g.ready() else None
+
+    def _submit(self, X, y, optimizer) -> bool:
+        """fit's step: enqueued, its loss read later by :meth:`_collect`. True when the losses must
+        be collected before the next step (always for a host-checked step)."""
+        guarded = self._guarded_step(optimizer)
+        if guarded is None:
+            try:
+                self._unread.append(self._host_step(X, y, optimizer))
+            except TrainingDiverged as e:
+                self._diverged = e  # raised by _collect, after the losses of the steps before it
+            return True
+        guarded.submit(X, y)
+        return guarded.pending >= guarded.CAPACITY
+
+    def _collect(self) -> list:
+        """The losses of the steps submitted since the last collect, in order. If one diverged
+        (it and any later one changed nothing), TrainingDiverged with ``losses``: the good ones."""
+        losses, self._unread = self._unread, []
+        e, self._diverged = self._diverged, None
+        if e is not None:
+            e.losses = losses
+            raise e
+        if self._guarded is not None and self._guarded.pending:
+            losses += self._guarded.read()
+        return losses
+
+    def _host_step(self, X, y, optimizer) -> float:
+        """train_step checked on the host, on data already checked (fit checks the whole data set once). All or nothing:
         the program writes only gradients and buffers; its outputs, the loss, the gradients and the
         new running statistics are all checked before the update; an optimizer that is not a
         built-in updates a snapshot it is rolled back to (see :meth:`_update`); the state and the
@@ -212,11 +271,13 @@ class Model:
         self.step += 1
         return loss
 
-    def _bind(self, optimizer):
-        """Bind an Optimizer subclass to this model's flat layout, with the target's own fused
-        update kernel for a built-in when the target has one (CUDA: one launch per stretch)."""
+    def _bind(self, optimizer, kernel=None):
+        """Bind an Optimizer subclass to this model's flat layout, with ``kernel`` or else the
+        target's own fused update kernel for a built-in when the target has one (CUDA: one launch
+        per stretch)."""
         fused = getattr(self.executable, "optimizer_kernel", None)
-        kernel = fused(optimizer) if fused is not None else None
+        if kernel is None and fused is not None:
+            kernel = fused(optimizer)
         optimizer.bind(self.layout, self.runtime.xp, **({"kernel": kernel} if kernel is not None else {}))
 
     def _update(self, optimizer):
@@ -229,8 +290,8 @@ class Model:
         runs on a snapshot of the params and of its ``state_dict()``: if it raises, or leaves a
         param NaN/inf, both are restored and the step changed nothing."""
         if callable(getattr(optimizer, "_fusable", None)) and optimizer._fusable():
-            if optimizer.layout is not self.layout:
-                self._bind(optimizer)
+            if optimizer.layout is not self.layout or getattr(optimizer._bound.kernel, "counts_steps", False):
+                self._bind(optimizer)  # (a guarded step's kernel leaves the counters to that step)
             optimizer.step_flat(self._P, self._G)  # whole-buffer passes
             bad = self._first_nonfinite(self._P)
             if bad is not None:
@@ -350,20 +411,35 @@ class Model:
         return f"<bngraph.Model {self.graph.name}: target={self.target}, dtype={self._dtype_name}, {n} parameters>"
 
 
-def _pass_names(passes) -> list:
-    """Pass names (what a checkpoint records): registered Pass objects become their names."""
-    from .passes import PASSES
+def _pass_list(passes) -> list:
+    """``passes`` as a list of names and Pass objects, each one checked: a name must be registered;
+    a Pass object may be your own, registered or not, but not one that shares a registered pass's name
+    (a checkpoint records passes by name, and loading it must find the same pass)."""
+    from .passes import PASSES, Pass
 
-    if isinstance(passes, str):
+    if isinstance(passes, (str, Pass)):
         passes = [passes]
-    names = []
+    out = []
     for p in passes:
-        name = p if isinstance(p, str) else getattr(p, "name", None)
-        if name not in PASSES or not (isinstance(p, str) or PASSES[name] is p):
-            raise IRError(f"compile: pass {p!r} is not registered in bngraph.passes.PASSES; register it (the "
-                          f"graph_pass decorator) so that checkpoints can name it")
-        names.append(name)
-    return names
+        if isinstance(p, str):
+            if p not in PASSES:
+                raise IRError(f"compile: unknown pass {p!r}; registered passes: {', '.join(PASSES)} (a pass of your "
+                              f"own: give its Pass object, or register it with the graph_pass decorator to name it)")
+        elif isinstance(p, Pass):
+            if p.name in PASSES and PASSES[p.name] is not p:
+                raise IRError(f"compile: pass {p.name!r} is not the registered pass of that name; rename it (a "
+                              f"checkpoint records passes by name)")
+        else:
+            raise IRError(f"compile: passes must be pass names or Pass objects (bngraph.passes.graph_pass), got "
+                          f"{type(p).__name__} {p!r}")
+        out.append(p)
+    return out
+
+
+def _pass_names(passes) -> list:
+    """The passes' names, which a checkpoint records; ``bg.load`` finds them in ``PASSES``, so a pass of
+    your own must be registered (imported) where the checkpoint is loaded."""
+    return [p if isinstance(p, str) else p.name for p in _pass_list(passes)]
 
 
 load = checkpoint.load

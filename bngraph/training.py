@@ -98,28 +98,33 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
             if pos is None:
                 pos = model.fit_state["position"] = {"epoch": ep, "done": 0, "losses": []}
             t0 = time.perf_counter()
+            steps = _Unread(model, optimizer, pos, lr_schedule is not None)
             for t in range(pos["done"] + 1, len(bounds) + 1):
+                if interrupts.requested and steps.collect():
+                    break
                 interrupts.check(model, len(bounds))
                 a, b = bounds[t - 1]
                 old_lr = getattr(optimizer, "lr", None)
                 try:
                     if lr_schedule is not None:
                         optimizer.lr = float(lr_schedule(ep, model.step + 1))
-                    loss = model._step(X[order[a:b]], y[order[a:b]], optimizer)
-                except BaseException as e:
+                    due = model._submit(X[order[a:b]], y[order[a:b]], optimizer)
+                except BaseException:
                     if lr_schedule is not None and old_lr is not None:
                         optimizer.lr = old_lr  # the failed step changed nothing, its lr included
-                    if not isinstance(e, TrainingDiverged):
-                        raise
-                    history.stop_reason = (f"stopped early at epoch {ep}, step {t} of {len(bounds)} "
-                                           f"(global step {model.step + 1}): {e}")
-                    bar.close()
-                    if announce_stop:
-                        bar.line(history.stop_reason)
-                    return history
-                pos["losses"].append(loss)
-                pos["done"] = t
-                bar.update(ep, final, t, len(bounds), loss)
+                    steps.collect()  # the position counts the steps before it
+                    raise
+                steps.add(t, old_lr)
+                if (due or bar.due(t, len(bounds))) and steps.collect():
+                    break
+                bar.update(ep, final, pos["done"], len(bounds), pos["losses"][-1] if pos["losses"] else float("nan"))
+            if steps.collect():
+                history.stop_reason = (f"stopped early at epoch {ep}, step {steps.stopped_at} of {len(bounds)} "
+                                       f"(global step {model.step + 1}): {steps.stop_reason}")
+                bar.close()
+                if announce_stop:
+                    bar.line(history.stop_reason)
+                return history
             rec = {"epoch": ep, "loss": float(np.mean(pos["losses"])), "steps": len(bounds),
                    "lr": float(getattr(optimizer, "lr", float("nan"))), "seconds": time.perf_counter() - t0}
             if validation is not None:  # a non-finite figure shows as inf/nan in the record
@@ -134,6 +139,39 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
                 model.save(checkpoint)
         interrupts.check(model, None)  # a Ctrl-C during the last validation or save
     return history
+
+
+class _Unread:
+    """fit's steps whose losses have not been read yet: a target that checks its steps on the
+    device (CUDA) is read once per logging interval, not once per step (``Model._submit`` /
+    ``Model._collect``). ``collect()`` moves the losses into the epoch's position; when a step
+    diverged it sets ``stop_reason`` and ``stopped_at`` (the step's number in the epoch), puts
+    that step's lr back, and returns True."""
+
+    def __init__(self, model, optimizer, pos, scheduled):
+        self.model, self.optimizer, self.pos, self.scheduled = model, optimizer, pos, scheduled
+        self.records = []  # (step number in the epoch, lr before it) of each unread step
+        self.stop_reason = self.stopped_at = None
+
+    def add(self, t, old_lr):
+        self.records.append((t, old_lr))
+
+    def collect(self) -> bool:
+        if self.stop_reason is not None:
+            return True
+        try:
+            losses = self.model._collect()
+        except TrainingDiverged as e:
+            losses = e.losses
+            t, old_lr = self.records[len(losses)]
+            if self.scheduled and old_lr is not None:
+                self.optimizer.lr = old_lr  # the diverged step changed nothing, its lr included
+            self.stop_reason, self.stopped_at = str(e), t
+        for (t, _), loss in zip(self.records, losses):
+            self.pos["losses"].append(loss)
+            self.pos["done"] = t
+        self.records = []
+        return self.stop_reason is not None
 
 
 class _StepBoundaryInterrupts:
@@ -206,11 +244,14 @@ class Progress:
         self.open = False
         self.last = 0.0
 
+    def due(self, t, T) -> bool:
+        """Will ``update`` redraw now? (Then fit reads the losses first.) At most 10 times a second."""
+        return self.bar and (t == T or time.perf_counter() - self.last >= 0.1)
+
     def update(self, epoch, epochs, t, T, loss):
-        now = time.perf_counter()
-        if not self.bar or (t < T and now - self.last < 0.1):  # redraw at most 10 times a second
+        if not self.due(t, T):
             return
-        self.last = now
+        self.last = time.perf_counter()
         width = 24
         done = int(width * t / T)
         self.stream.write(f"\repoch {epoch}/{epochs} [{'#' * done}{'.' * (width - done)}] {t}/{T} loss {loss:.4f}")

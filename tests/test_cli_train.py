@@ -66,7 +66,7 @@ def test_save_writes_an_atomic_checkpoint_after_every_epoch(tmp_path, capsys, mo
 
 @pytest.mark.parametrize("stop_after", [17, 26, 1])  # mid-epoch 2, the end of epoch 2, the first step
 def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatch, straight, stop_after):
-    real_step = Model._step
+    real_step = Model._submit  # fit's step
 
     def step_then_ctrl_c(self, *args):
         loss = real_step(self, *args)
@@ -74,7 +74,7 @@ def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C in the terminal: honoured after this step
         return loss
 
-    monkeypatch.setattr(Model, "_step", step_then_ctrl_c)
+    monkeypatch.setattr(Model, "_submit", step_then_ctrl_c)
     path = tmp_path / "b.npz"
     code, out, err = run(["train", "--epochs", "3", "--save", path, *BASE], capsys)
     assert code == 130 and out == ""
@@ -89,7 +89,7 @@ def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatc
         assert (meta["step"], meta["epoch"]) == (stop_after, epoch - 1)
         assert meta["fit"]["position"]["epoch"] == epoch and meta["fit"]["position"]["done"] == done
         assert len(meta["fit"]["position"]["losses"]) == done
-    monkeypatch.setattr(Model, "_step", real_step)
+    monkeypatch.setattr(Model, "_submit", real_step)
     # no --seed, --batch-size: the checkpoint's
     code, out, err = run(["train", "--resume", path, "--epochs", "3", "--save", path, "--quiet"], capsys)
     assert code == 0, err
@@ -99,7 +99,7 @@ def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatc
 
 
 def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatch):
-    real_step = Model._step
+    real_step = Model._submit  # fit's step
 
     def step_then_ctrl_c(self, *args):
         loss = real_step(self, *args)
@@ -107,7 +107,7 @@ def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(Model, "_step", step_then_ctrl_c)
+    monkeypatch.setattr(Model, "_submit", step_then_ctrl_c)
     code, out, err = run(["train", "--epochs", "2", *BASE, "--json", tmp_path / "r.json"], capsys)
     assert code == 130
     assert err == "bngraph: interrupted in epoch 1 after step 3 (global step 3); nothing saved (no --save)\n"

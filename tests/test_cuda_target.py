@@ -309,8 +309,8 @@ def test_graph_replay_equals_the_eager_step_bit_for_bit():
     schedule = lambda epoch, step: 1e-2 / step  # noqa: E731  (lr changes every step: it must not be baked in)
     for m in (eager, graphed):
         m.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=3, batch_size=8, lr_schedule=schedule, verbose=False)
-    assert graphed._graphs.replays == 3 * 6 - 2  # per batch size: one eager run, then captured and replayed
-    assert sorted(m for _, m in graphed._graphs.entries) == [5, 8]
+    assert graphed._guarded.replays == 3 * 6 - 2  # per batch size: one eager run, then captured and replayed
+    assert sorted(graphed._guarded.entries) == [5, 8]
     for k in eager.params:
         np.testing.assert_array_equal(graphed.params[k], eager.params[k], err_msg=k)
     for k in eager.state:

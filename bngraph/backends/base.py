@@ -95,6 +95,15 @@ class Runtime(ABC):
     def synchronize(self):
         """Wait until queued work is done (nothing to wait for on a synchronous device)."""
 
+    def write(self, dst, host) -> None:
+        """Copy the host (NumPy) array ``host`` into the device array ``dst`` (same shape), in
+        queue order and without waiting for the device."""
+        dst[...] = self.asarray(host, dst.dtype)
+
+    def pointer(self, a) -> int:
+        """The address of ``a``'s first element (what a kernel argument or a pointer table holds)."""
+        raise NotImplementedError(f"the {self.target} runtime has no raw pointers")
+
 
 class Executable:
     """Loaded programs of one model on one runtime, with the buffers of the recent batch sizes."""

@@ -21,7 +21,7 @@ copy is unknown (state loaded from device arrays), every step takes the referenc
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import hostthreads
@@ -218,9 +218,10 @@ class FlatStepMixin:
                 self._kernel(xp, P.buffers[dt][cut], G.buffers[dt][cut], slots, D[dt][scut],
                              T[dt][scut], hp, t, gp.fresh)
             if gp.t is not None:
-                for _, start, stop in b.counter_runs[gp.index]:
-                    c = b.slots[COUNTER].buffers["int64"][start:stop]
-                    xp.add(c, 1, out=c)
+                if not getattr(b.kernel, "counts_steps", False):  # else the target's step increments them
+                    for _, start, stop in b.counter_runs[gp.index]:
+                        c = b.slots[COUNTER].buffers["int64"][start:stop]
+                        xp.add(c, 1, out=c)
                 gp.t = t
             if gp.new or gp.fresh:  # the first step of these slots: they appear in the state now
                 for name in b.names[gp.index]:
@@ -230,6 +231,21 @@ class FlatStepMixin:
                 gp.fresh, gp.new = (), False
         self._plan = plan
         self.step_count += 1
+
+    def _host_bookkeeping(self):
+        """What a fused step changes on the host (the plan's counts and fresh slots, the step
+        count, the host copy of the counters, which slots ``state`` shows): a snapshot for
+        :meth:`_restore_host_bookkeeping`. A target that runs steps ahead of its checks (the CUDA
+        target's guarded step) rolls back to it when a step turns out to have diverged."""
+        plan = None if self._plan is None else [replace(gp) for gp in self._plan]
+        return (plan, self.step_count, None if self._steps is None else dict(self._steps),
+                {name: dict(slots) for name, slots in self.state.items()})
+
+    def _restore_host_bookkeeping(self, snapshot) -> None:
+        plan, self.step_count, steps, state = snapshot
+        self._plan = None if plan is None else [replace(gp) for gp in plan]
+        self._steps = None if steps is None else dict(steps)
+        self.state = {name: dict(slots) for name, slots in state.items()}
 
     def _make_plan(self) -> list | None:
         """Per group: the fresh slots and the shared step count; None when the state is not

@@ -24,6 +24,7 @@ from ...ir import IRError
 from ..base import Executable, Rendered, Runtime
 from ..numpy_target.runtime import NumpyRuntime
 from .optimizers import make_kernel
+from .step import GuardedStep
 
 PRELUDE = r"""
 #include <cmath>
@@ -36,6 +37,11 @@ static const bngraph_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim 
 #define __shared__ static
 #define __restrict__ __restrict
 static inline void __syncthreads() {}
+using std::isfinite;
+// one thread: the atomics are plain reads and writes
+static inline unsigned long long atomicOr(unsigned long long* a, unsigned long long v) { unsigned long long o = *a; *a = o | v; return o; }
+static inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) { unsigned long long o = *a; if (o == c) *a = v; return o; }
+static inline long long atomicMin(long long* a, long long v) { long long o = *a; if (v < o) *a = v; return o; }
 """
 
 _LIBS: dict = {}  # source hash -> loaded library (one compile per source per process)
@@ -139,7 +145,8 @@ class EmulatorRuntime(NumpyRuntime):
         module.launch, module.gemm = launch, record_gemm
         exe = Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans})
         exe.module, exe.launch = module, launch
-        exe.optimizer_kernel = lambda opt: make_kernel(launch, lambda a: np.array(a), opt)
+        exe.optimizer_kernel = lambda opt: make_kernel(launch, self, opt)
+        exe.guarded_step = GuardedStep.make
         return exe
 
     def asarray(self, a, dtype):

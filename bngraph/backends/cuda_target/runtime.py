@@ -20,6 +20,7 @@ import numpy as np
 from ...ir import IRError
 from ..base import Executable, Rendered, Runtime
 from .optimizers import make_kernel
+from .step import GuardedStep
 
 _MODULES: dict = {}  # source hash -> cupy.RawModule (NVRTC compiles once per source; CuPy also caches on disk)
 
@@ -75,7 +76,8 @@ class CudaRuntime(Runtime):
         module.launch, module.gemm = launch, self.blas.gemm
         exe = Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans})
         exe.module, exe.raw_module, exe.launch = module, raw, launch
-        exe.optimizer_kernel = lambda opt: make_kernel(launch, lambda a: self.asarray(a, np.float64), opt)
+        exe.optimizer_kernel = lambda opt: make_kernel(launch, self, opt)
+        exe.guarded_step = GuardedStep.make
         return exe
 
     def asarray(self, a, dtype):
@@ -88,6 +90,14 @@ class CudaRuntime(Runtime):
 
     def empty(self, shape, dtype):
         return self.cp.empty(shape, dtype=dtype)
+
+    def write(self, dst, host) -> None:
+        """An asynchronous copy on this runtime's stream: from pageable memory the driver stages the
+        bytes before returning, so ``host`` may be reused at once, and nothing waits for the GPU."""
+        dst.set(np.ascontiguousarray(host, dtype=dst.dtype), stream=self.stream)
+
+    def pointer(self, a) -> int:
+        return a.data.ptr
 
     def zeros(self, shape, dtype):
         return self.cp.zeros(shape, dtype=dtype)

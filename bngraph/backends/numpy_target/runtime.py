@@ -33,6 +33,9 @@ class NumpyRuntime(Runtime):
     def asarray(self, a, dtype):
         return np.asarray(a, dtype=dtype)
 
+    def pointer(self, a) -> int:
+        return a.ctypes.data
+
     def to_numpy(self, a):
         return np.asarray(a)
 

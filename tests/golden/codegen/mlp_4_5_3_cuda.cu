@@ -242,15 +242,94 @@ extern "C" __global__ void evaluate__loss(const real* __restrict__ logits, const
     if (threadIdx.x == 0) loss[0] = (real)(total / m);
 }
 
+// ======== the guarded training step: every check on the device, no host read inside a step ========
+// A training step is: train_step's kernels, step_guard, the optimizer kernels, step_commit. The
+// host reads `status` (and the losses) only once per logging interval, so the checks that keep a
+// step all-or-nothing run here: step_guard flags a NaN/inf loss, gradient or new running
+// statistic; the optimizer kernels and step_commit then change nothing. The flag is sticky: every
+// later step is skipped too, until the host reads it, names the step and rolls its own count back.
+//
+// status (unsigned 64-bit words): {flags, first bad step, first bad gradient element, first bad state
+// entry, first param element the update made NaN/inf}. Flags: 1 loss, 2 gradient, 4 new state,
+// 8 update. header (double): {global step number, slot of this step's loss in `losses`}.
+#define STATUS_FLAGS 0
+#define STATUS_STEP 1
+#define STATUS_GRAD 2
+#define STATUS_STATE 3
+#define STATUS_PARAM 4
+
+__device__ __forceinline__ void flag_step(unsigned long long* status, unsigned long long bit, double step) {
+    atomicOr(&status[STATUS_FLAGS], bit);
+    atomicCAS(&status[STATUS_STEP], 0ULL, (unsigned long long)step);
+}
+
+__device__ __forceinline__ bool finite_real(real v) {
+    return isfinite(v);
+}
+
+// checks: n_checked entries of {pointer, length} (int64 words); entry 0 is the flat gradient
+// buffer, the others the new running statistics (state.*) this step computed.
+extern "C" __global__ void step_guard(unsigned long long* __restrict__ status, const double* __restrict__ header,
+                                      const real* __restrict__ loss, real* __restrict__ losses,
+                                      const long long* __restrict__ checks, int n_checked) {
+    const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+    if (first == 0) {
+        losses[(long long)header[1]] = *loss;
+        if (!finite_real(*loss) && status[STATUS_FLAGS] == 0) flag_step(status, 1ULL, header[0]);
+    }
+    if (status[STATUS_FLAGS] != 0) return;  // an earlier step diverged: nothing more to check
+    for (int e = 0; e < n_checked; ++e) {
+        const real* x = (const real*)checks[2 * e];
+        const long long n = checks[2 * e + 1];
+        for (long long i = first; i < n; i += stride) {
+            if (!finite_real(x[i])) {
+                flag_step(status, e == 0 ? 2ULL : 4ULL, header[0]);
+                atomicMin((long long*)&status[e == 0 ? STATUS_GRAD : STATUS_STATE], e == 0 ? i : (long long)e);
+                break;
+            }
+        }
+    }
+}
+
+// The step's last kernel, when nothing was flagged: copies: n_copies entries of {source, destination,
+// length} (the new running statistics into the live state); counts: n_counted entries of
+// {pointer, length} of int64 step counters (the optimizer's, one per param) to increment.
+extern "C" __global__ void step_commit(const unsigned long long* __restrict__ status,
+                                       const long long* __restrict__ copies, int n_copies,
+                                       const long long* __restrict__ counts, int n_counted) {
+    if (status[STATUS_FLAGS] != 0) return;
+    const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+    for (int e = 0; e < n_copies; ++e) {
+        const real* src = (const real*)copies[3 * e];
+        real* dst = (real*)copies[3 * e + 1];
+        for (long long i = first; i < copies[3 * e + 2]; i += stride) dst[i] = src[i];
+    }
+    for (int e = 0; e < n_counted; ++e) {
+        long long* c = (long long*)counts[2 * e];
+        for (long long i = first; i < counts[2 * e + 1]; i += stride) c[i] += 1;
+    }
+}
 // ======== optimizers: one multi-tensor kernel per update, over a stretch of the flat buffer ========
 // The same arithmetic as bngraph/optim (PyTorch's formulas), element by element. Every
 // hyperparameter, the learning rate and the step count are read from device memory (h), so a
 // captured CUDA graph replays with a schedule; the flags (nesterov, amsgrad...) are entries of h too.
+// Inside a guarded step (step.cu.j2) a kernel does nothing once `status` holds a flag, and flags 8
+// when its update makes a param NaN/inf (base: where its stretch starts in the flat buffer).
+
+__device__ __forceinline__ void check_update(unsigned long long* status, const double* header, real v,
+                                             long long base, long long i) {
+    if (!finite_real(v)) {
+        flag_step(status, 8ULL, header[0]);
+        atomicMin((long long*)&status[STATUS_PARAM], base + i);
+    }
+}
 
 // SGD: h = {lr, momentum, dampening, weight_decay, nesterov, fresh}; fresh: the momentum buffer
 // starts at the first (undampened) gradient, as in PyTorch.
-extern "C" __global__ void optim_sgd(real* __restrict__ p, const real* __restrict__ g, real* __restrict__ buf,
+extern "C" __global__ void optim_sgd(unsigned long long* __restrict__ status, const double* __restrict__ header,
+                                     long long base, real* __restrict__ p, const real* __restrict__ g, real* __restrict__ buf,
                                      const double* __restrict__ h, long long n) {
+    if (status[STATUS_FLAGS] != 0) return;
     const real lr = (real)h[0], mu = (real)h[1], damp = (real)(1 - h[2]), wd = (real)h[3];
     const bool nesterov = h[4] != 0, fresh = h[5] != 0, with_momentum = h[1] != 0;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
@@ -262,13 +341,16 @@ extern "C" __global__ void optim_sgd(real* __restrict__ p, const real* __restric
             d = nesterov ? b * mu + d : b;
         }
         p[i] = p[i] - d * lr;
+        check_update(status, header, p[i], base, i);
     }
 }
 
 // RMSprop: h = {lr, alpha, eps, weight_decay, momentum, centered}.
-extern "C" __global__ void optim_rmsprop(real* __restrict__ p, const real* __restrict__ g, real* __restrict__ sq,
+extern "C" __global__ void optim_rmsprop(unsigned long long* __restrict__ status, const double* __restrict__ header,
+                                         long long base, real* __restrict__ p, const real* __restrict__ g, real* __restrict__ sq,
                                          real* __restrict__ ga, real* __restrict__ buf, const double* __restrict__ h,
                                          long long n) {
+    if (status[STATUS_FLAGS] != 0) return;
     const real lr = (real)h[0], alpha = (real)h[1], one_minus_alpha = (real)(1 - h[1]), eps = (real)h[2];
     const real wd = (real)h[3], mu = (real)h[4];
     const bool centered = h[5] != 0, with_momentum = h[4] > 0;
@@ -288,13 +370,16 @@ extern "C" __global__ void optim_rmsprop(real* __restrict__ p, const real* __res
         real step = d / denom;
         if (with_momentum) { step = buf[i] * mu + step; buf[i] = step; }
         p[i] = p[i] - step * lr;
+        check_update(status, header, p[i], base, i);
     }
 }
 
 // Adam/AdamW: h = {lr, t, beta1, beta2, eps, weight_decay, decoupled, amsgrad}; t is this step's count.
-extern "C" __global__ void optim_adam(real* __restrict__ p, const real* __restrict__ g, real* __restrict__ m1,
+extern "C" __global__ void optim_adam(unsigned long long* __restrict__ status, const double* __restrict__ header,
+                                      long long base, real* __restrict__ p, const real* __restrict__ g, real* __restrict__ m1,
                                       real* __restrict__ m2, real* __restrict__ vmax, const double* __restrict__ h,
                                       long long n) {
+    if (status[STATUS_FLAGS] != 0) return;
     const double lr = h[0], t = h[1], b1 = h[2], b2 = h[3];
     const real eps = (real)h[4], wd = (real)h[5], decay = (real)(1 - lr * h[5]);
     const bool decoupled = h[6] != 0, amsgrad = h[7] != 0;
@@ -314,5 +399,6 @@ extern "C" __global__ void optim_adam(real* __restrict__ p, const real* __restri
         real vv = v;
         if (amsgrad) { const real old = vmax[i]; vv = (old > v || old != old) ? old : v; vmax[i] = vv; }
         p[i] = pi - m / (sqrt(vv) / bc2 + eps) * step_size;
+        check_update(status, header, p[i], base, i);
     }
 }
