@@ -68,7 +68,7 @@ class GuardedStep:
         self.pending = 0             # steps submitted since the last read
         self.replays = 0             # steps run by replaying a captured graph
         self._snapshot = None        # host bookkeeping before the first unread step
-        self._signature = None       # the optimizer launches' (p, n) stretches the entries were built for
+        self._signature = None       # (the optimizer's binding, its launches) the entries were built for
 
     # ---- one step --------------------------------------------------------------------------------
     def submit(self, X, y) -> None:
@@ -134,10 +134,9 @@ class GuardedStep:
         return calls
 
     def _entry(self, m: int, calls: list) -> _Entry:
-        ptr = self.runtime.pointer
-        signature = [(ptr(p), p.size, ptr(g), tuple(ptr(a) for a in slots)) for _, p, g, slots, _ in calls]
-        if signature != self._signature:  # a new binding: every table and graph is stale
-            self.entries.clear()
+        signature = (self.optimizer._bound, len(calls))  # a binding's slots keep their addresses
+        if self._signature is None or signature[0] is not self._signature[0] or signature[1] != self._signature[1]:
+            self.entries.clear()  # a new binding (slots elsewhere): every table and graph is stale
             self._signature = signature
         entry = self.entries.pop(m, None)
         if entry is None:
