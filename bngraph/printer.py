@@ -45,6 +45,6 @@ def format_graph(g) -> str:
     lines += [f"  param {format_binder(p)}" for p in g.params]
     lines += [f"  state {format_binder(s)}" for s in g.state]
     lines += [f"  {format_node(n)}" for n in g.nodes]
-    lines.append(f"  return {format_outputs(g.outputs)}")
+    lines.append(f"  return {format_outputs(g.outputs)}".rstrip())  # a graph without outputs: "  return"
     lines.append("}")
     return "\n".join(lines)
