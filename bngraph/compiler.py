@@ -80,8 +80,12 @@ def evaluate_program(g) -> "Graph":
     target = inputs.get(loss.inputs[1])
     if target is None:
         raise IRError(f"graph {g.name}: the loss %{loss.name} reads %{loss.inputs[1]}, which is not a graph input")
-    kept = {v.name for v in inf.inputs}
-    return inf.rebuild(inputs=[*inf.inputs, *([target] if target.name not in kept else [])],
+    kept = {v.name for v in (*inf.inputs, *inf.params, *inf.state)}
+    # what only the loss reads comes back with it: the labels/targets, a class loss's class weights
+    back = [v for v in (*g.inputs, *g.params, *g.state) if v.name in loss.inputs and v.name not in kept]
+    return inf.rebuild(inputs=[*inf.inputs, *(v for v in back if v.kind == "input")],
+                       params=[*inf.params, *(v for v in back if v.kind == "param")],
+                       state=[*inf.state, *(v for v in back if v.kind == "state")],
                        nodes=[*inf.nodes, loss], outputs=[("loss", loss.name), *inf.outputs])
 
 

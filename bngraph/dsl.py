@@ -99,12 +99,14 @@ class Graph(GraphBase):
         return v
 
     def param(self, name: str, shape: Sequence[int]) -> Value:
+        """A learned parameter ``%name`` of ``shape`` (ints), for nodes added with ``add_node``."""
         name = self._claim(name, "p")
         v = Value(name, TensorType(self.dtype, tuple(int(d) for d in shape)), "param")
         self.params.append(v)
         return v
 
     def state_value(self, name: str, shape: Sequence[int]) -> Value:
+        """A state value ``%name`` (carried between steps, not learned by gradient) of ``shape``."""
         name = self._claim(name, "s")
         v = Value(name, TensorType(self.dtype, tuple(int(d) for d in shape)), "state")
         self.state.append(v)
@@ -144,6 +146,7 @@ class Graph(GraphBase):
         return self.add_node("bias_add", [z, b], {}, [name]).out
 
     def bias_add(self, x, name: str | None = None) -> Value:
+        """``x + b[:, None]`` with a new param ``<name>.b``, one bias per unit of ``x``."""
         name = self._claim(name, get_op("bias_add").prefix, (".b", ""))
         xv = self._ref(x, name)
         if xv.type.rank != 2:
@@ -178,28 +181,34 @@ class Graph(GraphBase):
         return upd
 
     def activation(self, x, kind: str, name: str | None = None, **attrs) -> Value:
+        """The activation ``kind`` (a key of ``bg.ACTIVATIONS``) of ``x``; ``attrs`` such as ``negative_slope``."""
         if kind not in ACTIVATIONS:
             raise IRError(f"{name or kind}: unknown activation {kind!r}; expected one of {', '.join(ACTIVATIONS)}")
         name = self._claim(name, get_op(kind).prefix)
         return self.add_node(kind, [self._ref(x, name)], attrs, [name]).out
 
     def relu(self, x, name=None):
+        """max(x, 0)"""
         return self.activation(x, "relu", name)
 
     def leaky_relu(self, x, negative_slope: float = 0.01, name=None):
+        """x if x > 0 else negative_slope*x  (negative_slope >= 0)"""
         return self.activation(x, "leaky_relu", name, negative_slope=negative_slope)
 
     def tanh(self, x, name=None):
+        """tanh(x)"""
         return self.activation(x, "tanh", name)
 
     def sigmoid(self, x, name=None):
+        """1/(1 + exp(-x))"""
         return self.activation(x, "sigmoid", name)
 
     def identity(self, x, name=None):
+        """x (a named value; no code is generated for it)"""
         return self.activation(x, "identity", name)
 
     # ---- losses ------------------------------------------------------------------------------
-    def _loss(self, op: str, pred, target, name: str | None) -> Value:
+    def _loss(self, op: str, pred, target, name: str | None, weight=None, **options) -> Value:
         prefix = get_op(op).prefix  # "loss": the first loss is %loss, as the docs show
         if name is not None:
             name = self._claim(name, prefix)
@@ -207,20 +216,47 @@ class Graph(GraphBase):
             name = prefix if prefix not in self._taken() else self._fresh(prefix)
         if self.has_output("loss"):
             raise IRError(f"{name}: graph {self.name} already has a loss (%{self.output('loss')}); one loss per graph")
-        node = self.add_node(op, [self._ref(pred, name), self._ref(target, name)], {}, [name])
+        if options.get("reduction") == "none":
+            raise IRError(f"{name}: reduction='none' gives one loss per example, and a graph's loss is a scalar "
+                          f"that training minimizes; use 'mean' or 'sum' (add_node makes a per-example node)")
+        ins = [self._ref(pred, name), self._ref(target, name)]
+        if weight is not None:  # a class loss's class weights
+            ins.append(self._ref(weight, name))
+        node = self.add_node(op, ins, options, [name])
         self.outputs.insert(0, ("loss", name))
         return node.out
 
-    def softmax_cross_entropy(self, logits, labels, name: str | None = None) -> Value:
-        return self._loss("softmax_cross_entropy", logits, labels, name)
+    def softmax_cross_entropy(self, logits, labels, name: str | None = None, *, weight=None, reduction: str = "mean",
+                              ignore_index: int | None = None) -> Value:
+        """Mean (or ``reduction='sum'``) over the batch of ``w_i * -log softmax(logits)[y_i]``, as
+        PyTorch's ``F.cross_entropy``: ``weight`` is a (classes,) value holding one weight per class
+        (``w_i = weight[y_i]``; a ``g.state_value``: a constant the model carries, 1 until set, never
+        trained), labels equal to ``ignore_index`` count for nothing, and the mean divides by
+        ``sum_i w_i``."""
+        return self._loss("softmax_cross_entropy", logits, labels, name, weight, reduction=reduction,
+                          ignore_index=ignore_index)
+
+    def nll(self, log_probs, labels, name: str | None = None, *, weight=None, reduction: str = "mean",
+            ignore_index: int | None = None) -> Value:
+        """Negative log-likelihood of log-probabilities (``-log_probs[y_i]``, e.g. after
+        ``log_softmax``), with the options of :meth:`softmax_cross_entropy` (PyTorch's ``F.nll_loss``)."""
+        return self._loss("nll", log_probs, labels, name, weight, reduction=reduction, ignore_index=ignore_index)
+
+    def log_softmax(self, x, name: str | None = None) -> Value:
+        """Log-probabilities over the features (classes) of each example."""
+        name = self._claim(name, get_op("log_softmax").prefix)
+        return self.add_node("log_softmax", [self._ref(x, name)], {}, [name]).out
 
     def mse(self, pred, target, name: str | None = None) -> Value:
+        """The mean over all elements of (pred - target)**2; ``target`` a float input shaped like ``pred``."""
         return self._loss("mse", pred, target, name)
 
     def sigmoid_bce(self, logits, target, name: str | None = None) -> Value:
+        """The mean binary cross-entropy of sigmoid(logits) against ``target`` probabilities in [0, 1]."""
         return self._loss("sigmoid_bce", logits, target, name)
 
     def loss(self, kind: str, pred, target, name: str | None = None) -> Value:
+        """The loss op ``kind`` (``softmax_cross_entropy``, ``mse``, ``sigmoid_bce``, ...) of ``pred`` against ``target``."""
         if kind not in LOSS_OPS:
             raise IRError(f"unknown loss {kind!r}; expected one of {', '.join(LOSS_OPS)}")
         return self._loss(kind, pred, target, name)

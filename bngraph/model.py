@@ -23,7 +23,7 @@ from .graph import as_graph
 from .init import init_values
 from .snapshot import update_on_snapshot
 from .ir import DTYPES, IRError, ir_dtype
-from .ops import OPS, needs_batch_statistics
+from .ops import OPS, class_weights, loss_options, needs_batch_statistics
 from .training import History  # noqa: F401  (re-exported)
 
 
@@ -118,6 +118,7 @@ class Model:
         self._set(values, self._P.views, "params")
 
     def set_state(self, values: dict):
+        """Copy running statistics in, like ``set_params`` (a running variance must be >= 0)."""
         self._set(values, self._S, "state")
 
     # ---- data ----------------------------------------------------------------------------------
@@ -140,7 +141,9 @@ class Model:
         held = {v.name for v in (*self.graph.params, *self.graph.state)}
         self._nonnegative = {n.inputs[i] for n in self.graph.nodes for i in OPS[n.op].nonnegative_inputs
                              if i < len(n.inputs) and n.inputs[i] in held}  # running variances
-        self._state_keys = [f"state.{s.name}" for s in self.graph.state]  # the order of self._S
+        # the state a step updates (running statistics); the rest (a loss's class weights) is constant
+        updated = {k for k, _ in self.graph.outputs}
+        self._state_keys = [f"state.{s.name}" for s in self.graph.state if f"state.{s.name}" in updated]
         self._step_outputs = {"loss", *self._state_keys}
 
     def _check_x(self, X, where) -> np.ndarray:
@@ -261,13 +264,14 @@ class Model:
         if new_state:  # one small reduction and host read for all running statistics (their sum is NaN/inf
             xp = self.runtime.xp  # when one of them is; a sum that overflows counts as divergence too)
             if not math.isfinite(self.runtime.to_float(xp.sum(xp.concatenate(new_state)))):
-                bad = next((s for s, v in zip(self._S, new_state) if not self.runtime.all_finite(v)),
+                bad = next((k[len("state."):] for k, v in zip(self._state_keys, new_state)
+                            if not self.runtime.all_finite(v)),
                            "running statistics (their sum overflows)")
                 raise TrainingDiverged(f"the new {bad} contains NaN or inf at step {self.step + 1} (a batch variance "
                                        f"overflowed?); nothing was updated")
         self._update(optimizer)
-        for live, new in zip(self._S.values(), new_state):
-            live[...] = new
+        for k, new in zip(self._state_keys, new_state):
+            self._S[k[len("state."):]][...] = new
         self.step += 1
         return loss
 
@@ -355,20 +359,39 @@ class Model:
 
     def _evaluate(self, X, y, batch_size=1024) -> dict:
         """evaluate on data already checked, with the generated ``evaluate`` program in chunks: the
-        mean loss is the chunks' means weighted by their sizes (every loss is a per-example mean)."""
+        mean loss is the chunks' means weighted by what each averages over (:meth:`_loss_share`),
+        a loss with reduction='sum' the chunks' sum."""
         n = X.shape[0]
         step = n if batch_size is None else batch_size
-        total, outs = 0.0, []
+        total, count, outs = 0.0, 0.0, []
+        summed = loss_options(self.graph.loss_node.attr)[0] == "sum"
         for a in range(0, n, step):
             Xb, yb = X[a:a + step], y[a:a + step]
             res = self._run("evaluate", self._feeds(Xb, yb), Xb.shape[0])
-            total += self.runtime.to_float(res["loss"]) * Xb.shape[0]
+            loss = self.runtime.to_float(res["loss"])
+            share = 1.0 if summed else self._loss_share(yb)
+            if share:  # a chunk whose examples are all ignored (share 0, loss NaN) counts for nothing
+                total += loss * share
+                count += share
             outs.append(self._out(res))
-        result = {"loss": total / n}
+        result = {"loss": total if summed else total / count if count else float("nan")}
         acc = OPS[self.loss_kind].accuracy(np.concatenate(outs), y)
         if acc is not None:
             result["accuracy"] = float(acc)
         return result
+
+    def _loss_share(self, y) -> float:
+        """What a chunk's mean loss averages over: its examples, or ``sum_i w_i`` for a class loss
+        with class weights or ignore_index (``w_i = weight[y_i]``, 0 where ignored)."""
+        node = self.graph.loss_node
+        ignore = loss_options(node.attr)[1]
+        if len(node.inputs) < 3 and ignore is None:
+            return float(len(y))
+        weight = None
+        if len(node.inputs) > 2:
+            live = {**self._P.views, **self._S}
+            weight = np.asarray(self.runtime.to_numpy(live[node.inputs[2]]), np.float64)
+        return float(class_weights(np.asarray(y), weight, ignore, np.float64)[1].sum())
 
     def fit(self, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = None, shuffle: bool | None = None,
             seed: int | None = None, validation_data=None, verbose=None, lr_schedule=None,

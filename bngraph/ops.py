@@ -3,6 +3,9 @@
 Each op is an :class:`OpDef` registered in ``OPS`` with
 
 * ``attrs``: the attribute names with their type and default (the IR text shows them in ``[k=v]``);
+* ``optional_attrs``: attributes a node carries only when they differ from their default (None: no
+  value), so that the text and the code of every graph that does not use them stay as they were
+  (a class loss's ``reduction`` and ``ignore_index``);
 * ``infer``: the shape/dtype rule, ``(where, input types, attrs) -> output types``;
   ``where`` names the node for error messages;
 * ``ref``: the reference NumPy semantics, ``(input arrays, attrs) -> output arrays``; the
@@ -62,6 +65,7 @@ class OpDef:
     ref: Callable
     grad: Callable | None = None
     attrs: dict = field(default_factory=dict)  # name -> (type, default); default None = required
+    optional_attrs: dict = field(default_factory=dict)  # name -> (type, default): left out of the node at the default
     kind: str = "forward"  # 'forward', 'loss', 'state' (running-stat update) or 'backward'
     check_values: Callable | None = None  # (where, input Values, attrs) -> None, raises IRError
     init_roles: dict = field(default_factory=dict)  # input index -> 'weight', 'bias', 'ones' or 'zeros'
@@ -89,24 +93,52 @@ class OpDef:
             self.check_values(where, list(values), attrs)
         return tuple(self.infer(where, [v.type for v in values], attrs))
 
+    def _coerce(self, where: str, k: str, typ, v):
+        """``v`` as the attribute's type, or one clear error: what the IR text can spell, so that
+        a graph built in the DSL prints as text the parser reads back (an int attribute takes an
+        integral number, 2.0 but not 1.5 or True; a float attribute a finite number)."""
+        bad = IRError(f"{where}: attribute {k} of {self.name} must be {typ.__name__}, got {v!r}")
+        if typ is bool:
+            if not isinstance(v, (bool, np.bool_)):
+                raise bad
+            return bool(v)
+        if typ is str:
+            if not isinstance(v, str):
+                raise bad
+            return v
+        if typ in (int, float):
+            if isinstance(v, (bool, np.bool_, str)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise bad
+            if not np.isfinite(v):
+                raise IRError(f"{where}: attribute {k} of {self.name} must be a finite number, got {v!r}")
+            if typ is int and v != int(v):
+                raise bad
+            return typ(v)
+        try:
+            return typ(v)
+        except (TypeError, ValueError):
+            raise bad from None
+
     def normalize_attrs(self, where: str, attrs: dict) -> dict:
         """Check names, fill defaults and coerce types (so 1 and 1.0 print the same)."""
-        unknown = set(attrs) - set(self.attrs)
+        known = {**self.attrs, **self.optional_attrs}
+        unknown = set(attrs) - set(known)
         if unknown:
             raise IRError(f"{where}: op {self.name} has no attribute(s) {sorted(unknown)}; "
-                          f"expected {sorted(self.attrs) or 'none'}")
+                          f"expected {sorted(known) or 'none'}")
         out = {}
         for k, (typ, default) in self.attrs.items():
             v = attrs.get(k, default)
             if v is None:
                 raise IRError(f"{where}: op {self.name} needs attribute {k}")
-            try:
-                if typ is bool and not isinstance(v, (bool, np.bool_)):
-                    raise TypeError
-                v = typ(v)
-            except (TypeError, ValueError):
-                raise IRError(f"{where}: attribute {k} of {self.name} must be {typ.__name__}, got {v!r}") from None
-            out[k] = v
+            out[k] = self._coerce(where, k, typ, v)
+        for k, (typ, default) in self.optional_attrs.items():
+            v = attrs.get(k)
+            if v is None:
+                continue
+            v = self._coerce(where, k, typ, v)
+            if v != default:  # at the default the node does not carry it
+                out[k] = v
         if "act" in out and out["act"] not in ACTIVATIONS:
             raise IRError(f"{where}: unknown activation {out['act']!r}; expected one of {', '.join(ACTIVATIONS)}")
         if "negative_slope" in out and not out["negative_slope"] >= 0:
@@ -118,6 +150,8 @@ class OpDef:
             raise IRError(f"{where}: eps must be > 0, got {out['eps']}")
         if "dtype" in out and out["dtype"] not in FLOAT_DTYPES:
             raise IRError(f"{where}: dtype must be one of {', '.join(FLOAT_DTYPES)}, got {out['dtype']!r}")
+        if out.get("reduction", "mean") not in REDUCTIONS:
+            raise IRError(f"{where}: reduction must be one of {', '.join(REDUCTIONS)}, got {out['reduction']!r}")
         if "momentum" in out and not 0 <= out["momentum"] <= 1:
             raise IRError(f"{where}: momentum (the weight of the new batch, as in PyTorch) must lie in [0, 1], "
                           f"got {out['momentum']}")
@@ -438,8 +472,31 @@ register(OpDef(
 ))
 
 # --------------------------------------------------------------------------------------------
-# Losses (scalar, mean reduction)
+# Losses. The regression losses are means (over all elements). The class losses over integer
+# labels (softmax_cross_entropy on logits, nll on log-probabilities) have ONNX's and PyTorch's
+# options (F.cross_entropy / F.nll_loss): class weights (an optional third input, (classes,)),
+# ignore_index and reduction, with
+#     w_i = weight[y_i] (1 without class weights), 0 where y_i == ignore_index
+#     mean: L = sum_i w_i l_i / sum_i w_i,   sum: L = sum_i w_i l_i,   none: L_i = w_i l_i  (m,)
 # --------------------------------------------------------------------------------------------
+
+REDUCTIONS = ("mean", "sum", "none")
+# optional attributes: the defaults (mean, nothing ignored) leave the node and its text unchanged
+CLASS_LOSS_OPTIONS = {"reduction": (str, "mean"), "ignore_index": (int, None)}
+
+
+def loss_options(attrs) -> tuple:
+    """(reduction, ignore_index or None) of a class loss (or its gradient) node's attributes."""
+    return attrs.get("reduction", "mean"), attrs.get("ignore_index")
+
+
+def class_weights(labels, weight, ignore_index, dtype) -> tuple:
+    """(labels safe to index, w): ``w_i = weight[y_i]`` (1 without class weights) and 0 where
+    ``y_i == ignore_index``; an ignored label may lie outside [0, classes) and is never an index."""
+    keep = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    y = np.where(keep, labels, 0)
+    w = np.ones(labels.shape, dtype) if weight is None else weight[y].astype(dtype)
+    return y, np.where(keep, w, 0).astype(dtype)
 
 
 def _log_softmax(logits):
@@ -447,34 +504,82 @@ def _log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=0, keepdims=True))
 
 
-def _sce_infer(where, types, attrs):
-    _expect_arity(where, "softmax_cross_entropy", types, 2)
-    logits, labels = types
-    _expect_activation(where, "softmax_cross_entropy logits", logits)
+def _expect_class_loss_arity(where, opname, types, n):
+    """n inputs, or n + 1 with the class weights (third)."""
+    if len(types) not in (n, n + 1):
+        raise IRError(f"{where}: {opname} takes {n} inputs, got {len(types)}; with class weights {n + 1}")
+
+
+def _expect_labels_and_weights(where, opname, x, labels, weights):
     if labels.dtype != "i64" or labels.shape != (BATCH,):
-        raise IRError(f"{where}: softmax_cross_entropy expects integer class labels i64[{BATCH}], got {labels}")
-    return (_scalar(logits.dtype),)
+        raise IRError(f"{where}: {opname} expects integer class labels i64[{BATCH}], got {labels}")
+    for w in weights:  # (classes,): one weight per row of the scores
+        _per_unit(where, f"{opname} class weights", w, x.shape[0])
+        _expect_same_dtype(where, (x, w))
 
 
-def _sce_check(where, values, attrs):
-    """Labels come from g.labels(...) (they know their classes): one logits row per class."""
-    if len(values) != 2:
-        return  # the shape rule reports the arity
-    logits, labels = values
-    if labels.classes is None and labels.type.dtype != "i64":
-        raise IRError(f"{where}: softmax_cross_entropy expects integer class labels made with g.labels(...), "
-                      f"got %{labels.name}: {labels.type}")
-    if labels.classes is not None and logits.type.rank == 2 and logits.type.shape[0] != labels.classes:
-        want = TensorType(logits.type.dtype, (labels.classes, BATCH))
-        raise IRError(f"{where}: logits %{logits.name} expected shape {want} for labels %{labels.name} "
-                      f"(classes={labels.classes}), got {logits.type}")
+def _class_loss_infer(opname, scores):
+    def infer(where, types, attrs):
+        _expect_class_loss_arity(where, opname, types, 2)
+        x, labels = types[:2]
+        _expect_activation(where, f"{opname} {scores}", x)
+        _expect_labels_and_weights(where, opname, x, labels, types[2:])
+        per_example = loss_options(attrs)[0] == "none"
+        return (TensorType(x.dtype, (BATCH,)) if per_example else _scalar(x.dtype),)
+
+    return infer
 
 
-def _sce_ref(ins, attrs):
-    logits, labels = ins
-    m = logits.shape[1]
-    return (-_log_softmax(logits)[labels, np.arange(m)].mean(),)
+def _labels_check(opname, scores):
+    def check(where, values, attrs):
+        """Labels come from g.labels(...) (they know their classes): one row of scores per class."""
+        if len(values) not in (2, 3):
+            return  # the shape rule reports the arity
+        x, labels = values[:2]
+        if labels.classes is None and labels.type.dtype != "i64":
+            raise IRError(f"{where}: {opname} expects integer class labels made with g.labels(...), "
+                          f"got %{labels.name}: {labels.type}")
+        if labels.classes is not None and x.type.rank == 2 and x.type.shape[0] != labels.classes:
+            want = TensorType(x.type.dtype, (labels.classes, BATCH))
+            raise IRError(f"{where}: {scores} %{x.name} expected shape {want} for labels %{labels.name} "
+                          f"(classes={labels.classes}), got {x.type}")
 
+    return check
+
+
+def _reduce(per_example, w, reduction):
+    """The loss from the per-example losses (already times w_i): mean divides by sum_i w_i."""
+    if reduction == "none":
+        return per_example
+    if reduction == "sum":
+        return per_example.sum()
+    return per_example.sum() / w.sum()
+
+
+def _class_loss_ref(neg_log_prob):
+    """l_i = neg_log_prob(x)[y_i, i], weighted and reduced."""
+
+    def ref(ins, attrs):
+        x, labels = ins[:2]
+        reduction, ignore_index = loss_options(attrs)
+        y, w = class_weights(labels, ins[2] if len(ins) > 2 else None, ignore_index, x.dtype)
+        return (_reduce(w * neg_log_prob(x)[y, np.arange(x.shape[1])], w, reduction),)
+
+    return ref
+
+
+def _log_softmax_infer(where, types, attrs):
+    _expect_arity(where, "log_softmax", types, 1)
+    _expect_activation(where, "log_softmax input", types[0])
+    return (types[0],)
+
+
+register(OpDef(
+    "log_softmax", "y = x - log(sum over classes of exp(x))  (log-probabilities over axis 0, per example)",
+    _log_softmax_infer, lambda ins, attrs: (_log_softmax(ins[0]),),
+    # dx = dy - softmax(x) * sum_c dy, and softmax(x) = exp(y): the output is at hand
+    lambda emit, node, cts: [emit("log_softmax_grad", [cts[0], node.out.name], {})[0]],
+))
 
 def _pair_infer(opname):
     def infer(where, types, attrs):
@@ -507,14 +612,29 @@ def _bce_ref(ins, attrs):
     return ((np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).mean(),)
 
 
+def _incoming_dl(node, cts):
+    if cts[0] is None:
+        raise IRError(f"{node.name}: the gradient rule of {node.op} needs the incoming gradient dL "
+                      f"(autodiff seeds the loss with fill[value=1.0])")
+    return cts[0]
+
+
 def _loss_rule(grad_op):
     """dpred = grad_op(pred, target, dL): the loss's cotangent dL is the backward pass's seed."""
 
     def rule(emit, node, cts):
-        if cts[0] is None:
-            raise IRError(f"{node.name}: the gradient rule of {node.op} needs the incoming gradient dL "
-                          f"(autodiff seeds the loss with fill[value=1.0])")
-        return [emit(grad_op, [*node.inputs, cts[0]], {})[0], None]
+        return [emit(grad_op, [*node.inputs, _incoming_dl(node, cts)], {})[0], None]
+
+    return rule
+
+
+def _class_loss_rule(grad_op):
+    """dx = grad_op[options](x, labels[, weight], dL); the labels and the class weights are constants
+    (PyTorch does not differentiate the weights either), so they get no cotangent."""
+
+    def rule(emit, node, cts):
+        dx = emit(grad_op, [*node.inputs, _incoming_dl(node, cts)], node.attr)[0]
+        return [dx] + [None] * (len(node.inputs) - 1)
 
     return rule
 
@@ -534,8 +654,12 @@ def _no_accuracy(out, y):
 
 
 register(OpDef(
-    "softmax_cross_entropy", "L = mean over the batch of -log softmax(logits)[y]  (integer labels)",
-    _sce_infer, _sce_ref, _loss_rule("softmax_cross_entropy_grad"), kind="loss", check_values=_sce_check,
+    "softmax_cross_entropy",
+    "l_i = -log softmax(logits)[y_i]; L = mean over the batch (default), sum or none  (integer labels)",
+    _class_loss_infer("softmax_cross_entropy", "logits"), _class_loss_ref(lambda x: -_log_softmax(x)),
+    _class_loss_rule("softmax_cross_entropy_grad"), kind="loss",
+    check_values=_labels_check("softmax_cross_entropy", "logits"), optional_attrs=dict(CLASS_LOSS_OPTIONS),
+    init_roles={2: "ones"},  # class weights, when the node has them: 1 = unweighted
     name_prefix="loss", class_labels=True, predict=lambda out: out.argmax(axis=1), accuracy=_argmax_accuracy,
 ))
 register(OpDef(
@@ -550,6 +674,13 @@ register(OpDef(
     check_values=_float_target_check("sigmoid_bce"), name_prefix="loss",
     predict=lambda out: (out > 0).astype(np.int64), accuracy=_bce_accuracy,
     target_range=(0.0, 1.0),  # probabilities: outside [0, 1] the loss can go negative
+))
+register(OpDef(
+    "nll", "l_i = -x[y_i] (x: log-probabilities, e.g. log_softmax's); L = mean (default), sum or none",
+    _class_loss_infer("nll", "log-probabilities"), _class_loss_ref(lambda x: -x), _class_loss_rule("nll_grad"),
+    kind="loss", check_values=_labels_check("nll", "log-probabilities"), optional_attrs=dict(CLASS_LOSS_OPTIONS),
+    init_roles={2: "ones"},
+    name_prefix="loss", class_labels=True, predict=lambda out: out.argmax(axis=1), accuracy=_argmax_accuracy,
 ))
 
 # --------------------------------------------------------------------------------------------
@@ -574,18 +705,47 @@ def _sum_batch_infer(where, types, attrs):
 register(OpDef("sum_batch", "s = sum(x, axis=batch)", _sum_batch_infer,
                lambda ins, attrs: (ins[0].sum(axis=1),), kind="backward"))
 
-def _add_infer(where, types, attrs):
-    _expect_arity(where, "add", types, 2)
-    a, b = types
-    _expect_float(where, "add operand a", a)
-    _expect_shape(where, "add operand b", b, a.shape)
-    _expect_same_dtype(where, types)
-    return (a,)
+# ---- elementwise arithmetic on values of one shape (no broadcasting: the importer flattens) ----
+
+
+def _elementwise_infer(opname, arity):
+    def infer(where, types, attrs):
+        _expect_arity(where, opname, types, arity)
+        a = types[0]
+        _expect_float(where, f"{opname} operand a", a)
+        if arity == 2:
+            _expect_shape(where, f"{opname} operand b", types[1], a.shape)
+            _expect_same_dtype(where, types)
+        return (a,)
+
+    return infer
+
+
+def _mul_grad(emit, node, cts):
+    # c = a*b:  da = dc*b,  db = dc*a
+    a, b = node.inputs
+    return [emit("mul", [cts[0], b], {})[0], emit("mul", [cts[0], a], {})[0]]
+
+
+def _div_grad(emit, node, cts):
+    # c = a/b:  da = dc/b,  db = -dc*a/b^2 = -da*c  (c, the output, is at hand)
+    da = emit("div", [cts[0], node.inputs[1]], {})[0]
+    return [da, emit("neg", [emit("mul", [da, node.out.name], {})[0]], {})[0]]
 
 
 register(OpDef("add", "c = a + b  (elementwise; autodiff uses it to sum the gradients of a value with several users)",
-               _add_infer, lambda ins, attrs: (ins[0] + ins[1],),
+               _elementwise_infer("add", 2), lambda ins, attrs: (ins[0] + ins[1],),
                lambda emit, node, cts: [cts[0], cts[0]]))
+register(OpDef("sub", "c = a - b  (elementwise)", _elementwise_infer("sub", 2),
+               lambda ins, attrs: (ins[0] - ins[1],),
+               lambda emit, node, cts: [cts[0], emit("neg", [cts[0]], {})[0]]))  # da = dc, db = -dc
+register(OpDef("mul", "c = a * b  (elementwise)", _elementwise_infer("mul", 2),
+               lambda ins, attrs: (ins[0] * ins[1],), _mul_grad))
+register(OpDef("div", "c = a / b  (elementwise, IEEE: b = 0 gives inf or nan)", _elementwise_infer("div", 2),
+               lambda ins, attrs: (ins[0] / ins[1],), _div_grad))
+register(OpDef("neg", "y = -x  (elementwise; the gradient rules of sub and div use it)", _elementwise_infer("neg", 1),
+               lambda ins, attrs: (-ins[0],),
+               lambda emit, node, cts: [emit("neg", [cts[0]], {})[0]]))
 
 register(OpDef("act_grad", "dx = dy * g'(x), g' computed from the output y",
                _same_as_input(0, 2, "act_grad"),
@@ -647,16 +807,58 @@ def _loss_grad_infer(opname):
     return infer
 
 
+def _class_loss_grad_infer(opname):
+    """(x, labels[, weight], dL) -> dx; dL is a scalar, or (m,) with reduction none."""
+
+    def infer(where, types, attrs):
+        _expect_class_loss_arity(where, opname, types, 3)
+        x, labels, dl = types[0], types[1], types[-1]
+        _expect_labels_and_weights(where, opname, x, labels, types[2:-1])
+        _expect_float(where, f"{opname} incoming gradient dL", dl)
+        _expect_shape(where, f"{opname} incoming gradient dL", dl, (BATCH,) if loss_options(attrs)[0] == "none" else ())
+        _expect_same_dtype(where, (x, dl))
+        return (x,)
+
+    return infer
+
+
+def class_loss_scale(ins, attrs) -> tuple:
+    """(labels safe to index, s) for a class loss gradient with inputs (x, labels[, weight], dL):
+    ``s_i = dL/dl_i`` = ``w_i dL / sum_j w_j`` (mean), ``w_i dL`` (sum), ``w_i dL_i`` (none)."""
+    x, labels, dl = ins[0], ins[1], ins[-1]
+    reduction, ignore_index = loss_options(attrs)
+    y, w = class_weights(labels, ins[2] if len(ins) == 4 else None, ignore_index, x.dtype)
+    return y, (w * (dl / w.sum()) if reduction == "mean" else w * dl)
+
+
 def _sce_grad_ref(ins, attrs):
-    logits, labels, dl = ins
-    m = logits.shape[1]
-    p = np.exp(_log_softmax(logits))
-    p[labels, np.arange(m)] -= 1
-    return (p / m * dl,)
+    # dl_i/dlogits[:, i] = softmax(logits[:, i]) - onehot(y_i)
+    m = ins[0].shape[1]
+    y, s = class_loss_scale(ins, attrs)
+    p = np.exp(_log_softmax(ins[0]))
+    p[y, np.arange(m)] -= 1
+    return (p * s,)
 
 
-register(OpDef("softmax_cross_entropy_grad", "dlogits = (softmax(logits) - onehot(y)) / m * dL",
-               _loss_grad_infer("softmax_cross_entropy_grad"), _sce_grad_ref, kind="backward"))
+def _nll_grad_ref(ins, attrs):
+    # dl_i/dx[:, i] = -onehot(y_i)
+    x = ins[0]
+    y, s = class_loss_scale(ins, attrs)
+    dx = np.zeros_like(x)
+    dx[y, np.arange(x.shape[1])] = -s
+    return (dx,)
+
+
+register(OpDef("softmax_cross_entropy_grad",
+               "dlogits[:, i] = (softmax(logits[:, i]) - onehot(y_i)) * s_i,  s_i = w_i*dL/sum(w) (mean: 1/m*dL)",
+               _class_loss_grad_infer("softmax_cross_entropy_grad"), _sce_grad_ref, kind="backward",
+               optional_attrs=dict(CLASS_LOSS_OPTIONS)))
+register(OpDef("nll_grad", "dx[:, i] = -onehot(y_i) * s_i,  s_i = w_i*dL/sum(w) (mean), w_i*dL (sum), w_i*dL_i (none)",
+               _class_loss_grad_infer("nll_grad"), _nll_grad_ref, kind="backward",
+               optional_attrs=dict(CLASS_LOSS_OPTIONS)))
+register(OpDef("log_softmax_grad", "dx = dy - exp(y) * sum over classes of dy  (y = log_softmax(x))",
+               _same_as_input(0, 2, "log_softmax_grad"),
+               lambda ins, attrs: (ins[0] - np.exp(ins[1]) * ins[0].sum(axis=0, keepdims=True),), kind="backward"))
 register(OpDef("mse_grad", "dpred = 2*(pred - target) / numel * dL",
                _loss_grad_infer("mse_grad"),
                lambda ins, attrs: (2 * (ins[0] - ins[1]) / ins[0].size * ins[2],), kind="backward"))

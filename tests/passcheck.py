@@ -203,7 +203,7 @@ def build_graph(inputs: int, layers, outputs: int, *, loss: str = "softmax_cross
     """x -> [matmul (+bias) -> batchnorm? -> activation?] per layer -> matmul (+bias) -> batchnorm? -> loss."""
     g = bg.Graph(name, dtype)
     h = g.input("x", inputs)
-    y = g.labels("y", outputs) if loss == "softmax_cross_entropy" else g.input("y", outputs)
+    y = g.labels("y", outputs) if bg.OPS[loss].class_labels else g.input("y", outputs)
     for k, layer in enumerate(layers, start=1):
         h = g.matmul(h, layer.units, bias=layer.bias, name=f"fc{k}")
         if layer.bn:

@@ -393,6 +393,14 @@ def test_the_equivalence_tests_cover_every_op():
     seen.update(n.op for n in bg.to_inference(eval_bn).nodes)
     # test_shared_weight_accumulates_gradients_with_add runs the programs of this graph
     seen.update(n.op for p in build_programs(shared_weight_graph(), "float64").programs.values() for n in p.nodes)
+    from test_binary_ops import arithmetic_graph  # its programs are run against the interpreter there
+
+    seen.update(n.op for p in build_programs(arithmetic_graph(), "float64").programs.values() for n in p.nodes)
+    # tests/test_loss_variants.py runs every class loss variant (and log_softmax) against the op table
+    from test_loss_variants import kernel_zoo, weighted_graph
+
+    seen.update(n.op for n in kernel_zoo().nodes)
+    seen.update(n.op for p in build_programs(weighted_graph("nll"), "float64").programs.values() for n in p.nodes)
     missing = sorted(set(bg.OPS) - seen)
     assert not missing, f"ops never exercised by the codegen equivalence tests: {missing}"
 

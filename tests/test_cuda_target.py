@@ -3,7 +3,8 @@
 * ``bg.emit(g, target="cuda")`` gives the ``.cu`` kernels and the Python host driver without
   importing CuPy; ``bg.compile(g, target="cuda")`` without CuPy or a GPU is one clear error.
 * Every kernel generated for a matrix of graphs (every activation and loss, float32 and float64,
-  widths 1, 3, 1000 and 4097, with and without bias and batch norm) compiles with
+  widths 1, 3, 1000 and 4097, with and without bias and batch norm; the elementwise arithmetic of
+  tests/test_binary_ops.py) compiles with
   ``nvcc -arch=sm_90`` (nvcc is installed on these machines and in CI; the test is skipped only
   where it is missing).
 * Golden snapshots of the rendered ``.cu`` and driver for one model.
@@ -29,7 +30,9 @@ import pytest
 
 import bngraph as bg
 
+from bngraph.backends import get_target
 from test_codegen import check_golden_source
+from test_loss_variants import kernel_zoo
 
 PROGRAMS = ("train_step", "forward", "forward_train", "evaluate")
 
@@ -130,6 +133,14 @@ def test_every_generated_kernel_compiles_with_nvcc(tmp_path):
             sources[f"{loss}_{dtype}_{'fused' if passes is None else 'plain'}"] = src
         inf = bg.emit(g, target="cuda", dtype=dtype, inference=True)[f"{g.name}_cuda.cu"]
         sources[f"{loss}_{dtype}_inference"] = inf
+    for dtype in ("f32", "f64"):  # every class loss variant: loss, gradient and fused kernels (+ log_softmax)
+        zoo = kernel_zoo(dtype)
+        sources[f"class_losses_{dtype}"] = get_target("cuda").renderer.render(
+            {"forward": zoo}, dtype, zoo.name).sources[f"{zoo.name}_cuda.cu"]
+    from test_binary_ops import arithmetic_graph  # add, sub, mul, div, neg and their gradients
+
+    for dtype in ("f32", "f64"):
+        sources[f"arithmetic_{dtype}"] = bg.emit(arithmetic_graph(dtype), target="cuda", dtype=dtype)["arith_cuda.cu"]
     paths = []
     for key, src in sources.items():
         p = tmp_path / f"{key}.cu"

@@ -47,6 +47,9 @@ class Case:
         return f"{self.op}[{attrs}]" if attrs else self.op
 
 
+# the class losses' options (ignore_index=1 drops some of the labels in [0, K) the cases draw)
+LOSS_VARIANTS = [{}, dict(reduction="sum"), dict(reduction="none"), dict(ignore_index=1),
+                 dict(ignore_index=1, reduction="sum"), dict(ignore_index=-100, reduction="none")]
 BN_IN = [("x", (N, BATCH)), ("x", (N,)), ("x", (N,)), ("x", (N,)), ("pos", (N,))]  # z, gamma, beta, rm, rv
 BN_GRAD_IN = [("x", (N, BATCH)), ("x", (N, BATCH)), ("x", (N,)), ("x", (N,)), ("pos", (N,))]  # dy, z, gamma, mu, var
 ACT_VARIANTS = [dict(act=a) for a in ACTIVATIONS] + [dict(act="leaky_relu", negative_slope=0.2)]
@@ -71,16 +74,30 @@ def _cases() -> list:
     c.append(Case("running_update", [("x", (N,)), ("pos", (N,)), ("x", (N,)), ("pos", (N,)), ("x", (N, BATCH))],
                   dict(momentum=0.3)))
     c.append(Case("softmax_cross_entropy", [("x", (K, BATCH)), ("labels", K)]))
+    c.append(Case("log_softmax", [("x", (K, BATCH))]))
+    c.append(Case("nll", [("x", (K, BATCH)), ("labels", K)]))
+    for loss in ("softmax_cross_entropy", "nll"):  # class weights, ignore_index, reduction
+        c += [Case(loss, [("x", (K, BATCH)), ("labels", K), ("pos", (K,))], at) for at in LOSS_VARIANTS]
+        c += [Case(loss, [("x", (K, BATCH)), ("labels", K)], at) for at in LOSS_VARIANTS[1:]]
     c.append(Case("mse", [("x", (N, BATCH)), ("x", (N, BATCH))]))
     c.append(Case("sigmoid_bce", [("x", (N, BATCH)), ("prob", (N, BATCH))]))
     c.append(Case("sum_batch", [("x", (N, BATCH))]))
     c.append(Case("add", [("x", (N, BATCH)), ("x", (N, BATCH))]))
+    c += [Case(op, [("x", (N, BATCH)), ("x", (N, BATCH))]) for op in ("sub", "mul")]
+    c.append(Case("div", [("x", (N, BATCH)), ("pos", (N, BATCH))]))  # b away from 0
+    c.append(Case("neg", [("x", (N, BATCH))]))
     c += [Case("act_grad", [("x", (N, BATCH)), ("prob", (N, BATCH))], a) for a in ACT_VARIANTS]
     c += [Case("batchnorm_grad", BN_GRAD_IN, dict(mode=mode)) for mode in MODES]
     c += [Case("batchnorm_act_grad", [("x", (N, BATCH))] + BN_GRAD_IN, dict(mode=mode, **a))
           for mode in MODES for a in ACT_VARIANTS]
     # the loss gradients take the loss's incoming gradient dL (a scalar) last
     c.append(Case("softmax_cross_entropy_grad", [("x", (K, BATCH)), ("labels", K), ("x", ())]))
+    c.append(Case("nll_grad", [("x", (K, BATCH)), ("labels", K), ("x", ())]))
+    for grad in ("softmax_cross_entropy_grad", "nll_grad"):  # dL is (m,) with reduction none
+        c.append(Case(grad, [("x", (K, BATCH)), ("labels", K), ("pos", (K,)), ("x", (BATCH,))],
+                      dict(reduction="none", ignore_index=1)))
+        c.append(Case(grad, [("x", (K, BATCH)), ("labels", K), ("pos", (K,)), ("x", ())], dict(reduction="sum")))
+    c.append(Case("log_softmax_grad", [("x", (K, BATCH)), ("x", (K, BATCH))]))
     c.append(Case("mse_grad", [("x", (N, BATCH)), ("x", (N, BATCH)), ("x", ())]))
     c.append(Case("sigmoid_bce_grad", [("x", (N, BATCH)), ("prob", (N, BATCH)), ("x", ())]))
     c += [Case("fill", [], dict(value=2.5, dtype=dt)) for dt in ("f32", "f64")]
@@ -93,7 +110,7 @@ DIFF_CASES = [c for c in CASES if OPS[c.op].differentiable]
 # inputs whose gradient rule returns None on purpose: class labels, loss targets (data), and the
 # running statistics (state is never differentiated)
 NO_GRAD = {
-    "softmax_cross_entropy": {1}, "mse": {1}, "sigmoid_bce": {1},
+    "softmax_cross_entropy": {1, 2}, "nll": {1, 2}, "mse": {1}, "sigmoid_bce": {1},  # 2: class weights
     "batchnorm": {3, 4}, "batchnorm_act": {3, 4},
 }
 
@@ -172,7 +189,8 @@ def test_op_attrs_are_well_formed(name):
 def test_loss_and_bn_tables():
     from bngraph.ops import BN_OPS, LOSS_OPS
 
-    assert set(LOSS_OPS) == {n for n, o in OPS.items() if o.kind == "loss"} == {"softmax_cross_entropy", "mse", "sigmoid_bce"}
+    assert set(LOSS_OPS) == {n for n, o in OPS.items() if o.kind == "loss"} == {"softmax_cross_entropy", "nll", "mse",
+                                                                                "sigmoid_bce"}
     assert set(BN_OPS) == {n for n, o in OPS.items() if o.batch_statistics}
     assert set(BN_OPS) == {"batchnorm", "batchnorm_act"}
     for a in ACTIVATIONS:
@@ -204,7 +222,7 @@ def test_roles_and_prefixes_of_the_ops():
     for bn in ("batchnorm", "batchnorm_act"):  # gamma = 1, beta = 0, running_mean = 0, running_var = 1
         assert OPS[bn].init_roles == {1: "ones", 2: "zeros", 3: "zeros", 4: "ones"} and OPS[bn].prefix == "bn"
     assert [OPS[n].prefix for n in ("relu", "bias_add", "mse")] == ["relu", "bias", "loss"]
-    assert [n for n, o in OPS.items() if o.class_labels] == ["softmax_cross_entropy"]
+    assert [n for n, o in OPS.items() if o.class_labels] == ["softmax_cross_entropy", "nll"]
 
 
 def test_needs_batch_statistics():
@@ -277,7 +295,7 @@ def test_loss_gradients_need_a_scalar_incoming_gradient():
         rule("t", [*types, TensorType("f32", (3, BATCH))], {})
     with pytest.raises(bg.IRError, match="t: inputs mix dtypes"):
         rule("t", [*types, TensorType("f64", ())], {})
-    with pytest.raises(bg.IRError, match="t: softmax_cross_entropy_grad takes 3 inputs, got 2"):
+    with pytest.raises(bg.IRError, match="t: softmax_cross_entropy_grad takes 3 inputs, got 2; with class weights 4"):
         rule("t", types, {})
     node = Node.make("mse", ["p", "t"], [Value("loss", TensorType("f32", ()))])
     with pytest.raises(bg.IRError, match=r"loss: the gradient rule of mse needs the incoming gradient dL"):
@@ -435,6 +453,12 @@ T_ACT = {
 }
 
 
+def t_class_loss(ins, at):
+    """PyTorch's weight, ignore_index (its default -100 never matches labels in [0, K)) and reduction."""
+    return dict(weight=ins[2] if len(ins) > 2 else None, ignore_index=at.get("ignore_index", -100),
+                reduction=at.get("reduction", "mean"))
+
+
 def t_batchnorm(ins, at):
     z, gamma, beta, rm, rv = ins
     train = at["mode"] == "train"
@@ -455,10 +479,16 @@ TORCH = {
     **{a: (lambda ins, at, a=a: [T_ACT[a](ins[0], at.get("negative_slope", 0.0))]) for a in ACTIVATIONS},
     "batchnorm": t_batchnorm,
     "batchnorm_act": t_batchnorm_act,
-    "softmax_cross_entropy": lambda ins, at: [F.cross_entropy(ins[0].T, ins[1])],
+    "softmax_cross_entropy": lambda ins, at: [F.cross_entropy(ins[0].T, ins[1], **t_class_loss(ins, at))],
+    "nll": lambda ins, at: [F.nll_loss(ins[0].T, ins[1], **t_class_loss(ins, at))],
+    "log_softmax": lambda ins, at: [F.log_softmax(ins[0], dim=0)],
     "mse": lambda ins, at: [F.mse_loss(ins[0], ins[1])],
     "sigmoid_bce": lambda ins, at: [F.binary_cross_entropy_with_logits(ins[0], ins[1])],
     "add": lambda ins, at: [ins[0] + ins[1]],
+    "sub": lambda ins, at: [ins[0] - ins[1]],
+    "mul": lambda ins, at: [ins[0] * ins[1]],
+    "div": lambda ins, at: [ins[0] / ins[1]],
+    "neg": lambda ins, at: [-ins[0]],
 }
 
 
@@ -771,6 +801,8 @@ def op_table_markdown() -> str:
     def attrs(op):
         parts = [f"`{k}`: {t.__name__}" + (" (required)" if d is None else f" = `{d!r}`")
                  for k, (t, d) in op.attrs.items()]
+        parts += [f"`{k}`: {t.__name__}, optional" + ("" if d is None else f" = `{d!r}`")
+                  for k, (t, d) in op.optional_attrs.items()]
         return ", ".join(parts) or "—"
 
     rows = ["| op | kind | attributes | what it computes |", "|---|---|---|---|"]

@@ -55,7 +55,7 @@ def from_onnx(src, loss="auto") -> ImportedGraph:
             elif i not in ctx.env:
                 raise UnsupportedNode(where, node.op_type, f"reads {show(i)}, which nothing defines before it")
             else:
-                ins.append(ctx.env[i])
+                ins.append(ctx.value(i))
         outs = fn(ctx, node, where, ins)
         for name, v in zip(node.output, outs):
             if name:
@@ -68,7 +68,7 @@ def from_onnx(src, loss="auto") -> ImportedGraph:
 
 def _outputs(ctx, g):
     for k, o in enumerate(g.output):
-        v = ctx.env.get(o.name)
+        v = ctx.value(o.name) if o.name in ctx.env else None
         key = f"out{k}"
         if isinstance(v, str):  # an input returned as it is
             v = ctx.lay_out(v, show(o.name), "graph output")
@@ -95,7 +95,7 @@ def _add_loss(ctx, loss):
         if loss not in ("auto", None) and ctx.g.has_output("loss"):
             raise IRError(f"from_onnx: the file has its own loss (%{ctx.g.output('loss')}); use loss='auto'")
         return
-    data = [ctx.env.get(o) for o in (s.name for s in ctx.g.outputs_spec)]
+    data = [ctx.value(o) if o in ctx.env else None for o in (s.name for s in ctx.g.outputs_spec)]
     data = [d for d in data if isinstance(d, Data)]
     if len(data) != 1 or len(data[0].fshape) != 1 or data[0].layout != "flat":
         raise IRError(f"from_onnx: loss={loss!r} needs one 2-D (batch, outputs) graph output to put the loss on; "

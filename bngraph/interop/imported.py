@@ -68,7 +68,9 @@ class Data:
 @dataclass(frozen=True)
 class InputSpec:
     """How an outside input enters. kind: ``flat`` (batch = the first ``axis`` dims, the rest are
-    features), ``flat_t`` (a (features, N) matrix: Gemm transA), ``channels`` or ``labels``."""
+    features), ``flat_t`` (a (features, N) matrix: Gemm transA), ``channels`` or ``labels`` (class
+    indices with ``axis`` dims, (N,) or (N, d1, ...) beside N-D scores: flattened in C order, as the
+    channels layout flattens the scores' batch axes)."""
 
     name: str  # outside name
     ir: str
@@ -80,9 +82,10 @@ class InputSpec:
         """(IR array, batch dims) for an outside array ``a``."""
         if self.kind == "labels":
             a = np.asarray(a)
-            if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-                raise IRError(f"input {self.name!r}: labels must be a 1-D integer array, got {a.dtype}{a.shape}")
-            return a.astype(np.int64), a.shape
+            if a.ndim != self.axis or not np.issubdtype(a.dtype, np.integer):
+                raise IRError(f"input {self.name!r}: labels must be a {self.axis}-D integer array, got "
+                              f"{a.dtype}{a.shape}")
+            return a.reshape(-1).astype(np.int64), a.shape
         a = np.asarray(a, dtype=dtype)
         if self.kind == "flat_t":
             self._expect(a.ndim == 2 and a.shape[0] == self.fshape[0], a, f"({self.fshape[0]}, N)")

@@ -7,8 +7,12 @@
 
 Device ``CPU`` runs the NumPy target, ``CUDA`` the CUDA target (CuPy and a GPU needed);
 ``prepare(model, target="cuda", target_device="emulator")`` runs the CUDA target's kernels on the CPU.
+Outputs that are graph inputs (through Identity) pass through unchanged, and integer Add/Sub/Mul/Div
+are computed in float64 and converted back: see :mod:`.onnx_boundary`.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from .deps import require
 
@@ -16,8 +20,10 @@ require("onnx", "bngraph.onnx_backend")
 
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupledict  # noqa: E402
 
+from ..ir import IRError  # noqa: E402
 from .from_onnx import from_onnx  # noqa: E402
 from .names import UnsafeModel  # noqa: E402
+from .onnx_boundary import Boundary  # noqa: E402
 from .program import ImportedProgram  # noqa: E402
 
 TARGETS = {DeviceType.CPU: "numpy", DeviceType.CUDA: "cuda"}
@@ -27,8 +33,11 @@ class BngraphRep(BackendRep):
     def __init__(self, model, device: str = "CPU", target: str | None = None, target_device=None):
         super().__init__()
         self.model = model
-        self.imported = from_onnx(model, loss=None)
-        self.program = ImportedProgram(self.imported, target or TARGETS[Device(device).type], target_device)
+        self.boundary = Boundary(model)
+        self.imported = self.program = None  # nothing to compute when every output passes through
+        if self.boundary.model is not None:
+            self.imported = from_onnx(self.boundary.model, loss=None)
+            self.program = ImportedProgram(self.imported, target or TARGETS[Device(device).type], target_device)
         inits = {t.name for t in model.graph.initializer}
         self._all_inputs = [vi.name for vi in model.graph.input]
         self._fed_inputs = [n for n in self._all_inputs if n not in inits]
@@ -44,7 +53,17 @@ class BngraphRep(BackendRep):
                 raise ValueError(f"expected {len(self._fed_inputs)} inputs ({', '.join(self._fed_inputs)}), "
                                  f"got {len(inputs)}")
             arrays = dict(zip(names, inputs))
-        out = self.program.run(arrays)
+        b = self.boundary
+        out = {}
+        if self.program is not None:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # IEEE results, as ONNX's
+                out = self.program.run(b.to_float(arrays))
+            out = b.from_float(out)
+        for name, source in b.passthrough.items():
+            if source not in arrays:
+                raise IRError(f"missing input {source!r} (output {name!r} is that input)")
+            a = arrays[source]
+            out[name] = np.array(a, copy=True) if isinstance(a, np.ndarray) else a
         return namedtupledict("Outputs", self._outputs)(*[out[n] for n in self._outputs])
 
 
@@ -52,7 +71,9 @@ class BngraphBackend(Backend):
     @classmethod
     def is_compatible(cls, model, device: str = "CPU", **kwargs) -> bool:
         try:
-            from_onnx(model, loss=None)
+            boundary = Boundary(model)
+            if boundary.model is not None:
+                from_onnx(boundary.model, loss=None)
         except (UnsafeModel, ValueError):
             return False
         return cls.supports_device(device)

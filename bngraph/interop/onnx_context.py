@@ -30,6 +30,14 @@ class Context:
         self.loss = loss
 
     # ---- values ---------------------------------------------------------------------------
+    def value(self, name):
+        """What ONNX value ``name`` is now. Identity makes aliases; an alias of a graph input (a
+        name in ``env``) sees what the input's first use decided: data, or a constant."""
+        v = self.env[name]
+        while isinstance(v, str) and self.env.get(v, v) != v:
+            v = self.env[v]
+        return v
+
     def tensor(self, v, where, what) -> Tensor:
         """A constant: an initializer, a Constant, or a graph input in a weight position (its value
         then comes at run time, as ONNX lets any input feed a weight)."""

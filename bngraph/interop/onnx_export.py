@@ -112,9 +112,18 @@ def _activation(ex, node):
     ex.act(ex.name(node.inputs[0]), ex.name(node.out.name), node, node.op, node.attr.get("negative_slope", 0.0), "")
 
 
-@exporter("add")
-def _add(ex, node):
-    ex.add("Add", [ex.name(i) for i in node.inputs], [ex.name(node.out.name)], node)
+@exporter("log_softmax")
+def _log_softmax(ex, node):
+    # over the IR's axis 0, the classes: ONNX's last axis of (N, C)
+    ex.add("LogSoftmax", [ex.name(node.inputs[0])], [ex.name(node.out.name)], node, axis=-1)
+
+
+ARITHMETIC = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "neg": "Neg"}  # elementwise, one shape
+
+
+@exporter(*ARITHMETIC)
+def _arithmetic(ex, node):
+    ex.add(ARITHMETIC[node.op], [ex.name(i) for i in node.inputs], [ex.name(node.out.name)], node)
 
 
 def inference_program(model, fold_bn: bool):

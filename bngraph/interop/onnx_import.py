@@ -22,6 +22,7 @@ import numpy as np
 from .imported import Data, InputSpec, Tensor, literal
 from .names import show
 from .onnx_context import _dims, _f32
+from ..ops import REDUCTIONS
 from .onnx_read import INT_TYPES, UnsupportedNode, attributes
 
 IMPORTERS: dict = {}
@@ -128,40 +129,53 @@ def _matmul(ctx, node, where, ins):
                  affine=(f"{name}.W", None))]
 
 
+# ONNX elementwise op of two data tensors -> the IR op (same shape; N-D data is flattened at the boundary)
+DATA_OPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+
+
+def _data_op(ctx, node, where, x: Data, b):
+    """``x op y`` with y batch-sized data of x's shape: the IR's elementwise add/sub/mul/div."""
+    op = node.op_type
+    y = ctx.data(b, where, op)
+    if (y.fshape, y.layout, y.brank) != (x.fshape, x.layout, x.brank):
+        raise UnsupportedNode(where, op, f"operands with features {x.fshape} and {y.fshape}: an elementwise "
+                              f"{op} of two data tensors needs one shape (no broadcasting between data)")
+    out = ctx.g.add_node(DATA_OPS[op], [x.ir, y.ir], {}, [ctx.layer_name(node, DATA_OPS[op])])
+    return [replace(x, ir=out.out.name, affine=None)]
+
+
 @importer("Add", "Sub")
 def _add_sub(ctx, node, where, ins):
+    """x + c, x - c with a constant c per feature: ``bias_add`` (c - x: ``bias_add(neg x)``);
+    x +/- y of two data tensors: ``add``/``sub``."""
     attributes(node, {}, where)
     op = node.op_type
     a, b = ins
-    if isinstance(a, Tensor) and not isinstance(b, Tensor):
-        if op == "Sub":
-            raise UnsupportedNode(where, op, "constant minus data: the IR has no negation")
+    swapped = isinstance(a, Tensor) and not isinstance(b, Tensor)
+    if swapped:
         a, b = b, a
+    negate = swapped and op == "Sub"  # c - x = (-x) + c
     x = ctx.data(a, where, op)
     b = ctx.operand(b, x, where, "the second operand")
+    if not isinstance(b, Tensor):
+        return _data_op(ctx, node, where, x, b)
+    if x.layout != "flat":
+        raise UnsupportedNode(where, op, "a constant added to spatial (N, C, ...) data")
     name = ctx.layer_name(node, "bias")
-    if isinstance(b, Tensor):
-        if x.layout != "flat":
-            raise UnsupportedNode(where, op, "a constant added to spatial (N, C, ...) data")
-        sign = -1.0 if op == "Sub" else 1.0
-        out = ctx.g.bias_add(x.ir, name=name)
-        ctx.param(f"{name}.b", _per_feature(ctx, b, x.fshape, where, op, "the constant").map(lambda c: sign * c),
-                  _source(node, 1))
-        return [replace(x, ir=out.name, affine=None)]
-    y = ctx.data(b, where, op)
-    if op == "Sub":
-        raise UnsupportedNode(where, op, "data minus data: the IR has elementwise add only")
-    if (y.fshape, y.layout) != (x.fshape, x.layout):
-        raise UnsupportedNode(where, op, f"operands with features {x.fshape} and {y.fshape}: data plus data must "
-                              f"have the same shape")
-    out = ctx.g.add_node("add", [x.ir, y.ir], {}, [name])
-    return [replace(x, ir=out.out.name, affine=None)]
+    sign = -1.0 if op == "Sub" and not negate else 1.0
+    if negate:
+        x = replace(x, ir=ctx.g.add_node("neg", [x.ir], {}, [ctx.names.claim(f"{name}_neg", "neg")]).out.name)
+    out = ctx.g.bias_add(x.ir, name=name)
+    ctx.param(f"{name}.b", _per_feature(ctx, b, x.fshape, where, op, "the constant").map(lambda c: sign * c),
+              _source(node, 0 if swapped else 1))
+    return [replace(x, ir=out.name, affine=None)]
 
 
 @importer("Mul", "Div")
 def _scale(ctx, node, where, ins):
     """x*s, x/s with a constant s per feature: folded into the matmul before it (W' = s[:,None]*W,
-    b' = s*b) when x is that matmul's only use, else a diagonal matmul (trainable as a full matrix)."""
+    b' = s*b) when x is that matmul's only use, else a diagonal matmul (trainable as a full matrix).
+    x*y, x/y of two data tensors: ``mul``/``div``."""
     attributes(node, {}, where)
     op = node.op_type
     a, b = ins
@@ -172,7 +186,7 @@ def _scale(ctx, node, where, ins):
     x = ctx.data(a, where, op)
     b = ctx.operand(b, x, where, "the second operand")
     if not isinstance(b, Tensor):
-        raise UnsupportedNode(where, op, "data times/over data: the IR multiplies data only by constants")
+        return _data_op(ctx, node, where, x, b)
     if x.layout != "flat":
         raise UnsupportedNode(where, op, "a scale on spatial (N, C, ...) data")
     s = _per_feature(ctx, b, x.fshape, where, op, "the constant")
@@ -195,8 +209,20 @@ def _combine(t: Tensor, s: Tensor, fn) -> Tensor:
     return Tensor(t.shape, lambda a: fn(np.asarray(tg(a)), np.asarray(sg(a))), t.sources | s.sources)
 
 
-ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "identity",
-                  "LeakyRelu": "leaky_relu"}
+ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky_relu"}
+# ONNX ops that only rename a value: no IR node (so an output that is a graph input passes through)
+ALIAS_OPS = {"Identity"}
+
+
+@importer(*ALIAS_OPS)
+def _alias(ctx, node, where, ins):
+    """Identity: its output is its input under another name. An alias of a graph input reads what
+    the input's first use decides (data or a weight): ``Context.value`` follows the names."""
+    attributes(node, {}, where)
+    v = ins[0]
+    if isinstance(v, Data):
+        v = replace(v, affine=None)  # a scale read through the alias must not fold into a shared matmul
+    return [v]
 
 
 @importer(*ACTIVATION_OPS)
@@ -277,37 +303,71 @@ def _batchnorm(ctx, node, where, ins):
 
 @importer("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss")
 def _loss(ctx, node, where, ins):
+    """SoftmaxCrossEntropyLoss -> softmax_cross_entropy, its log_prob output -> log_softmax;
+    NegativeLogLikelihoodLoss -> nll (softmax_cross_entropy on the logits when it reads a LogSoftmax).
+    ``reduction``, ``ignore_index`` and the class weights (input 3, a state value: a constant the
+    model carries) map one to one: ONNX's semantics are PyTorch's, ``w_i = weight[y_i]`` (1 without
+    weights, 0 where ``y_i == ignore_index``) and mean = ``sum_i w_i l_i / sum_i w_i``. ONNX's scores
+    are (N, C), the IR's (C, N); N-D scores (N, C, d1, ...) that are a graph input enter as
+    (C, N*d1*...) (spatial batch norm's layout change), their labels (N, d1, ...) flattened, and a
+    per-example loss (reduction none) leaves reshaped to (N, d1, ...)."""
     op = node.op_type
     at = attributes(node, {"reduction": "mean", "ignore_index": None}, where)
-    why = []
-    if at["reduction"] != "mean":
-        why.append(f"reduction={at['reduction']!r}")
-    if at["ignore_index"] is not None:
-        why.append("ignore_index")
+    if at["reduction"] not in REDUCTIONS:
+        raise UnsupportedNode(where, op, f"reduction={show(at['reduction'])}: expected one of {', '.join(REDUCTIONS)}")
+    if len(ins) < 2 or not isinstance(ins[1], str) or ins[1] not in ctx.pending:
+        raise UnsupportedNode(where, op, "the labels (input 2) must be a graph input")
+    if isinstance(ins[0], str) and len(ctx.pending[ins[0]][1] or ()) >= 3:
+        x = ctx.lay_out(ins[0], where, op, "channels")  # (N, C, d1, ...) -> (C, N*d1*...)
+    else:
+        x = ctx.data(ins[0], where, op, "scores")
+        if len(x.fshape) != 1 or x.layout != "flat" or x.brank != 1:
+            raise UnsupportedNode(where, op, "needs 2-D scores (N, C), or N-D scores (N, C, d1, ...) that are a "
+                                  "graph input")
+    if x.head == "softmax":
+        raise UnsupportedNode(where, op, "reads a Softmax's output (probabilities, not log-probabilities)")
+    kind = "nll" if op == "NegativeLogLikelihoodLoss" and x.head != "log_softmax" else "softmax_cross_entropy"
+    labels = _labels(ctx, ins[1], x, where)
+    weight = None
     if len(ins) > 2 and ins[2] != "":
-        why.append("class weights")
-    if len(node.output) > 1:
-        why.append("the log_prob output")
-    x = ctx.data(ins[0], where, op, "scores")
-    if op == "NegativeLogLikelihoodLoss" and x.head != "log_softmax":
-        why.append("input that is not a LogSoftmax's output (NLL of log_softmax is softmax_cross_entropy)")
-    if why:
-        raise UnsupportedNode(where, op, f"{', '.join(why)}: the IR's softmax_cross_entropy is the mean over the "
-                              f"batch of -log softmax(logits)[label], without weights")
-    if len(x.fshape) != 1 or not isinstance(ins[1], str):
-        raise UnsupportedNode(where, op, "needs 2-D scores (batch, classes) and labels that are a graph input")
-    return [("loss", _labels_loss(ctx, x, ins[1], node), None)]
+        t = ctx.tensor(ins[2], where, "the class weights")
+        if tuple(t.shape) != (x.features,):
+            raise UnsupportedNode(where, op, f"class weights of shape {tuple(t.shape)}: expected ({x.features},), "
+                                  f"one per class")
+        weight = ctx.names.claim(node.input[2], "class_weights")
+        ctx.g.state_value(weight, (x.features,))
+        ctx.param(weight, t, node.input[2])
+    options = {"reduction": at["reduction"], "ignore_index": at["ignore_index"]}
+    name = ctx.names.claim(node.output[0], "loss")
+    if at["reduction"] == "none":  # one loss per example: a value, not the graph's (scalar) loss
+        ir = [x.ir, labels] + ([weight] if weight else [])
+        out = [Data(ctx.g.add_node(kind, ir, options, [name]).out.name, (), brank=x.brank)]
+    else:
+        out = [("loss", getattr(ctx.g, kind)(x.ir, labels, name=name, weight=weight, **options).name, None)]
+    if len(node.output) > 1 and node.output[1]:  # SoftmaxCrossEntropyLoss's log_prob: log_softmax(scores)
+        lp = ctx.g.log_softmax(x.ir, name=ctx.names.claim(node.output[1], "log_prob"))
+        out.append(replace(x, ir=lp.name, head=None, affine=None))
+    return out
 
 
-def _labels_loss(ctx, x, label_input, node=None):
+def _labels(ctx, label_input, x, where) -> str:
+    """Graph input ``label_input`` as the IR's labels for scores ``x``: one class index per example,
+    (N,) or (N, d1, ...) as x's batch axes (flattened in the same order)."""
     elem, dims = ctx.pending.pop(label_input)
-    if elem not in INT_TYPES or len(dims or ()) != 1:
-        raise UnsupportedNode(show(label_input), "labels", "labels must be a 1-D int32/int64 graph input")
+    if elem not in INT_TYPES or len(dims or ()) != x.brank:
+        want = "1-D" if x.brank == 1 else f"{x.brank}-D (N, d1, ...)"
+        raise UnsupportedNode(where, "labels", f"labels {show(label_input)} must be a {want} int32/int64 graph input, "
+                              f"got element type {elem} and shape {_dims(dims or ())}")
     ir = ctx.names.claim(label_input, "y")
     ctx.g.labels(ir, x.features)
-    ctx.g.inputs_spec.append(InputSpec(label_input, ir, "labels"))
-    name = ctx.names.claim(node.output[0] if node is not None else "loss", "loss")
-    return ctx.g.softmax_cross_entropy(x.ir, ir, name=name).name
+    ctx.g.inputs_spec.append(InputSpec(label_input, ir, "labels", x.brank))
+    return ir
+
+
+def _labels_loss(ctx, x, label_input):
+    """softmax_cross_entropy of ``x`` against a new labels input (from_onnx's added loss)."""
+    ir = _labels(ctx, label_input, x, show(label_input))
+    return ctx.g.softmax_cross_entropy(x.ir, ir, name=ctx.names.claim("loss", "loss")).name
 
 
 @importer("Constant")

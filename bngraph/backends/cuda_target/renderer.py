@@ -12,11 +12,11 @@ from ...printer import format_node
 from ...version import __version__
 from ..base import Rendered, Renderer, template_env
 from ..lowering import Plan
-from .lowerings import ELEMENTWISE, LOWERINGS, POINTWISE_LOSSES, node_act, numel, rows
+from .lowerings import CLASS_LOSSES, ELEMENTWISE, LOWERINGS, POINTWISE_LOSSES, class_loss_context, node_act, numel, rows
 
 BLOCK = 256  # threads per block (a power of two: block_sum halves it)
 CTYPES = {"f32": "float", "f64": "double"}
-LOSS_GRADS = {"softmax_cross_entropy_grad", "mse_grad", "sigmoid_bce_grad"}
+LOSS_GRADS = {"softmax_cross_entropy_grad", "nll_grad", "mse_grad", "sigmoid_bce_grad"}
 
 
 class CudaRenderer(Renderer):
@@ -93,7 +93,9 @@ class CudaRenderer(Renderer):
         pairs = {}
         for n in g.nodes:
             if n.op in LOSS_GRADS:
-                loss = next((l for l in g.nodes if l.op == n.op[:-len("_grad")] and l.inputs == n.inputs[:2]), None)
+                # the loss reads what its gradient reads but dL, with the same options
+                loss = next((l for l in g.nodes if l.op == n.op[:-len("_grad")] and l.inputs == n.inputs[:-1]
+                             and l.attrs == n.attrs), None)
                 if loss is not None and id(loss) not in pairs:
                     pairs[id(loss)] = n
         return pairs
@@ -149,26 +151,30 @@ class CudaRenderer(Renderer):
         gnode = n if is_grad else grad_node
         with_loss, with_grad = not is_grad, gnode is not None
         params, in_args, dL = [], list(n.inputs[:2]), "1.0"
-        label_type = "long long" if base == "softmax_cross_entropy" else "real"
-        first, second = ("logits", "labels") if base == "softmax_cross_entropy" else ("pred", "target")
-        params += [cin(first), cin(second, label_type)]
+        class_loss = base in CLASS_LOSSES
+        first, second = (CLASS_LOSSES[base], "labels") if class_loss else ("pred", "target")
+        params += [cin(first), cin(second, "long long" if class_loss else "real")]
+        weighted = class_loss and len(n.inputs) == (4 if is_grad else 3)
+        if weighted:  # the class weights, (classes,)
+            params.append(cin("weight"))
+            in_args.append(n.inputs[2])
         if with_grad:
-            dL = const(gnode.inputs[2])
+            dL = const(gnode.inputs[-1])
             if dL is None:  # a gradient seed computed at run time: read it from the device
                 params.append(cin("dL"))
-                in_args.append(gnode.inputs[2])
-                dL = "(acc_t)dL[0]"
+                in_args.append(gnode.inputs[-1])
+                dL = "(acc_t)dL[j]" if n.attr.get("reduction") == "none" else "(acc_t)dL[0]"
         out_names, outs = [], []
         if with_loss:
             params.append(cout("loss"))
             outs.append(step.outs[0])
         if with_grad:
-            params.append(cout("dlogits" if base == "softmax_cross_entropy" else "dpred"))
+            params.append(cout(f"d{first}"))
             gstep = next(s for s in plan.steps if s.node is gnode)
             outs.append(gstep.outs[0])
         ctx = dict(with_loss=with_loss, with_grad=with_grad, dL=dL)
-        if base == "softmax_cross_entropy":
-            ctx["classes"] = types["in"][0].shape[0]
+        if class_loss:
+            ctx.update(class_loss_context(n.op, n.attr, weighted, types["in"][0].shape[0], dL))
         else:
             ctx.update(size=numel(types["in"][0]), loss_expr=POINTWISE_LOSSES[base][0],
                        grad_expr=POINTWISE_LOSSES[base][1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ...ops import loss_options
 from ..lowering import Lowering
 
 # --------------------------------------------------------------------------------------------
@@ -106,6 +107,28 @@ def _bn_backward_buffers(attrs):
     return ("dy",) if attrs.get("act", "identity") != "identity" else ()
 
 
+# elementwise arithmetic: one NumPy ufunc per op, written into the output's buffer
+UFUNCS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "neg": "negative"}
+UFUNC = Lowering("ufunc.j2", context=lambda node, ins: {"ufunc": UFUNCS[node.op]})
+
+
+def _class_loss(node, ins) -> dict:
+    """The variant of a class loss or its gradient (templates/numpy/class_loss.j2). ``plain``: the
+    defaults (mean, no class weights, nothing ignored). Otherwise the template forms ``y`` (labels
+    safe to index: an ignored one may lie outside [0, classes)) and ``w`` (w_i = weight[y_i], 0
+    where ignored; absent when every w_i is 1), and a gradient scales by dL/dl_i: w_i*dL/sum(w)
+    (mean), w_i*dL (sum), w_i*dL_i (none)."""
+    reduction, ignore = loss_options(node.attr)
+    grad = node.op.endswith("_grad")
+    weight = ins[2] if len(ins) == (4 if grad else 3) else None
+    return {"softmax": node.op.startswith("softmax_cross_entropy"), "grad": grad,
+            "plain": reduction == "mean" and ignore is None and weight is None, "reduction": reduction,
+            "ignore_index": ignore, "weight": weight, "weighted": weight is not None or ignore is not None,
+            "dL": ins[-1] if grad else None}
+
+
+# softmax_cross_entropy, nll and their gradients: one template, the variant chosen above
+CLASS_LOSS = Lowering("class_loss.j2", temps=("logp", "keep", "y", "w"), context=_class_loss)
 ACTIVATION = Lowering("activation.j2")
 # Train-mode BN and every BN backward: one function per node over a block of units (rows), which
 # the generated code hands to ``rows`` (the runtime's runs long ones in lanes on host threads).
@@ -127,15 +150,19 @@ LOWERINGS = {
     "batchnorm": BN_FORWARD,  # = batchnorm_act with act=identity: z*s + t, one template
     "batchnorm_act": BN_FORWARD,
     "running_update": Lowering("running_update.j2"),
-    "softmax_cross_entropy": Lowering("softmax_cross_entropy.j2", temps=("logp",)),
+    "log_softmax": Lowering("log_softmax.j2"),
+    "softmax_cross_entropy": CLASS_LOSS,
+    "nll": CLASS_LOSS,
     "mse": Lowering("mse.j2"),
     "sigmoid_bce": Lowering("sigmoid_bce.j2"),
     "sum_batch": Lowering("sum_batch.j2"),
-    "add": Lowering("add.j2"),
+    **{op: UFUNC for op in UFUNCS},
     "act_grad": Lowering("act_grad.j2"),
     "batchnorm_grad": BN_BACKWARD,
     "batchnorm_act_grad": BN_BACKWARD,
-    "softmax_cross_entropy_grad": Lowering("softmax_cross_entropy_grad.j2"),
+    "softmax_cross_entropy_grad": CLASS_LOSS,
+    "nll_grad": CLASS_LOSS,
+    "log_softmax_grad": Lowering("log_softmax_grad.j2"),
     "mse_grad": Lowering("mse_grad.j2"),
     "sigmoid_bce_grad": Lowering("sigmoid_bce_grad.j2"),
     "fill": Lowering("fill.j2", const=True),  # the seed dL/dL of the backward pass (autodiff)
