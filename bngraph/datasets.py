@@ -42,6 +42,7 @@ class Dataset:
 
     @property
     def num_features(self) -> int:
+        """Columns of X: the features per example."""
         return self.X_train.shape[1]
 
     def __repr__(self) -> str:
@@ -228,9 +229,13 @@ def load_digits(test_fraction: float = 0.2, seed=0, dtype=None) -> Dataset:
     return _make("digits", arrays, test_fraction, seed)
 
 
-def load_dataset(name_or_path, **kw) -> Dataset:
-    """``"digits"`` (the built-in set) or a path to a ``.npz`` file; keyword arguments
-    (``test_fraction``, ``seed``, ``dtype``) go to the loader."""
+def load_dataset(name_or_path, test_fraction: float = 0.2, seed=0, dtype=None) -> Dataset:
+    """``"digits"`` (the built-in set) or a path to a ``.npz`` file, split into train and test.
+
+    ``test_fraction``: the share of each class kept for testing (stratified) when the file has no
+    ``X_test``/``y_test``; ``seed``: the split's seed; ``dtype``: the model's dtype (e.g.
+    ``"float32"``), in which X must be finite too."""
+    kw = {"test_fraction": test_fraction, "seed": seed, "dtype": dtype}
     if isinstance(name_or_path, str) and name_or_path == "digits":
         return load_digits(**kw)
     if isinstance(name_or_path, (str, os.PathLike)) and os.fspath(name_or_path).endswith(".npz"):

@@ -27,7 +27,12 @@ from .fileio import atomic_write
 
 @dataclass
 class InferenceModel:
-    """The result of :meth:`bngraph.Model.export_inference`; see the module docstring."""
+    """The result of :meth:`bngraph.Model.export_inference` (docs/deploy.md).
+
+    ``graph``: the inference graph; ``params``/``state``: the folded params and the state still
+    read, host NumPy arrays by IR name; ``sources``: the generated module(s), ``{file name: text}``
+    (one ``forward(x, P, S, B)`` function and ``alloc_forward(m)``); ``report``: the inference
+    pipeline's PipelineResult."""
 
     graph: object
     params: dict
@@ -41,6 +46,7 @@ class InferenceModel:
 
     @property
     def source(self) -> str:
+        """The generated code as one string."""
         return "\n".join(self.sources.values())
 
     def forward(self, X, batch_size: int | None = 1024) -> np.ndarray:

@@ -44,6 +44,9 @@ def value_roles(g) -> dict:
 
 
 def init_values(g, seed: int = 0) -> dict:
+    """Initial values of ``g``'s params and state, ``{name: array}``, as ``bg.compile`` draws them:
+    weights and biases as PyTorch's ``nn.Linear`` (uniform in +-1/sqrt(fan_in)), gamma 1, beta 0,
+    running mean 0, running variance 1; the same ``seed`` gives the same values."""
     g = as_graph(g)
     rng = np.random.default_rng(seed)
     dtype = DTYPES[g.dtype]

@@ -75,9 +75,11 @@ class TensorType:
         return self.dtype in FLOAT_DTYPES
 
     def with_dtype(self, dtype: str) -> "TensorType":
+        """The same shape in another dtype."""
         return TensorType(dtype, self.shape)
 
     def concrete_shape(self, m: int) -> tuple:
+        """The shape with the batch symbol ``m`` replaced by a batch size."""
         return tuple(m if d == BATCH else d for d in self.shape)
 
     def __str__(self) -> str:
@@ -113,6 +115,7 @@ class Node:
 
     @staticmethod
     def make(op: str, inputs: Sequence[str], outputs: Sequence[Value], attrs: Mapping | Iterable = ()):
+        """A node from any sequences and an attribute dict (stored as tuples and sorted pairs)."""
         return Node(op, tuple(inputs), tuple(outputs), _freeze_attrs(attrs))
 
     @property
@@ -129,6 +132,7 @@ class Node:
         return self.outputs[0]
 
     def replace(self, **changes) -> "Node":
+        """A copy with some of ``op``, ``inputs``, ``outputs``, ``attrs`` (a dict) replaced."""
         d = dict(op=self.op, inputs=self.inputs, outputs=self.outputs, attrs=self.attr)
         d.update(changes)
         return Node.make(d["op"], d["inputs"], d["outputs"], d["attrs"])

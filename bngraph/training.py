@@ -37,6 +37,7 @@ class History(list):
     stop_reason: str | None = None
 
     def column(self, key):
+        """One key across the epochs, e.g. ``hist.column("val_accuracy")`` (None where an epoch lacks it)."""
         return [r.get(key) for r in self]
 
 

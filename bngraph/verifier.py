@@ -7,7 +7,7 @@ from .ops import get_op, uses_batch_statistics
 
 
 class VerifyError(IRError):
-    pass
+    """A graph that breaks the IR's rules; names the graph, the pass that ran last and the node."""
 
 
 def verify(g, after: str | None = None, allow_dead: bool = False) -> FrozenGraph:

@@ -6,7 +6,6 @@ Regenerate the golden files after an intended change, then read the diff:
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from pathlib import Path
@@ -603,21 +602,8 @@ def test_passes_on_the_training_program():
     check_preserves(g, res.graph, res.remap)
 
 
-def test_the_docs_example_pass_runs():
-    # docs/passes.md "Writing a pass": the example is executed as written
-    doc = (Path(__file__).parents[1] / "docs" / "passes.md").read_text()
-    section = doc.split("## Writing a pass", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    g = bg.mlp([3, 4, 2], activation="identity", dtype="f64")
-    buf = io.StringIO()
-    env = {"g": g}
-    with contextlib.redirect_stdout(buf):
-        exec(compile(code, "docs/passes.md", "exec"), env)
-    res = env["res"]
-    assert res.report[0] == ("drop_identity", ("removed %act1 (identity): its users read %bn1 instead",))
-    assert "identity" not in ops(res.graph) and "// IR after drop_identity" in buf.getvalue()
-    assert "drop_identity" not in PASSES
-    check_preserves(g, res.graph, res.remap)
+# docs/passes.md's example pass (drop_identity) is tested in tests/test_custom_pass.py, and every block of
+# the docs runs in tests/test_doc_snippets.py.
 
 
 def test_a_broken_input_is_not_blamed_on_a_pass():

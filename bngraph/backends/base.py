@@ -47,6 +47,8 @@ class Renderer(ABC):
     buffer_all = False  # True: every output gets a buffer (device targets), not only batch-sized ones
 
     def plan(self, name: str, graph):
+        """The lowering plan of one program (bngraph.backends.lowering): names, each node's lowering
+        from ``self.lowerings``, where each output goes, the buffers; a missing lowering is one error."""
         from .lowering import plan_program
 
         return plan_program(name, graph, self.lowerings, self.target, self.reserved, self.buffer_all)
@@ -78,9 +80,11 @@ class Runtime(ABC):
         """An array of this runtime -> a NumPy array on the host."""
 
     def empty(self, shape, dtype):
+        """An uninitialized array of this runtime (the plan's buffers, the flat params)."""
         return self.xp.empty(shape, dtype=dtype)
 
     def zeros(self, shape, dtype):
+        """A zero-filled array of this runtime."""
         return self.xp.zeros(shape, dtype=dtype)
 
     def to_float(self, a) -> float:
@@ -184,6 +188,7 @@ class Target:
     runtime_factory: Callable
 
     def runtime(self, device=None) -> Runtime:
+        """A runtime of this target for ``device`` (None: the target's default)."""
         return self.runtime_factory(device)
 
 
@@ -191,6 +196,8 @@ TARGETS: dict = {}
 
 
 def register_target(target: Target) -> Target:
+    """Make ``target`` known by its name to compile, emit, load and the command line; a second
+    target of the same name is refused."""
     if target.name in TARGETS:
         raise ValueError(f"a target named {target.name!r} is already registered")
     TARGETS[target.name] = target
@@ -198,10 +205,12 @@ def register_target(target: Target) -> Target:
 
 
 def unregister_target(name: str):
+    """Forget the target ``name`` (nothing happens when there is none)."""
     TARGETS.pop(name, None)
 
 
 def get_target(name: str) -> Target:
+    """The registered target ``name``, or an error listing the registered ones."""
     try:
         return TARGETS[name]
     except (KeyError, TypeError):

@@ -49,9 +49,11 @@ class Lowering:
     const: bool = False
 
     def template_for(self, attrs: dict) -> str:
+        """The template file for a node with these attributes."""
         return self.template(attrs) if callable(self.template) else self.template
 
     def temp_buffers_for(self, attrs: dict) -> tuple:
+        """The batch-sized temporaries for a node with these attributes."""
         return tuple(self.temp_buffers(attrs)) if callable(self.temp_buffers) else tuple(self.temp_buffers)
 
 

@@ -57,6 +57,8 @@ class Pass:
     fn: Callable = field(repr=False, compare=False)
 
     def run(self, g) -> PassResult:
+        """Run the pass on ``g`` (a builder is built first); refuses a result that is not a PassResult
+        holding a FrozenGraph."""
         res = self.fn(as_graph(g))
         if not isinstance(res, PassResult):
             raise PassError(f"pass {self.name} returned {type(res).__name__}, expected a PassResult")
@@ -119,12 +121,15 @@ class Uses:
             self.by_outputs.setdefault(v, []).append(k)
 
     def count(self, name: str) -> int:
+        """How many uses ``name`` has: node inputs and graph outputs."""
         return len(self.by_nodes.get(name, ())) + len(self.by_outputs.get(name, ()))
 
     def nodes(self, name: str) -> list:
+        """The nodes that read ``name`` (a node reading it twice is listed twice)."""
         return [n for n, _ in self.by_nodes.get(name, ())]
 
     def is_output(self, name: str) -> bool:
+        """Whether ``name`` is returned by the graph."""
         return name in self.by_outputs
 
     def only_node_user(self, name: str):

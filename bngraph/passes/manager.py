@@ -15,6 +15,9 @@ INFERENCE_PIPELINE = ("fold_bias", "fold_bn_into_weights", "fuse_bn", "fuse_bias
 
 @dataclass
 class PipelineResult:
+    """What ``run_pipeline`` returns: the final ``graph``, the ``report`` and ``notes`` of each pass,
+    the composed ``remap``, the IR text after each pass (``snapshots``) and the ``input`` graph."""
+
     graph: FrozenGraph
     report: list  # [(pass name, tuple of change sentences)], one entry per pass run
     remap: Callable[[dict], dict]  # all the passes' remaps composed (identity copy when none)
