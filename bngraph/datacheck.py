@@ -57,10 +57,12 @@ def check_x(X, n_features: int, where: str, input_name: str = "x", dtype=None) -
 
 
 def check_labels(y, classes: int, where: str, what: str = "label", at: str = "row", cls=DataError,
-                 allow_float: bool = True) -> np.ndarray:
-    """Integer class indices in ``[0, classes)``; integral floats are accepted and converted when
-    ``allow_float`` (the public API), refused otherwise (the reference interpreter, which takes the
-    compiler's i64 values as they are). ``cls`` is the error raised; ``at`` names the position."""
+                 allow_float: bool = True, ignore_index: int | None = None) -> np.ndarray:
+    """Integer class indices in ``[0, classes)``, or ``ignore_index`` (a class loss's label that
+    counts for nothing, e.g. -100: never used as an index); integral floats are accepted and
+    converted when ``allow_float`` (the public API), refused otherwise (the reference interpreter,
+    which takes the compiler's i64 values as they are). ``cls`` is the error raised; ``at`` names
+    the position."""
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer):
         if (allow_float and np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
@@ -71,14 +73,18 @@ def check_labels(y, classes: int, where: str, what: str = "label", at: str = "ro
             raise cls(f"{where}: {what}s must be integer class indices, got dtype {y.dtype} "
                       f"({at} {bad}: {y.reshape(-1)[bad].item()!r})")
     bad = (y < 0) | (y >= classes)
+    if ignore_index is not None:
+        bad &= y != ignore_index
     if bad.any():
         r = int(np.argmax(bad.reshape(-1)))
-        raise cls(f"{where}: {what} {y.reshape(-1)[r]} at {at} {r} is out of range: expected 0 <= {what} < {classes}")
+        also = "" if ignore_index is None else f" or the loss's ignore_index {ignore_index}"
+        raise cls(f"{where}: {what} {y.reshape(-1)[r]} at {at} {r} is out of range: expected 0 <= {what} < "
+                  f"{classes}{also}")
     return y.astype(np.int64, copy=False)
 
 
 def check_y(y, m: int, where: str, classes: int | None, n_outputs: int, dtype=None, target_range=None,
-            loss: str = "the loss") -> np.ndarray:
+            loss: str = "the loss", ignore_index: int | None = None) -> np.ndarray:
     """Labels ``(m,)`` for a classification loss (``classes`` set), else targets ``(m, n_outputs)``,
     finite in ``dtype`` (returned cast to it) and inside ``target_range`` (the loss's domain, e.g.
     [0, 1] for sigmoid_bce) when given."""
@@ -86,7 +92,7 @@ def check_y(y, m: int, where: str, classes: int | None, n_outputs: int, dtype=No
     if classes is not None:
         if y.ndim != 1 or y.shape[0] != m:
             raise DataError(f"{where}: labels expected shape ({m},) (one class index per row of X), got {y.shape}")
-        return check_labels(y, classes, where)
+        return check_labels(y, classes, where, ignore_index=ignore_index)
     if y.ndim == 1 and n_outputs == 1:
         y = y[:, None]
     if y.shape != (m, n_outputs):

@@ -281,7 +281,8 @@ def mlp(
 ):
     """Sequential sugar: ``widths = [inputs, hidden..., outputs]``; each hidden layer is
     matmul (+bias) -> batchnorm (if ``batchnorm``) -> activation; the last layer is a matmul with
-    bias feeding ``loss``. Classification losses take labels ``y``; mse/sigmoid_bce a float ``y``."""
+    bias feeding ``loss`` (through ``log_softmax`` for ``nll``, which takes log-probabilities).
+    Classification losses take labels ``y``; mse/sigmoid_bce a float ``y``."""
     widths = list(widths)
     if len(widths) < 2:
         raise IRError(f"mlp: widths needs at least [inputs, outputs], got {widths}")
@@ -301,6 +302,8 @@ def mlp(
         extra = {"negative_slope": negative_slope} if activation == "leaky_relu" else {}
         h = g.activation(h, activation, name=f"act{k}", **extra)
     out = g.matmul(h, widths[-1], bias=True, name="out")
+    if loss == "nll":  # nll takes log-probabilities: the head is log_softmax (the forward output)
+        out = g.log_softmax(out, name="log_probs")
     g.loss(loss, out, y)
     return g
 

@@ -10,7 +10,7 @@ import numpy as np
 from .datacheck import check_labels
 from .graph import as_graph
 from .ir import IRError
-from .ops import get_op
+from .ops import get_op, loss_options
 
 
 def interpret(g, feeds: dict, values: dict, return_env: bool = False) -> dict:
@@ -33,7 +33,8 @@ def interpret(g, feeds: dict, values: dict, return_env: bool = False) -> dict:
             elif d != s:
                 raise IRError(f"input %{v.name}: expected shape {v.type}, got array of shape {a.shape}")
         if v.classes is not None:  # out-of-range labels would index silently (negative ones wrap)
-            a = check_labels(a, v.classes, f"input %{v.name}", at="index", cls=IRError, allow_float=False)
+            a = check_labels(a, v.classes, f"input %{v.name}", at="index", cls=IRError, allow_float=False,
+                             ignore_index=_ignored_label(g, v.name))
         env[v.name] = a
     for v in (*g.params, *g.state):
         if v.name not in values:
@@ -48,3 +49,15 @@ def interpret(g, feeds: dict, values: dict, return_env: bool = False) -> dict:
             env[o.name] = np.asarray(a)
     result = {k: env[v] for k, v in g.outputs}
     return (result, env) if return_env else result
+
+
+def _ignored_label(g, name: str):
+    """The ``ignore_index`` that every node reading the labels ``name`` shares (class losses and
+    their gradients), else None: a label outside [0, classes) is then an error, as some reader
+    would index with it."""
+    readers = [n for n in g.nodes if name in n.inputs]
+    if not readers or any("ignore_index" not in {**get_op(n.op).attrs, **get_op(n.op).optional_attrs}
+                          for n in readers):
+        return None
+    found = {loss_options(n.attr)[1] for n in readers}
+    return found.pop() if len(found) == 1 else None

@@ -132,6 +132,7 @@ class Model:
             raise IRError(f"graph {g.name}: a model takes one feature input and the loss's labels/targets as a graph "
                           f"input; got inputs {', '.join('%' + v.name for v in g.inputs)} and the loss reads "
                           f"%{loss.inputs[1]}")
+        self._ignore_index = loss_options(loss.attr)[1] if OPS[loss.op].class_labels else None
         self._x_input = features[0]
         self._y_input = vals[loss.inputs[1]]
         self.n_features = self._x_input.type.shape[0]
@@ -153,7 +154,8 @@ class Model:
     def _check_y(self, y, m, where) -> np.ndarray:
         """Labels, or targets cast to the model's dtype and inside the loss's domain (BCE: [0, 1])."""
         return check_y(y, m, where, self.classes, self.n_outputs, dtype=self.dtype,
-                       target_range=OPS[self.loss_kind].target_range, loss=self.loss_kind)
+                       target_range=OPS[self.loss_kind].target_range, loss=self.loss_kind,
+                       ignore_index=self._ignore_index)
 
     def _feeds(self, X, y=None) -> dict:
         """Host data (rows are examples) -> device arrays in the compiler's (features, m) layout."""
@@ -375,7 +377,10 @@ class Model:
                 count += share
             outs.append(self._out(res))
         result = {"loss": total if summed else total / count if count else float("nan")}
-        acc = OPS[self.loss_kind].accuracy(np.concatenate(outs), y)
+        outs = np.concatenate(outs)
+        if self._ignore_index is not None:  # ignored examples have no right answer
+            outs, y = outs[y != self._ignore_index], y[y != self._ignore_index]
+        acc = OPS[self.loss_kind].accuracy(outs, y) if len(y) else None
         if acc is not None:
             result["accuracy"] = float(acc)
         return result

@@ -305,8 +305,8 @@ def _torch_step(model, X, y, op, at):
 
 
 @pytest.mark.parametrize("op", CLASS_LOSSES)
-@pytest.mark.parametrize("opts", [dict(reduction="sum", ignore_index=1), dict(ignore_index=0), dict()],
-                         ids=["sum-ii", "mean-ii", "mean"])
+@pytest.mark.parametrize("opts", [dict(reduction="sum", ignore_index=1), dict(ignore_index=0), dict(ignore_index=-100),
+                                  dict()], ids=["sum-ii", "mean-ii", "mean-ii-outside-the-classes", "mean"])
 @pytest.mark.parametrize("target, device", [("numpy", None), pytest.param("cuda", "emulator", marks=needs_emulator)])
 def test_a_weighted_model_step_equals_torch(op, opts, target, device):
     rng = np.random.default_rng(7)
@@ -486,3 +486,40 @@ def test_a_log_softmax_output_exports_to_onnx(tmp_path):
     assert [n.op_type for n in _onnx().load(tmp_path / "m.onnx").graph.node][-1] == "LogSoftmax"
     (got,) = session.run(None, {session.get_inputs()[0].name: X})
     np.testing.assert_allclose(got, model.forward(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target, device", [("numpy", None), pytest.param("cuda", "emulator", marks=needs_emulator)])
+def test_labels_outside_the_classes_are_refused_unless_they_are_the_ignore_index(target, device):
+    """fit/evaluate/interpret take the loss's ignore_index (PyTorch's -100) as a label, and only it;
+    accuracy leaves the ignored examples out."""
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((40, 5)), rng.integers(0, C, 40)
+    y[::4] = -100
+    model = bg.compile(weighted_graph(ignore_index=-100), target=target, device=device, dtype="float64")
+    model.fit(X, y, optimizer=bg.optim.SGD(lr=0.1), epochs=1, batch_size=10, verbose=False)
+    kept = y != -100
+    out = model.forward(X)
+    assert model.evaluate(X, y)["accuracy"] == pytest.approx(float((out[kept].argmax(1) == y[kept]).mean()))
+    with pytest.raises(bg.DataError, match=r"label -1 at row 0 is out of range: expected 0 <= label < 4 or the "
+                                           r"loss's ignore_index -100"):
+        model.evaluate(X, np.where(kept, y, -1))
+    plain = bg.compile(weighted_graph(), dtype="float64")
+    with pytest.raises(bg.DataError, match=r"label -100 at row 0 is out of range: expected 0 <= label < 4$"):
+        plain.evaluate(X, y)
+    from bngraph.init import init_values
+
+    g = weighted_graph(ignore_index=-100).build()
+    values = {**init_values(g, 0), "cw": np.ones(C)}
+    loss = bg.interpret(g, {"x": X.T, "y": y}, values)["loss"]
+    assert np.isfinite(loss)
+    with pytest.raises(bg.IRError, match="out of range"):
+        bg.interpret(g, {"x": X.T, "y": np.where(kept, y, -1)}, values)
+
+
+def test_mlp_with_nll_puts_log_softmax_before_the_loss():
+    g = bg.mlp([4, 6, 3], loss="nll")
+    assert "%log_probs: f32[3,m] = log_softmax %out" in str(g)
+    assert "= nll %log_probs, %y" in str(g)
+    X = np.random.default_rng(0).standard_normal((30, 4))
+    model = bg.compile(g)
+    np.testing.assert_allclose(np.exp(model.forward(X)).sum(axis=1), 1.0, rtol=1e-5)
