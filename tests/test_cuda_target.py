@@ -353,3 +353,36 @@ def test_cli_trains_on_the_emulator_with_and_without_a_graph(capsys):
     eager = capsys.readouterr().out
     assert main(["train", "--target", "cuda", "--device", "emulator", "--cuda-graph", "--epochs", "1", "--quiet"]) == 0
     assert capsys.readouterr().out == eager and "test accuracy" in eager
+
+
+# ---- batch-norm rows kept in registers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", ["relu", "identity", "tanh"])
+def test_batchnorm_kernels_give_the_same_bits_with_rows_in_registers_or_read_again(act):
+    """The BN kernels keep a row of up to BN_CACHE*blockDim.x examples in registers (one read);
+    longer rows are read again. The emulator runs one thread, so BN_CACHE=16 caches rows of up
+    to 16 examples; the same source compiled with BN_CACHE=1 reads them again: identical bits."""
+    from bngraph.backends.cuda_target.emulator import _c_arg, compile_kernels
+
+    g = bg.mlp([5, 7, 3], activation=act)
+    src = bg.emit(g, target="cuda", dtype="float64")["mlp_cuda.cu"]
+    cached, reread = compile_kernels(src), compile_kernels("#define BN_CACHE 1\n" + src)
+    rng = np.random.default_rng(0)
+    for m in (2, 5, 16):
+        z, da, a = (rng.standard_normal((7, m)) * 3 + 1 for _ in range(3))
+        gamma, beta = rng.standard_normal(7), rng.standard_normal(7)
+        results = []
+        for lib in (cached, reread):
+            y, mean, var = np.empty((7, m)), np.empty(7), np.empty(7)
+            lib.train_step__act1(*map(_c_arg, (z, gamma, beta, y, mean, var, np.int32(m))))
+            dz, dg, db = np.empty((7, m)), np.empty(7), np.empty(7)
+            lib.train_step__fc1_matmul_grad(*map(_c_arg, (da, a, z, gamma, mean, var, dz, dg, db, np.int32(m))))
+            results.append((y, mean, var, dz, dg, db))
+        for got, want in zip(*results):
+            np.testing.assert_array_equal(got, want, err_msg=f"m={m}")
+        zh = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + 1e-5)
+        if act == "identity":
+            np.testing.assert_allclose(results[0][0], gamma[:, None] * zh + beta[:, None], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(results[0][1], z.mean(1), rtol=1e-12)
+        np.testing.assert_allclose(results[0][2], z.var(1), rtol=1e-12)

@@ -135,12 +135,15 @@ class CudaRenderer(Renderer):
             act = node_act(n)
             fused = op == "batchnorm_act_grad"
             names = ["da", "a", "z", "gamma", "mean", "var"] if fused else ["da", "z", "gamma", "mean", "var"]
-            dy = (lambda i: f"(acc_t)da[{i}] * {act.derivative(f'a[{i}]')}") if fused and act.name != "identity" \
-                else (lambda i: f"(acc_t)da[{i}]")
+            with_act = fused and act.name != "identity"
+
+            def dy(i, da="da[{}]", a="a[{}]"):  # dy = da*g'(a), from memory (or registers: dy_cached)
+                return f"(acc_t){da.format(i)} * {act.derivative(a.format(i))}" if with_act else f"(acc_t){da.format(i)}"
+
             return dict(params=[cin(x) for x in names] + [cout("dz"), cout("dgamma"), cout("dbeta")],
                         in_args=ins[:len(names)], out_args=step.outs, grid=row_grid,
                         ctx=dict(rows=units, eps=repr(a["eps"]), train=a["mode"] == "train", act=act,
-                                 fused_act=fused and act.name != "identity", dy=dy))
+                                 fused_act=with_act, dy=dy, dy_cached=lambda k: dy(k, "dac[{}]", "ac[{}]")))
         return self._loss_spec(n, step, plan, grad_node, const, types, cin, cout)
 
     @staticmethod

@@ -9,6 +9,9 @@
 typedef float real;
 typedef double acc_t;
 #define BLOCK 256
+#ifndef BN_CACHE
+#define BN_CACHE 16  // batch-norm kernels keep rows of up to BN_CACHE*blockDim.x examples in registers
+#endif
 
 // The sum of v over the threads of one block (blockDim.x a power of two, at most BLOCK).
 __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* red) {
@@ -27,23 +30,54 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* red) {
 
 // %act1: f32[5,m], %bn1.mean: f32[5], %bn1.var: f32[5] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
 // One block per unit: the batch mean, the variance around it (two passes, in double), then
-// y = relu(z*s + t) with s = gamma/sqrt(var + eps), t = beta - mean*s.
+// y = relu(z*s + t) with s = gamma/sqrt(var + eps), t = beta - mean*s. A row of at most
+// BN_CACHE*blockDim.x examples is read once and kept in registers for the three passes; a longer
+// row is read three times. Both paths take each thread's elements j = threadIdx.x + k*blockDim.x
+// in the same order, so they give the same bits.
 extern "C" __global__ void train_step__act1(const real* __restrict__ z, const real* __restrict__ gamma, const real* __restrict__ beta, real* __restrict__ y, real* __restrict__ mean, real* __restrict__ var_out, int m) {
     __shared__ acc_t red[BLOCK];
+    const bool cached = m <= BN_CACHE * (int)blockDim.x;
     for (int r = blockIdx.x; r < 5; r += gridDim.x) {
         const real* zr = z + (long long)r * m;
         real* yr = y + (long long)r * m;
+        real zc[BN_CACHE];
         acc_t sum = 0;
-        for (int j = threadIdx.x; j < m; j += blockDim.x) sum += zr[j];
+        if (cached) {
+#pragma unroll
+            for (int k = 0; k < BN_CACHE; ++k) {
+                const int j = threadIdx.x + k * blockDim.x;
+                if (j < m) { zc[k] = zr[j]; sum += zc[k]; }
+            }
+        } else {
+            for (int j = threadIdx.x; j < m; j += blockDim.x) sum += zr[j];
+        }
         const acc_t mu = block_sum(sum, red) / m;  // batch mean
         acc_t sq = 0;
-        for (int j = threadIdx.x; j < m; j += blockDim.x) { const acc_t d = zr[j] - mu; sq += d * d; }
+        if (cached) {
+#pragma unroll
+            for (int k = 0; k < BN_CACHE; ++k) {
+                if (threadIdx.x + k * blockDim.x < m) { const acc_t d = zc[k] - mu; sq += d * d; }
+            }
+        } else {
+            for (int j = threadIdx.x; j < m; j += blockDim.x) { const acc_t d = zr[j] - mu; sq += d * d; }
+        }
         const acc_t var = block_sum(sq, red) / m;  // batch variance (biased)
         const acc_t s = gamma[r] / sqrt(var + 1e-05);
         const acc_t t = beta[r] - mu * s;
-        for (int j = threadIdx.x; j < m; j += blockDim.x) {
-            const real x = (real)(zr[j] * s + t);
-            yr[j] = (x < (real)0 ? (real)0 : x);
+        if (cached) {
+#pragma unroll
+            for (int k = 0; k < BN_CACHE; ++k) {
+                const int j = threadIdx.x + k * blockDim.x;
+                if (j < m) {
+                    const real x = (real)(zc[k] * s + t);
+                    yr[j] = (x < (real)0 ? (real)0 : x);
+                }
+            }
+        } else {
+            for (int j = threadIdx.x; j < m; j += blockDim.x) {
+                const real x = (real)(zr[j] * s + t);
+                yr[j] = (x < (real)0 ? (real)0 : x);
+            }
         }
         if (threadIdx.x == 0) { mean[r] = (real)mu; var_out[r] = (real)var; }
     }
@@ -107,25 +141,56 @@ extern "C" __global__ void train_step__out_b_grad(const real* __restrict__ x, re
 // %fc1.matmul.grad: f32[5,m], %bn1.gamma.grad: f32[5], %bn1.beta.grad: f32[5] = batchnorm_act_grad[act=relu, eps=1e-05, mode=train, negative_slope=0.0] %act1.grad, %act1, %fc1.matmul, %bn1.gamma, %bn1.mean, %bn1.var
 // One block per unit: dbeta = sum(dy), dgamma = sum(dy*z_hat), then
 // dz = (gamma*inv_std/m) * (m*dy - dbeta - z_hat*dgamma), with dy = da*relu'(a).
+// A row of at most BN_CACHE*blockDim.x examples keeps its inputs in registers between the two
+// passes (read once); a longer row is read twice. Same order, same bits, either way.
 extern "C" __global__ void train_step__fc1_matmul_grad(const real* __restrict__ da, const real* __restrict__ a, const real* __restrict__ z, const real* __restrict__ gamma, const real* __restrict__ mean, const real* __restrict__ var, real* __restrict__ dz, real* __restrict__ dgamma, real* __restrict__ dbeta, int m) {
     __shared__ acc_t red[BLOCK];
+    const bool cached = m <= BN_CACHE * (int)blockDim.x;
     for (int r = blockIdx.x; r < 5; r += gridDim.x) {
         const long long o = (long long)r * m;
         const acc_t mu = mean[r];
         const acc_t inv_std = 1.0 / sqrt((acc_t)var[r] + 1e-05);
         acc_t sb = 0, sg = 0;
-        for (int j = threadIdx.x; j < m; j += blockDim.x) {
-            const acc_t dy = (acc_t)da[o + j] * (a[o + j] > (real)0 ? (real)1 : (real)0);
-            sb += dy;
-            sg += dy * ((z[o + j] - mu) * inv_std);
+        real dac[BN_CACHE], zc[BN_CACHE], ac[BN_CACHE];
+        if (cached) {
+#pragma unroll
+            for (int c = 0; c < BN_CACHE; ++c) {
+                const int j = threadIdx.x + c * blockDim.x;
+                if (j < m) {
+                    dac[c] = da[o + j];
+                    ac[c] = a[o + j];
+                    zc[c] = z[o + j];
+                    const acc_t dy = (acc_t)dac[c] * (ac[c] > (real)0 ? (real)1 : (real)0);
+                    sb += dy;
+                    sg += dy * ((zc[c] - mu) * inv_std);
+                }
+            }
+        } else {
+            for (int j = threadIdx.x; j < m; j += blockDim.x) {
+                const acc_t dy = (acc_t)da[o + j] * (a[o + j] > (real)0 ? (real)1 : (real)0);
+                sb += dy;
+                sg += dy * ((z[o + j] - mu) * inv_std);
+            }
         }
         const acc_t db = block_sum(sb, red);
         const acc_t dg = block_sum(sg, red);
         const acc_t k = gamma[r] * inv_std / m;
-        for (int j = threadIdx.x; j < m; j += blockDim.x) {
-            const acc_t dy = (acc_t)da[o + j] * (a[o + j] > (real)0 ? (real)1 : (real)0);
-            const acc_t z_hat = (z[o + j] - mu) * inv_std;
-            dz[o + j] = (real)(k * (m * dy - db - z_hat * dg));
+        if (cached) {
+#pragma unroll
+            for (int c = 0; c < BN_CACHE; ++c) {
+                const int j = threadIdx.x + c * blockDim.x;
+                if (j < m) {
+                    const acc_t dy = (acc_t)dac[c] * (ac[c] > (real)0 ? (real)1 : (real)0);
+                    const acc_t z_hat = (zc[c] - mu) * inv_std;
+                    dz[o + j] = (real)(k * (m * dy - db - z_hat * dg));
+                }
+            }
+        } else {
+            for (int j = threadIdx.x; j < m; j += blockDim.x) {
+                const acc_t dy = (acc_t)da[o + j] * (a[o + j] > (real)0 ? (real)1 : (real)0);
+                const acc_t z_hat = (z[o + j] - mu) * inv_std;
+                dz[o + j] = (real)(k * (m * dy - db - z_hat * dg));
+            }
         }
         if (threadIdx.x == 0) { dgamma[r] = (real)dg; dbeta[r] = (real)db; }
     }
@@ -163,23 +228,54 @@ extern "C" __global__ void forward__out(const real* __restrict__ z, const real* 
 
 // %act1: f32[5,m], %bn1.mean: f32[5], %bn1.var: f32[5] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
 // One block per unit: the batch mean, the variance around it (two passes, in double), then
-// y = relu(z*s + t) with s = gamma/sqrt(var + eps), t = beta - mean*s.
+// y = relu(z*s + t) with s = gamma/sqrt(var + eps), t = beta - mean*s. A row of at most
+// BN_CACHE*blockDim.x examples is read once and kept in registers for the three passes; a longer
+// row is read three times. Both paths take each thread's elements j = threadIdx.x + k*blockDim.x
+// in the same order, so they give the same bits.
 extern "C" __global__ void forward_train__act1(const real* __restrict__ z, const real* __restrict__ gamma, const real* __restrict__ beta, real* __restrict__ y, real* __restrict__ mean, real* __restrict__ var_out, int m) {
     __shared__ acc_t red[BLOCK];
+    const bool cached = m <= BN_CACHE * (int)blockDim.x;
     for (int r = blockIdx.x; r < 5; r += gridDim.x) {
         const real* zr = z + (long long)r * m;
         real* yr = y + (long long)r * m;
+        real zc[BN_CACHE];
         acc_t sum = 0;
-        for (int j = threadIdx.x; j < m; j += blockDim.x) sum += zr[j];
+        if (cached) {
+#pragma unroll
+            for (int k = 0; k < BN_CACHE; ++k) {
+                const int j = threadIdx.x + k * blockDim.x;
+                if (j < m) { zc[k] = zr[j]; sum += zc[k]; }
+            }
+        } else {
+            for (int j = threadIdx.x; j < m; j += blockDim.x) sum += zr[j];
+        }
         const acc_t mu = block_sum(sum, red) / m;  // batch mean
         acc_t sq = 0;
-        for (int j = threadIdx.x; j < m; j += blockDim.x) { const acc_t d = zr[j] - mu; sq += d * d; }
+        if (cached) {
+#pragma unroll
+            for (int k = 0; k < BN_CACHE; ++k) {
+                if (threadIdx.x + k * blockDim.x < m) { const acc_t d = zc[k] - mu; sq += d * d; }
+            }
+        } else {
+            for (int j = threadIdx.x; j < m; j += blockDim.x) { const acc_t d = zr[j] - mu; sq += d * d; }
+        }
         const acc_t var = block_sum(sq, red) / m;  // batch variance (biased)
         const acc_t s = gamma[r] / sqrt(var + 1e-05);
         const acc_t t = beta[r] - mu * s;
-        for (int j = threadIdx.x; j < m; j += blockDim.x) {
-            const real x = (real)(zr[j] * s + t);
-            yr[j] = (x < (real)0 ? (real)0 : x);
+        if (cached) {
+#pragma unroll
+            for (int k = 0; k < BN_CACHE; ++k) {
+                const int j = threadIdx.x + k * blockDim.x;
+                if (j < m) {
+                    const real x = (real)(zc[k] * s + t);
+                    yr[j] = (x < (real)0 ? (real)0 : x);
+                }
+            }
+        } else {
+            for (int j = threadIdx.x; j < m; j += blockDim.x) {
+                const real x = (real)(zr[j] * s + t);
+                yr[j] = (x < (real)0 ? (real)0 : x);
+            }
         }
         if (threadIdx.x == 0) { mean[r] = (real)mu; var_out[r] = (real)var; }
     }
