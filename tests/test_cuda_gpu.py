@@ -148,3 +148,20 @@ def test_compute_sanitizer_finds_nothing_in_a_training_step():
     out = subprocess.run(["compute-sanitizer", "--error-exitcode", "3", "--tool", "memcheck", sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_a_step_that_diverges_among_unread_ones_changes_nothing(graphs):
+    """As tests/test_cuda_step.py on the emulator, with real blocks and atomics: lr 1e200 at step 9
+    makes step 10's loss NaN while fit has not read the device yet; the GPU must skip steps 10..12."""
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((96, 4)), rng.integers(0, 3, 96)
+    ref = bg.compile(bg.mlp([4, 6, 5, 3]), dtype="float64")
+    gpu = on_gpu(bg.mlp([4, 6, 5, 3]), "float64", cuda_graph=graphs)
+    schedule = lambda epoch, step: 1e200 if step == 9 else 1e-2  # noqa: E731
+    hists = [m.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=3, batch_size=16, verbose=False,
+                   lr_schedule=schedule) for m in (ref, gpu)]
+    assert hists[0].stop_reason == hists[1].stop_reason and "global step 10" in hists[1].stop_reason
+    assert gpu.step == ref.step == 9
+    for k in ref.params:
+        np.testing.assert_allclose(gpu.runtime.to_numpy(gpu.params[k]), ref.params[k], rtol=1e-9, err_msg=k)
