@@ -32,8 +32,6 @@ OPS = {"Gemm", "MatMul", "BatchNormalization", "Relu", "LeakyRelu", "Sigmoid", "
        "Softmax", "LogSoftmax", "Add", "Mul", "Sub", "Div", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"}
 
 MATMUL_ND = "a batched N-D MatMul: the IR's matmul is weights (out, in) times data (features, batch)"
-SOFTMAX_ND = ("Softmax/LogSoftmax on 3-D data: imported over the features of 2-D (batch, features) data, as a "
-              "classifier's output head")
 
 
 def _cases(names, reason):
@@ -42,9 +40,6 @@ def _cases(names, reason):
 
 EXCLUDED = {
     **_cases("test_matmul_3d test_matmul_4d test_matmul_bcast test_matmul_1d_3d test_matmul_4d_1d", MATMUL_ND),
-    **_cases("test_softmax_axis_0 test_softmax_axis_1 test_softmax_axis_2 test_softmax_negative_axis "
-             "test_softmax_default_axis test_logsoftmax_axis_0 test_logsoftmax_axis_1 test_logsoftmax_axis_2 "
-             "test_logsoftmax_negative_axis test_logsoftmax_default_axis", SOFTMAX_ND),
 }
 
 

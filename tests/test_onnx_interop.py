@@ -130,6 +130,64 @@ def test_import_folds_a_scale_into_the_gemm_and_converts_momentum():
     assert imported.original_names["fc1.W"] == "W1" and imported.original_names["bn1.gamma"] == "gamma"
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_over_an_inner_axis_of_4d_data_is_a_layout_change_at_the_boundary(op):
+    """Softmax over axis 2 of (N, 3, 4, 5): the 4 values of axis 2 are the IR's features, the other
+    axes the batch in order, (4, N*3*5); the output goes back to (N, 3, 4, 5)."""
+    proto = _single(op, ["x"], ["y"], attrs={"axis": 2}, shape=("N", 3, 4, 5), out_shape=("N", 3, 4, 5))
+    X = (3 * np.random.default_rng(5).normal(size=(2, 3, 4, 5))).astype(np.float32)
+    rep = BngraphBackend.prepare(proto)
+    (spec,) = rep.imported.inputs_spec
+    assert (spec.kind, spec.axis, spec.fshape) == ("channels", 2, (4,))
+    assert rep.imported.build().value("x").type.shape[0] == 4  # the softmax axis is the IR's features axis
+    a, batch = spec.to_ir(X, np.float32)
+    np.testing.assert_array_equal(a, np.moveaxis(X, 2, 0).reshape(4, 30))
+    assert batch == (2, 3, 5)
+    (got,) = rep.run([X])
+    (expected,) = _ort(proto, {"x": X})
+    assert got.shape == X.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, _ort(_single(op, ["x"], ["y"], attrs={"axis": 3}, shape=("N", 3, 4, 5),
+                                             out_shape=("N", 3, 4, 5)), {"x": X})[0], atol=1e-3)  # not the last axis
+    with pytest.raises(bg.IRError, match=r"expected shape \(N, 3, 4, 5\)|4 on axis 2"):
+        rep.run([X[:, :, :3]])
+
+
+def test_softmax_before_opset_13_normalizes_the_flattened_trailing_axes():
+    """Opset < 13: Softmax(axis=1) of (N, 3, 4) is a softmax over the 12 values of each example
+    (ONNX's old coercion to 2-D): Flatten's layout at the boundary, the output back to (N, 3, 4)."""
+    proto = _single("Softmax", ["x"], ["y"], attrs={"axis": 1}, shape=("N", 3, 4), out_shape=("N", 3, 4))
+    proto.opset_import[0].version = 11
+    X = np.random.default_rng(6).normal(size=(2, 3, 4)).astype(np.float32)
+    rep = BngraphBackend.prepare(proto)
+    (spec,) = rep.imported.inputs_spec
+    assert (spec.kind, spec.axis, spec.fshape) == ("flat", 1, (3, 4))
+    (got,) = rep.run([X])
+    e = np.exp(X.reshape(2, 12) - X.reshape(2, 12).max(axis=1, keepdims=True))
+    np.testing.assert_allclose(got, (e / e.sum(axis=1, keepdims=True)).reshape(2, 3, 4), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, _ort(proto, {"x": X})[0], rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_over_channels_after_spatial_batchnorm_and_a_computed_axis_refused():
+    """A computed value: the softmax axis must be its features axis (the channels of spatial batch
+    norm's layout); any other axis would need a layout change in the middle of the graph."""
+    rng = np.random.default_rng(7)
+    bn = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in
+          {"s": rng.uniform(0.5, 1.5, 3), "b": rng.normal(size=3), "m": rng.normal(size=3),
+           "v": rng.uniform(0.5, 2, 3)}.items()]
+    proto = _single("BatchNormalization", ["x", "s", "b", "m", "v"], ["h"], inits=bn, shape=("N", 3, 4, 5),
+                    out_shape=("N", 3, 4, 5))
+    proto.graph.node.append(helper.make_node("Softmax", ["h"], ["y"], axis=1, name="sm"))
+    proto.graph.output[0].name = "y"
+    X = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    (got,) = BngraphBackend.prepare(proto).run([X])
+    np.testing.assert_allclose(got, _ort(proto, {"x": X})[0], rtol=1e-5, atol=1e-6)
+    proto.graph.node[1].attribute[0].i = 2
+    with pytest.raises(UnsupportedNode, match=r"'sm' \(Softmax\): axis=2: a softmax over axis 2 of a computed "
+                                              r"value whose features are outside axes \(1,\).*graph inputs only"):
+        bg.from_onnx(proto, loss=None)
+
+
 def _single(op_type, inputs, outputs, *, attrs=None, inits=(), shape=("N", 4), out_shape=("N", 4), name="n"):
     node = helper.make_node(op_type, list(inputs), list(outputs), name=name, **(attrs or {}))
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info(inputs[0], TensorProto.FLOAT, list(shape))],

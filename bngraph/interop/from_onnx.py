@@ -73,7 +73,7 @@ def _outputs(ctx, g):
         if isinstance(v, str):  # an input returned as it is
             v = ctx.lay_out(v, show(o.name), "graph output")
         if isinstance(v, Data):
-            spec = OutputSpec(o.name, key, v.ir, v.layout, v.fshape, v.rows, v.head)
+            spec = OutputSpec(o.name, key, v.ir, v.layout, v.fshape, v.rows, v.head, axis=v.caxis)
         elif isinstance(v, tuple) and v[0] == "loss":
             spec = OutputSpec(o.name, key, v[1], "scalar")
         elif isinstance(v, tuple) and v[0] == "state":

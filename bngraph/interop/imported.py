@@ -5,7 +5,8 @@ Outside (ONNX, PyTorch) the batch is axis 0: ``X: (N, features...)``; inside the
 ``(features, m)``. Each graph input and output records how it crosses (:class:`InputSpec`,
 :class:`OutputSpec`): a transpose for rows, a reshape when feature or batch axes were flattened, and
 for spatial batch norm ``(N, C, d1, ...) <-> (C, N*d1*...)`` (per-channel statistics over N and the
-spatial axes are exactly the IR's batchnorm on that view).
+spatial axes are exactly the IR's batchnorm on that view); a softmax over axis k of N-D data uses the
+same change with the features on axis k.
 
 Params are not copied at import: each IR param or state value has a :class:`Tensor` recipe, a
 function of the source arrays by their outside name (initializers, or graph inputs whose value
@@ -46,11 +47,12 @@ def literal(array) -> Tensor:
 class Data:
     """A batch-sized value: IR value ``ir`` of shape ``(prod(fshape), m)``.
 
-    ``layout``: ``flat`` (outside shape = batch dims + ``fshape``) or ``channels`` (outside
-    ``(N, C, *spatial)``, IR ``(C, N*prod(spatial))``, ``fshape = (C,)``). ``rows``: the batch
-    dims were flattened into one axis (after a Flatten). ``head``: 'softmax' or 'log_softmax'
-    applied at the output boundary. ``affine``: (W, b) param names when the value is a matmul's
-    output (with its bias), so that a constant scale can fold into them."""
+    ``layout``: ``flat`` (outside shape = batch dims + ``fshape``) or ``channels`` (the C features
+    on outside axis ``caxis``, every other axis flattened into the batch in order: ``(N, C, *spatial)``
+    -> ``(C, N*prod(spatial))`` for ``caxis=1``; ``fshape = (C,)``). ``rows``: the batch dims were
+    flattened into one axis (after a Flatten). ``head``: 'softmax' or 'log_softmax' over the IR's
+    features axis, applied at the output boundary. ``affine``: (W, b) param names when the value is
+    a matmul's output (with its bias), so that a constant scale can fold into them."""
 
     ir: str
     fshape: tuple
@@ -59,6 +61,7 @@ class Data:
     rows: bool = False
     head: str | None = None
     affine: tuple | None = None
+    caxis: int = 1  # channels layout: the outside axis of the features
 
     @property
     def features(self) -> int:
@@ -68,7 +71,8 @@ class Data:
 @dataclass(frozen=True)
 class InputSpec:
     """How an outside input enters. kind: ``flat`` (batch = the first ``axis`` dims, the rest are
-    features), ``flat_t`` (a (features, N) matrix: Gemm transA), ``channels`` or ``labels`` (class
+    features), ``flat_t`` (a (features, N) matrix: Gemm transA), ``channels`` (the features on
+    outside axis ``axis``, the other axes flattened into the batch in C order) or ``labels`` (class
     indices with ``axis`` dims, (N,) or (N, d1, ...) beside N-D scores: flattened in C order, as the
     channels layout flattens the scores' batch axes)."""
 
@@ -90,10 +94,11 @@ class InputSpec:
         if self.kind == "flat_t":
             self._expect(a.ndim == 2 and a.shape[0] == self.fshape[0], a, f"({self.fshape[0]}, N)")
             return np.ascontiguousarray(a), a.shape[1:]
-        if self.kind == "channels":
-            self._expect(a.ndim >= 3 and a.shape[1] == self.fshape[0], a, f"(N, {self.fshape[0]}, ...)")
-            c = a.shape[1]
-            return np.ascontiguousarray(np.moveaxis(a, 1, 0).reshape(c, -1)), (a.shape[0], *a.shape[2:])
+        if self.kind == "channels":  # (d0, ..., C, ...) -> (C, the other axes flattened in order)
+            k, c = self.axis, self.fshape[0]
+            want = f"(N, {c}, ...)" if k == 1 else f"{c} on axis {k} (of at least {max(k + 1, 2)} axes)"
+            self._expect(a.ndim >= max(k + 1, 2) and a.shape[k] == c, a, want)
+            return np.ascontiguousarray(np.moveaxis(a, k, 0).reshape(c, -1)), a.shape[:k] + a.shape[k + 1:]
         batch, feat = a.shape[: self.axis], a.shape[self.axis:]
         self._expect(a.ndim == self.axis + len(self.fshape) and feat == tuple(self.fshape), a,
                      f"({', '.join(['N'] * self.axis + [str(d) for d in self.fshape])})")
@@ -106,10 +111,12 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """How an IR result leaves: kind ``flat``/``channels`` (a batch-sized value), ``scalar`` (a
-    loss), ``vector`` (per-unit, e.g. a running mean) or ``population_var`` (a running variance
-    converted from bngraph's unbiased update to ONNX's: ``rv - (1 - momentum)*var/(m - 1)``,
-    ``extra`` = (the key of the IR batch variance, ONNX momentum, its IR value))."""
+    """How an IR result leaves: kind ``flat``/``channels`` (a batch-sized value; ``channels``: the
+    features go back to outside axis ``axis``), ``scalar`` (a loss), ``vector`` (per-unit, e.g. a
+    running mean) or ``population_var`` (a running variance converted from bngraph's unbiased
+    update to ONNX's: ``rv - (1 - momentum)*var/(m - 1)``, ``extra`` = (the key of the IR batch
+    variance, ONNX momentum, its IR value)). ``head`` is applied over the IR's features axis (axis 0
+    of the ``(features, m)`` result) before the layout changes back: one rule for every layout."""
 
     name: str  # outside name
     key: str  # the program output key
@@ -119,6 +126,7 @@ class OutputSpec:
     rows: bool = False
     head: str | None = None
     extra: tuple = ()
+    axis: int = 1
 
     @property
     def needs(self) -> tuple:
@@ -137,27 +145,29 @@ class OutputSpec:
         if self.kind == "population_var":
             var, momentum = np.asarray(out[self.extra[0]]), self.extra[1]
             return a - (1 - momentum) * var / max(m - 1, 1)
-        if self.kind == "channels":
-            c = a.shape[0]
-            a = np.moveaxis(a.reshape(c, batch[0], *batch[1:]), 0, 1)
+        if self.head:  # over the features: axis 0 of the IR's (features, m), whatever the layout outside
+            a = HEADS[self.head](a)
+        if self.kind == "channels":  # (C, the other axes flattened) -> C back on its axis
+            a = np.moveaxis(a.reshape(a.shape[0], *batch), 0, self.axis)
         else:
             dims = (m,) if self.rows else tuple(batch)
             a = a.T.reshape(tuple(dims) + tuple(self.fshape))
-        return HEADS[self.head](a) if self.head else np.array(a)  # a copy (ascontiguousarray makes 0-d 1-d)
+        return np.array(a)  # a copy (ascontiguousarray makes 0-d 1-d)
 
 
 def _softmax(a):
-    e = np.exp(a - a.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    e = np.exp(a - a.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
 
 
 def _log_softmax(a):
-    s = a - a.max(axis=-1, keepdims=True)
-    return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
+    s = a - a.max(axis=0, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=0, keepdims=True))
 
 
-# A classifier's output transform, applied to the logits on the host like OpDef.predict: the IR keeps
-# softmax inside its loss (softmax_cross_entropy reads logits), so a trailing Softmax is the head.
+# A classifier's output transform over the features (axis 0 of the IR's (features, m)), applied to the
+# logits on the host like OpDef.predict: the IR keeps softmax inside its loss (softmax_cross_entropy
+# reads logits), so a trailing Softmax/LogSoftmax is the head.
 HEADS = {"softmax": _softmax, "log_softmax": _log_softmax}
 
 

@@ -78,16 +78,22 @@ class Context:
         return v
 
     def lay_out(self, name, where, op, kind="flat", axis=None) -> Data:
-        """Declare graph input ``name`` as data in the given layout (its first use decides)."""
+        """Declare graph input ``name`` as data in the given layout (its first use decides).
+        ``flat``: features = the dims from ``axis`` on (default 1), batch = the dims before;
+        ``channels``: features = dim ``axis`` (default 1), every other dim flattened into the batch;
+        ``flat_t``: a (features, N) matrix."""
         elem, dims = self.pending.pop(name)
         if elem not in FLOAT_TYPES:
             raise UnsupportedNode(where, op, f"input {show(name)} has ONNX element type {elem}; data must be "
                                   f"float or double")
         rank = len(dims)
-        if kind == "flat" and axis is None:
-            axis = 0 if rank == 1 else 1
-        fdims = dims[axis:] if kind == "flat" else dims[1:2] if kind == "channels" else dims[:1]
-        if any(d is None for d in fdims) or (kind == "channels" and rank < 3):
+        if axis is None:
+            axis = 0 if kind == "flat" and rank == 1 else 1 if kind in ("flat", "channels") else 0
+        if kind == "channels" and not (rank >= 2 and 0 <= axis < rank):
+            raise UnsupportedNode(where, op, f"input {show(name)} has shape {_dims(dims)}: no features axis {axis} "
+                                  f"with a batch beside it")
+        fdims = dims[axis:] if kind == "flat" else dims[axis:axis + 1] if kind == "channels" else dims[:1]
+        if any(d is None for d in fdims):
             raise UnsupportedNode(where, op, f"input {show(name)} has shape {_dims(dims)}: its feature "
                                   f"dimensions must be fixed numbers")
         ir = self.names.claim(name, "x")
@@ -95,9 +101,10 @@ class Context:
         if features == 0:
             raise UnsupportedNode(where, op, f"input {show(name)} has no features: shape {_dims(dims)}")
         self.g.input(ir, features)
-        self.g.inputs_spec.append(InputSpec(name, ir, kind, axis or 0, tuple(fdims)))
+        self.g.inputs_spec.append(InputSpec(name, ir, kind, axis, tuple(fdims)))
         brank = rank - 1 if kind == "channels" else 1 if kind == "flat_t" else axis
-        d = Data(ir, tuple(fdims), layout="channels" if kind == "channels" else "flat", brank=brank)
+        d = Data(ir, tuple(fdims), layout="channels" if kind == "channels" else "flat", brank=brank,
+                 caxis=axis if kind == "channels" else 1)
         self.env[name] = d
         return d
 

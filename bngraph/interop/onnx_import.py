@@ -257,15 +257,53 @@ def _flatten(ctx, node, where, ins):
     return [Data(x.ir, (x.features,), brank=1, rows=True)]
 
 
+def _feature_axes(x: Data) -> tuple:
+    """The outside axes that the IR's features axis of ``x`` holds (flattened in order)."""
+    if x.layout == "channels":
+        return (x.caxis,)
+    start = 1 if x.rows else x.brank
+    return tuple(range(start, start + len(x.fshape)))
+
+
 @importer("Softmax", "LogSoftmax")
 def _softmax(ctx, node, where, ins):
-    at = attributes(node, {"axis": -1 if ctx.opset >= 13 else 1}, where)
-    x = ctx.data(ins[0], where, node.op_type)
-    rank = (0 if x.rows else 1) + len(x.fshape)
-    if x.layout != "flat" or len(x.fshape) != 1 or at["axis"] not in (rank - 1, -1):
-        raise UnsupportedNode(where, node.op_type, f"axis={at['axis']}: only a softmax over the features of "
-                              f"2-D (batch, features) data is supported")
-    return [replace(x, affine=None, head="softmax" if node.op_type == "Softmax" else "log_softmax")]
+    """The output head: softmax/log_softmax over the IR's features axis, applied at the output
+    boundary (see :class:`.imported.OutputSpec`). The axes it normalizes over must be the features:
+
+    * opset >= 13: over one ``axis`` (default -1). On a graph input that axis becomes the features
+      and every other axis is flattened into the batch (the channels layout at ``axis``; 2-D data
+      over its last axis is the plain (batch, features) layout); the output goes back to the input's
+      shape and axis order.
+    * opset < 13: over the trailing axes from ``axis`` on (default 1), flattened: ONNX's old
+      coercion to 2-D. On a graph input, the axes before ``axis`` are the batch (Flatten's layout).
+
+    On a computed value the axes must already be its features (2-D data over its last axis, or the
+    channels of spatial batch norm's layout)."""
+    op, new = node.op_type, ctx.opset >= 13
+    at = attributes(node, {"axis": -1 if new else 1}, where)
+    v = ins[0]
+    if isinstance(v, str) and v in ctx.pending:  # a graph input: its layout follows the softmax axis
+        rank = len(ctx.pending[v][1])
+        axis = at["axis"] + rank if at["axis"] < 0 else at["axis"]
+        if not 0 <= axis < rank:
+            raise UnsupportedNode(where, op, f"axis={at['axis']} is out of range for rank {rank}")
+        if not new or (rank <= 2 and axis == rank - 1):
+            x = ctx.lay_out(v, where, op, "flat", axis if not new else None)
+        else:
+            x = ctx.lay_out(v, where, op, "channels", axis)
+    else:
+        x = ctx.data(v, where, op)
+    rank = (1 if x.rows else x.brank) + (len(x.fshape) if x.layout == "flat" else 1)
+    axis = at["axis"] + rank if at["axis"] < 0 else at["axis"]
+    want = (axis,) if new else tuple(range(axis, rank))
+    have = _feature_axes(x)
+    if want != have or not want:
+        over = f"axis {axis}" if new else f"axes {axis}..{rank - 1} flattened (opset {ctx.opset} < 13)"
+        raise UnsupportedNode(where, op, f"axis={at['axis']}: a softmax over {over} of a computed value whose "
+                              f"features are outside axes {have} (rank {rank}); the IR normalizes over its features "
+                              f"axis, so another axis is imported on graph inputs only (a layout change at the "
+                              f"boundary)")
+    return [replace(x, affine=None, head="softmax" if op == "Softmax" else "log_softmax")]
 
 
 @importer("BatchNormalization")
