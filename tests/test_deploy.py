@@ -71,6 +71,20 @@ def test_emit_standalone_from_a_model_file_and_an_onnx_file(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_standalone_code_of_an_onnx_file_ending_in_softmax_returns_its_probabilities(tmp_path):
+    """An ONNX model's trailing Softmax is bngraph's output head (the graph ends with the logits):
+    the standalone module applies it, so it returns what the ONNX model returns."""
+    pytest.importorskip("onnx")
+    model, X6, _ = _trained(tmp_path)
+    bg.to_onnx(model, tmp_path / "p.onnx", probabilities=True)
+    assert main(["emit", str(tmp_path / "p.onnx"), "--inference", "--standalone", "--out", str(tmp_path / "c")]) == 0
+    got = _predict_standalone(tmp_path / "c", "mlp", X6, tmp_path)
+    z = model.forward(X6).astype(np.float64)
+    want = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(got, want / want.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_standalone_needs_out_and_inference(tmp_path, capsys):
     _, _, ckpt = _trained(tmp_path)
     assert main(["emit", ckpt, "--standalone", "--out", str(tmp_path)]) == 2

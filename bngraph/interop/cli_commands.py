@@ -19,10 +19,10 @@ def emit_standalone(args) -> int:
     if args.target != "numpy":
         raise CLIError(f"--standalone code is NumPy code; --target {args.target} is not available with it")
     try:
-        graph, values = load_for_deploy(args.model)
+        graph, values, head = load_for_deploy(args.model)
     except MissingDependency as e:
         raise CLIError(str(e)) from None
-    for path in write_standalone(graph, values, args.out, args.dtype):
+    for path in write_standalone(graph, values, args.out, args.dtype, head=head):
         print(path)
     return 0
 

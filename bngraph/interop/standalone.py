@@ -46,12 +46,32 @@ def predict(X, params=None):
         raise ValueError(f"X must have shape (m, {{N_FEATURES}}), got {{X.shape}}")
     x = np.ascontiguousarray(X.T)  # the generated code works on (features, m)
     out = forward(x, params, {{}}, alloc_forward(X.shape[0]))["out"]
-    return np.array(out.T)
+    return {head}
+'''
+
+# The output as the source model gives it: the logits, or (an ONNX file ending in Softmax or
+# LogSoftmax: bngraph's graph ends with the logits, the head is applied here, over the features).
+HEADS = {
+    None: "np.array(out.T)",
+    "softmax": "_softmax(np.array(out.T, dtype=np.float64)).astype(DTYPE)  # the ONNX model's Softmax",
+    "log_softmax": "_log_softmax(np.array(out.T, dtype=np.float64)).astype(DTYPE)  # the ONNX model's LogSoftmax",
+}
+HEAD_FUNCTIONS = '''
+
+def _log_softmax(z):
+    """log softmax over each row (the features of one example), stable: max subtracted first."""
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _softmax(z):
+    return np.exp(_log_softmax(z))
 '''
 
 
-def standalone_sources(graph, values: dict, dtype="float32", module: str | None = None) -> tuple:
-    """(module name, module source, folded params) for ``graph`` with trained ``values``."""
+def standalone_sources(graph, values: dict, dtype="float32", module: str | None = None, head: str | None = None) -> tuple:
+    """(module name, module source, folded params) for ``graph`` with trained ``values``; ``head``:
+    'softmax' or 'log_softmax' applied to the output (an imported ONNX model's last op), or None."""
     res = inference_graph(graph, dtype)
     folded = res.remap(values)
     g = res.graph
@@ -62,14 +82,20 @@ def standalone_sources(graph, values: dict, dtype="float32", module: str | None 
     if keyword.iskeyword(name):
         name += "_"
     (x,) = [v for v in g.inputs]
-    src = src.rstrip("\n") + "\n" + LOADER.format(weights=f"{name}.npz", n_features=x.type.shape[0])
+    if head not in HEADS:
+        raise IRError(f"standalone code: unknown output head {head!r}; expected softmax or log_softmax")
+    src = src.rstrip("\n") + "\n" + LOADER.format(weights=f"{name}.npz", n_features=x.type.shape[0],
+                                                   head=HEADS[head])
+    if head is not None:
+        src += HEAD_FUNCTIONS
     params = {p.name: np.asarray(folded[p.name]) for p in g.params}
     return name, src, params
 
 
-def write_standalone(graph, values: dict, out_dir, dtype="float32", module: str | None = None) -> list:
+def write_standalone(graph, values: dict, out_dir, dtype="float32", module: str | None = None,
+                     head: str | None = None) -> list:
     """Write ``<name>.py`` and ``<name>.npz`` into ``out_dir``; returns their paths."""
-    name, src, params = standalone_sources(graph, values, dtype, module)
+    name, src, params = standalone_sources(graph, values, dtype, module, head)
     os.makedirs(out_dir, exist_ok=True)
     py, npz = os.path.join(out_dir, f"{name}.py"), os.path.join(out_dir, f"{name}.npz")
     atomic_write(npz, lambda f: np.savez(f, **params))
@@ -78,8 +104,9 @@ def write_standalone(graph, values: dict, out_dir, dtype="float32", module: str 
 
 
 def load_for_deploy(spec: str, seed: int = 0):
-    """MODEL for ``emit --standalone``: (graph, values). A checkpoint ``.npz`` (a trained model), an
-    ``.onnx`` file, or ``file.py[:name]`` (untrained: the initial values drawn with ``seed``)."""
+    """MODEL for ``emit --standalone``: (graph, values, head). A checkpoint ``.npz`` (a trained
+    model), an ``.onnx`` file (``head``: its trailing Softmax/LogSoftmax, else None), or
+    ``file.py[:name]`` (untrained: the initial values drawn with ``seed``)."""
     path = spec.partition(":")[0] if not os.path.isfile(spec) else spec
     if path.endswith(".npz"):
         from ..checkpoint import load
@@ -87,7 +114,7 @@ def load_for_deploy(spec: str, seed: int = 0):
         model = load(path)
         values = {**{k: np.asarray(v) for k, v in model.params.items()},
                   **{k: np.asarray(v) for k, v in model.state.items()}}
-        return model.graph, values
+        return model.graph, values, None
     if path.endswith(".onnx"):
         from .from_onnx import from_onnx
 
@@ -95,10 +122,10 @@ def load_for_deploy(spec: str, seed: int = 0):
         if imp.inputs_spec and any(s.kind != "flat" or s.axis != 1 for s in imp.inputs_spec):
             raise IRError(f"{path}: standalone code takes (batch, features) rows; this model's input is laid out "
                           f"differently")
-        g = imp.build()
-        return g.rebuild(outputs=[("out", imp.outputs_spec[0].ir), *g.outputs]), imp.bind({})
+        g, out = imp.build(), imp.outputs_spec[0]
+        return g.rebuild(outputs=[("out", out.ir), *g.outputs]), imp.bind({}), out.head
     from ..cli import load_model_spec
     from ..init import init_values
 
     graph = load_model_spec(spec)
-    return graph, init_values(graph, seed)
+    return graph, init_values(graph, seed), None
