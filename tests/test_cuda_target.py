@@ -386,3 +386,25 @@ def test_batchnorm_kernels_give_the_same_bits_with_rows_in_registers_or_read_aga
             np.testing.assert_allclose(results[0][0], gamma[:, None] * zh + beta[:, None], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(results[0][1], z.mean(1), rtol=1e-12)
         np.testing.assert_allclose(results[0][2], z.var(1), rtol=1e-12)
+
+
+def test_graphs_of_more_batch_sizes_than_are_kept_replay_on_their_own_buffers():
+    """With a user optimizer the graph holds train_step only (GraphedPrograms); each batch size's
+    graph owns its buffers, and sizes beyond the last four are dropped with their graphs, so a
+    replay never writes into buffers that were given back. Seven sizes, twice each: the same bits
+    as the eager model."""
+    class Halving(bg.optim.SGD):
+        def update(self, p, g, slots):
+            p -= 0.5 * self.lr * g
+
+    rng = np.random.default_rng(0)
+    eager = emulated(bg.mlp([4, 6, 3]))
+    graphed = bg.compile(bg.mlp([4, 6, 3]), target="cuda", device="emulator", dtype="float64", cuda_graph=True)
+    for m in [5, 6, 7, 8, 9, 10, 11] * 2 + [5, 5]:
+        X, y = rng.standard_normal((m, 4)), rng.integers(0, 3, m)
+        for model in (eager, graphed):
+            model.train_step(X, y, Halving(lr=0.1))
+    (replays,) = graphed._graphs.programs.values()
+    assert sorted(replays.entries) == [5, 9, 10, 11] and graphed._graphs.replays == 1
+    for k in eager.params:
+        np.testing.assert_array_equal(graphed.params[k], eager.params[k], err_msg=k)

@@ -145,3 +145,15 @@ def test_a_user_optimizer_runs_on_the_minimal_target(box_target):
     box.fit(X, y, optimizer=PlainSGD(), epochs=1, batch_size=16, verbose=False)
     for k, v in ref.params.items():
         np.testing.assert_array_equal(box.runtime.to_numpy(box.params[k]), v, err_msg=k)
+
+
+def test_a_runtime_without_raw_pointers_says_so(box_target):
+    """``Runtime.pointer`` is optional: only a target's own guarded step (CUDA) asks for it; a
+    runtime without one names itself, and the model never asks it (its steps are host-checked)."""
+    rt = box_target.runtime()
+    with pytest.raises(NotImplementedError, match="the box runtime has no raw pointers"):
+        rt.pointer(rt.zeros((3,), np.float64))
+    model = bg.compile(bg.mlp([4, 5, 3]), target="box")
+    rng = np.random.default_rng(0)
+    model.train_step(rng.standard_normal((8, 4)), rng.integers(0, 3, 8), bg.optim.Adam(lr=1e-2))
+    assert model._guarded is None

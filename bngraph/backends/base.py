@@ -135,48 +135,99 @@ class Executable:
 
     def run(self, program: str, feeds: dict, P: dict, S: dict, G: dict | None, m: int) -> dict:
         """Run ``program`` on device arrays ``feeds`` (input name -> array) at batch size ``m``."""
+        return self.call(program, feeds, P, S, G, self.buffers(program, m))
+
+    def call(self, program: str, feeds: dict, P: dict, S: dict, G: dict | None, buffers: dict) -> dict:
+        """Run ``program`` with the batch-sized ``buffers`` given (the plan's, at the feeds' size)."""
         plan = self.plans[program]
         args = [feeds[v.name] for v in plan.inputs]
-        bufs = self.buffers(program, m)
         if plan.has_grads:
-            return self.functions[program](*args, P, S, G, bufs)
-        return self.functions[program](*args, P, S, bufs)
+            return self.functions[program](*args, P, S, G, buffers)
+        return self.functions[program](*args, P, S, buffers)
+
+
+@dataclass
+class FixedStep:
+    """One batch size's run of a program on arrays of its own, whose addresses never change (what a
+    captured graph replays): ``inputs`` and the plan's ``buffers``; ``out`` what the program
+    returned; ``graph`` once captured; ``tables``: whatever the caller builds on these addresses."""
+
+    inputs: dict
+    buffers: dict
+    out: dict | None = None
+    graph: object = None
+    runs: int = 0
+    tables: object = None
+
+
+class Replays:
+    """A program's :class:`FixedStep` per batch size, run eagerly the first time (the kernels load),
+    captured with the runtime (``capture(fn)``) the second, replayed after; or always run eagerly
+    (``graphs=False``). The last ``MAX_ENTRIES`` batch sizes are kept; a graph goes with its
+    buffers. Params, state and gradients must keep their addresses (the model's flat buffers do),
+    and anything that changes between steps must live in device memory."""
+
+    MAX_ENTRIES = 4
+
+    def __init__(self, executable: Executable, program: str, graphs: bool = True):
+        self.executable, self.runtime, self.program, self.graphs = executable, executable.runtime, program, graphs
+        self.entries: dict = {}  # m -> FixedStep, most recently used last
+        self.replays = 0  # runs that replayed a captured graph
+
+    def entry(self, m: int) -> FixedStep:
+        entry = self.entries.pop(m, None)
+        if entry is None:
+            if len(self.entries) >= self.MAX_ENTRIES:
+                self.entries.pop(next(iter(self.entries)))
+            plan, rt = self.executable.plans[self.program], self.runtime
+            entry = FixedStep({v.name: rt.empty(v.type.concrete_shape(m), DTYPES[v.type.dtype]) for v in plan.inputs},
+                              {k: rt.empty(shape, DTYPES[dt]) for k, shape, dt in plan.buffer_shapes(m)})
+        self.entries[m] = entry
+        return entry
+
+    def run(self, entry: FixedStep, fn: Callable) -> None:
+        """``fn()`` (the launches of one run on ``entry``'s arrays): eagerly, or through its graph."""
+        if not self.graphs or entry.runs == 0:
+            fn()
+        else:
+            if entry.graph is None:
+                entry.graph = self.runtime.capture(fn)
+            self.runtime.replay(entry.graph)
+            self.replays += 1
+        entry.runs += 1
+
+    def forget_graphs(self) -> None:
+        """Drop every graph and table (they hold addresses that are about to change): each batch
+        size runs eagerly once more (its tables are built outside any capture), then is captured."""
+        for entry in self.entries.values():
+            entry.graph, entry.tables, entry.runs = None, None, 0
 
 
 class GraphedPrograms:
-    """Programs captured once per batch size and replayed (CUDA graphs): the first call runs the
-    program eagerly (kernels load), the second captures it with the runtime (``capture(fn)``) on
-    static input buffers, later calls copy their inputs into those buffers and ``replay``. Params,
-    state, gradients and buffers must keep their addresses, which the model's flat buffers do;
-    anything that changes between steps must live in device memory."""
+    """Programs captured once per batch size and replayed (CUDA graphs, :class:`Replays`): each call
+    copies its inputs into the batch size's fixed input arrays and runs or replays the program."""
 
     def __init__(self, executable: Executable, programs=("train_step",)):
         self.executable = executable
-        self.runtime = executable.runtime
-        self.programs = set(programs)
-        self.entries: dict = {}  # (program, m) -> [static feeds, graph or None, outputs]
-        self.replays = 0
+        self.programs = {p: Replays(executable, p) for p in programs}
+
+    @property
+    def replays(self) -> int:
+        return sum(r.replays for r in self.programs.values())
 
     def run(self, program: str, feeds: dict, P: dict, S: dict, G: dict | None, m: int) -> dict:
-        if program not in self.programs:
+        replays = self.programs.get(program)
+        if replays is None:
             return self.executable.run(program, feeds, P, S, G, m)
-        key = (program, m)
-        entry = self.entries.get(key)
-        if entry is None:  # eager: loads the kernels; its static inputs are kept for the capture
-            static = {k: self.runtime.empty(v.shape, v.dtype) for k, v in feeds.items()}
-            for k, v in feeds.items():
-                static[k][...] = v
-            out = self.executable.run(program, static, P, S, G, m)
-            self.entries[key] = [static, None, out]
-            return out
-        static, graph, out = entry
+        entry = replays.entry(m)
         for k, v in feeds.items():
-            static[k][...] = v
-        if graph is None:
-            entry[1] = graph = self.runtime.capture(lambda: self.executable.run(program, static, P, S, G, m))
-        self.runtime.replay(graph)
-        self.replays += 1
-        return out
+            entry.inputs[k][...] = v
+
+        def step():
+            entry.out = self.executable.call(program, entry.inputs, P, S, G, entry.buffers)
+
+        replays.run(entry, step)
+        return entry.out
 
 
 @dataclass(frozen=True)

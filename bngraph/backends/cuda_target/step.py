@@ -21,25 +21,27 @@ the losses of the good steps before it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ...errors import TrainingDiverged
-from ...ir import DTYPES
+from ..base import FixedStep, Replays
 from .optimizers import BLOCK, STATUS_CLEAR, grid_for, make_kernel
 
 FLAG_LOSS, FLAG_GRAD, FLAG_STATE, FLAG_UPDATE = 1, 2, 4, 8
 
 
-class _Entry:
-    """One batch size's step: its own input and program buffers (their addresses are what a
-    captured graph replays), the device tables the guard and commit kernels read, and the graph."""
+@dataclass
+class _Tables:
+    """What the guard, the optimizer kernels and the commit read, for one batch size's buffers."""
 
-    def __init__(self):
-        self.inputs = self.buffers = None
-        self.checks = self.copies = self.counts = self.n = self.grid = None
-        self.launches = None  # the optimizer launches: (name, grid, offset, args)
-        self.graph = None
-        self.runs = 0
+    checks: object    # device int64 {pointer, length}: the gradients, then each new running statistic
+    copies: object    # device int64 {source, destination, length}: new running statistics -> state
+    counts: object    # device int64 {pointer, length}: the optimizer's step counters
+    n: tuple          # how many entries each table has (int32 kernel arguments)
+    grid: tuple       # the guard's and commit's grid
+    launches: list    # the optimizer launches: (kernel, grid, offset in the flat buffer, arguments)
 
 
 class GuardedStep:
@@ -47,13 +49,12 @@ class GuardedStep:
     raises TrainingDiverged after rolling back). Made by ``Model`` for a built-in optimizer."""
 
     CAPACITY = 1024  # steps whose losses stay on the device between two reads
-    MAX_ENTRIES = 4  # batch sizes whose buffers (and graphs) are kept
 
     def __init__(self, model, optimizer, graphs: bool = False):
         exe = model.executable
         self.model, self.optimizer, self.runtime, self.exe = model, optimizer, model.runtime, exe
         self.launch = exe.launch
-        self.graphs = graphs
+        self.steps = Replays(exe, "train_step", graphs)  # per batch size: fixed buffers, tables, graph
         self.update = make_kernel(exe.launch, self.runtime, optimizer)
         if self.update is None:
             raise ValueError(f"{type(optimizer).__name__} is not a built-in optimizer: its steps are checked on the host")
@@ -63,10 +64,7 @@ class GuardedStep:
         self.status = rt.asarray(np.array(STATUS_CLEAR, np.uint64), np.uint64)
         self.losses = rt.zeros((self.CAPACITY,), dtype)
         self.hyper = None            # device (1 + launches, 8) float64: the header row, then one row per launch
-        self.entries: dict = {}      # m -> _Entry, most recently used last
-        self._calls = []             # this step's recorded optimizer launches
         self.pending = 0             # steps submitted since the last read
-        self.replays = 0             # steps run by replaying a captured graph
         self._snapshot = None        # host bookkeeping before the first unread step
         self._signature = None       # (the optimizer's binding, its launches) the entries were built for
 
@@ -88,20 +86,12 @@ class GuardedStep:
         rt = self.runtime
         if self.hyper is None or self.hyper.shape != rows.shape:
             self.hyper = rt.asarray(rows, np.float64)
-            self._drop_graphs()  # the launches read rows of the old array
+            self.steps.forget_graphs()  # the launches read rows of the old array
         else:
             rt.write(self.hyper, rows)
         for name, a in model._host_feeds(X, y).items():
             rt.write(entry.inputs[name], a)
-        self._calls = calls
-        if not self.graphs or entry.runs == 0:  # eager (the first step of a size loads the kernels)
-            self._enqueue(entry)
-        else:
-            if entry.graph is None:
-                entry.graph = rt.capture(lambda: self._enqueue(entry))
-            rt.replay(entry.graph)
-            self.replays += 1
-        entry.runs += 1
+        self.steps.run(entry, lambda: self._enqueue(entry, calls))
         model.step += 1
         self.pending += 1
 
@@ -133,25 +123,26 @@ class GuardedStep:
             self.update.recording = None
         return calls
 
-    def _entry(self, m: int, calls: list) -> _Entry:
+    @property
+    def entries(self) -> dict:
+        """Batch size -> its :class:`~bngraph.backends.base.FixedStep` (buffers, tables, graph)."""
+        return self.steps.entries
+
+    @property
+    def replays(self) -> int:
+        """Steps run by replaying a captured graph."""
+        return self.steps.replays
+
+    def _entry(self, m: int, calls: list) -> FixedStep:
         signature = (self.optimizer._bound, len(calls))  # a binding's slots keep their addresses
         if self._signature is None or signature[0] is not self._signature[0] or signature[1] != self._signature[1]:
-            self.entries.clear()  # a new binding (slots elsewhere): every table and graph is stale
+            self.steps.entries.clear()  # a new binding (slots elsewhere): every table and graph is stale
             self._signature = signature
-        entry = self.entries.pop(m, None)
-        if entry is None:
-            entry = _Entry()
-            if len(self.entries) >= self.MAX_ENTRIES:
-                self.entries.pop(next(iter(self.entries)))
-            plan, rt = self.exe.plans["train_step"], self.runtime
-            entry.inputs = {v.name: rt.empty(v.type.concrete_shape(m), DTYPES[v.type.dtype]) for v in plan.inputs}
-            entry.buffers = {k: rt.empty(shape, DTYPES[dt]) for k, shape, dt in plan.buffer_shapes(m)}
-        self.entries[m] = entry
-        return entry
+        return self.steps.entry(m)
 
-    def _build(self, entry: _Entry, out: dict) -> None:
-        """The guard's and commit's tables and the optimizer launches, for this entry's buffers
-        (``out``: what its train_step returned)."""
+    def _tables(self, out: dict, calls: list) -> _Tables:
+        """The guard's and commit's tables and the optimizer launches, for the buffers of ``out``
+        (what a batch size's train_step returned) and this step's ``calls``."""
         model, rt = self.model, self.runtime
         state_out = [out[k] for k in model._state_keys]
         (grads,) = model._G.buffers.values()  # one dtype: the model's
@@ -162,34 +153,27 @@ class GuardedStep:
         counts = [(rt.pointer(b.slots["step"].buffers["int64"][start:stop]), stop - start)
                   for gp in (self.optimizer._plan or []) if gp.t is not None
                   for _, start, stop in b.counter_runs[gp.index]]
-        entry.n = (np.int32(len(checks)), np.int32(len(copies)), np.int32(len(counts)))
-        entry.checks = rt.asarray(np.array(checks, np.int64).reshape(-1), np.int64)
-        entry.copies = rt.asarray(np.array(copies or [(0, 0, 0)], np.int64).reshape(-1), np.int64)
-        entry.counts = rt.asarray(np.array(counts or [(0, 0)], np.int64).reshape(-1), np.int64)
-        entry.grid = grid_for(max(a.size for a in (grads, *state_out)))
         base = rt.pointer(next(iter(model._P.buffers.values())))
-        entry.launches = [(f"optim_{kind}", grid_for(p.size), np.int64((rt.pointer(p) - base) // p.itemsize),
-                           (p, g, *slots, self.hyper[1 + i], np.int64(p.size)))
-                          for i, (kind, p, g, slots, _) in enumerate(self._calls)]
+        launches = [(f"optim_{kind}", grid_for(p.size), np.int64((rt.pointer(p) - base) // p.itemsize),
+                     (p, g, *slots, self.hyper[1 + i], np.int64(p.size)))
+                    for i, (kind, p, g, slots, _) in enumerate(calls)]
+        table = lambda rows, width: rt.asarray(np.array(rows or [(0,) * width], np.int64).reshape(-1), np.int64)  # noqa: E731
+        return _Tables(table(checks, 2), table(copies, 3), table(counts, 2),
+                       (np.int32(len(checks)), np.int32(len(copies)), np.int32(len(counts))),
+                       grid_for(max(a.size for a in (grads, *state_out))), launches)
 
-    def _enqueue(self, entry: _Entry) -> None:
+    def _enqueue(self, entry: FixedStep, calls: list) -> None:
         """train_step, guard, optimizer, commit: the launches of one step (what a graph captures)."""
-        model, plan = self.model, self.exe.plans["train_step"]
-        args = [entry.inputs[v.name] for v in plan.inputs]
-        out = self.exe.functions["train_step"](*args, model._P.views, model._S, model._G.views, entry.buffers)
-        if entry.launches is None:
-            self._build(entry, out)
-        header = self.hyper[0]
-        n_checks, n_copies, n_counts = entry.n
-        self.launch("step_guard", entry.grid, (BLOCK,), self.status, header, out["loss"], self.losses, entry.checks,
-                    n_checks)
-        for name, grid, offset, args in entry.launches:
+        model = self.model
+        out = self.exe.call("train_step", entry.inputs, model._P.views, model._S, model._G.views, entry.buffers)
+        if entry.tables is None:
+            entry.tables = self._tables(out, calls)
+        t, header = entry.tables, self.hyper[0]
+        n_checks, n_copies, n_counts = t.n
+        self.launch("step_guard", t.grid, (BLOCK,), self.status, header, out["loss"], self.losses, t.checks, n_checks)
+        for name, grid, offset, args in t.launches:
             self.launch(name, grid, (BLOCK,), self.status, header, offset, *args)
-        self.launch("step_commit", entry.grid, (BLOCK,), self.status, entry.copies, n_copies, entry.counts, n_counts)
-
-    def _drop_graphs(self) -> None:
-        for entry in self.entries.values():
-            entry.graph, entry.launches = None, None
+        self.launch("step_commit", t.grid, (BLOCK,), self.status, t.copies, n_copies, t.counts, n_counts)
 
     # ---- the host's one read -----------------------------------------------------------------
     def read(self) -> list:
