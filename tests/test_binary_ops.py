@@ -253,9 +253,9 @@ def test_onnx_data_by_data_shapes_must_agree():
     from bngraph.interop.onnx_read import UnsupportedNode
 
     model = _model([helper.make_node("Mul", ["x", "y"], ["z"], name="prod")],
-                   [("x", ("N", 3, 2)), ("y", ("N", 2, 3))], [("z", ("N", 3, 2))])
+                   [("x", ("N", 3, 2)), ("y", ("N", 1, 2))], [("z", ("N", 3, 2))])  # ONNX broadcasts y
     with pytest.raises(UnsupportedNode, match=r"ONNX node 'prod' \(Mul\): operands with features \(3, 2\) and "
-                                              r"\(2, 3\): an elementwise Mul of two data tensors needs one shape"):
+                                              r"\(1, 2\): an elementwise Mul of two data tensors needs one shape"):
         bg.from_onnx(model, loss=None)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..dsl import Graph
 from ..ir import DTYPES, IRError
+from .names import show
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,12 @@ class InputSpec:
             k, c = self.axis, self.fshape[0]
             want = f"(N, {c}, ...)" if k == 1 else f"{c} on axis {k} (of at least {max(k + 1, 2)} axes)"
             self._expect(a.ndim >= max(k + 1, 2) and a.shape[k] == c, a, want)
-            return np.ascontiguousarray(np.moveaxis(a, k, 0).reshape(c, -1)), a.shape[:k] + a.shape[k + 1:]
+            batch = a.shape[:k] + a.shape[k + 1:]  # explicit sizes: -1 cannot be inferred for an empty batch
+            return np.ascontiguousarray(np.moveaxis(a, k, 0).reshape(c, math.prod(batch))), batch
         batch, feat = a.shape[: self.axis], a.shape[self.axis:]
         self._expect(a.ndim == self.axis + len(self.fshape) and feat == tuple(self.fshape), a,
                      f"({', '.join(['N'] * self.axis + [str(d) for d in self.fshape])})")
-        return np.ascontiguousarray(a.reshape(math.prod(batch), -1).T), batch
+        return np.ascontiguousarray(a.reshape(math.prod(batch), math.prod(feat)).T), batch
 
     def _expect(self, ok, a, want):
         if not ok:
@@ -181,6 +183,8 @@ class ImportedGraph(Graph):
     * ``training_outputs``: the file's batch norm runs in training mode (ONNX ``training_mode=1``).
     """
 
+    carries_weights = True  # bg.compile starts from ``weights`` (unless told weights="init")
+
     def __init__(self, name: str, dtype="f32"):
         super().__init__(name, dtype)
         self.recipes: dict = {}  # IR param/state name -> Tensor
@@ -212,17 +216,19 @@ class ImportedGraph(Graph):
             out[name] = np.asarray(t.get(known), dtype=dt).reshape(self.value(name).type.shape)
         return out
 
+    def check_compilable(self) -> None:
+        """A ``bg.Model`` has one forward output: refuse a graph with several, naming them (the
+        backend adapter, :mod:`bngraph.onnx_backend`, runs every output of a file)."""
+        data = [s for s in self.outputs_spec if s.kind in ("flat", "channels")]
+        if len(data) > 1:
+            raise IRError(f"compile: bngraph compiles a graph with one output; this one has {len(data)}: "
+                          f"{', '.join(show(s.name) for s in data)} (bngraph.onnx_backend runs every output)")
+
     def compile(self, target: str = "numpy", dtype=None, seed: int = 0, **kwargs):
-        """``bg.compile`` with the imported values loaded (through the passes' remap: a bias folded
-        into batch norm moves into its running mean). Values the file lacks start as ``init``
-        draws them. Needs a loss (see ``from_onnx(loss=...)``)."""
-        from ..init import init_values
+        """``bg.compile`` in this graph's dtype (by default). Like ``bg.compile``, the model starts
+        from the imported values, loaded through the passes' remap (a bias folded into batch norm
+        moves into its running mean); values the file lacks start as ``init`` draws them. Needs a
+        loss (see ``from_onnx(loss=...)``)."""
         from ..model import compile as bg_compile
 
-        model = bg_compile(self, target=target, dtype=self.dtype if dtype is None else dtype, seed=seed, **kwargs)
-        start = {**init_values(self.build(), seed), **self.weights}
-        values = model.report.remap(start)
-        model.set_params({k: values[k] for k in model.params})
-        model.set_state({k: values[k] for k in model.state})
-        model.original_names = dict(self.original_names)  # read by bg.to_onnx
-        return model
+        return bg_compile(self, target=target, dtype=self.dtype if dtype is None else dtype, seed=seed, **kwargs)

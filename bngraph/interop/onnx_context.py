@@ -28,6 +28,7 @@ class Context:
         for o in g.output:
             self.consumers[o.name] = self.consumers.get(o.name, 0) + 1
         self.loss = loss
+        self.roles: dict = {}  # IR param/state name -> where the file uses it ("ONNX node 'g' (Gemm) input B")
 
     # ---- values ---------------------------------------------------------------------------
     def value(self, name):
@@ -108,10 +109,14 @@ class Context:
         self.env[name] = d
         return d
 
-    def param(self, name: str, recipe: Tensor, original=None) -> None:
+    def param(self, name: str, recipe: Tensor, original=None, role=None) -> None:
+        """IR value ``name`` computed by ``recipe``; ``role`` says where the file uses its source,
+        for messages about the values (``ONNX node 'g' (Gemm) input B``)."""
         self.g.recipes[name] = recipe
         if original is not None:
             self.g.original_names[name] = original
+        if role is not None:
+            self.roles[name] = role
 
     def layer_name(self, node, fallback):
         return self.names.claim(node.name or (node.output[0] if node.output else fallback), fallback)

@@ -97,6 +97,13 @@ def _batchnorm(ex, node):
     if node.attr["mode"] != "eval":
         raise IRError(f"to_onnx: %{node.name} is batch norm in training mode; export the inference graph")
     z, gamma, beta, rm, rv = node.inputs
+    eps = float(node.attr["eps"])
+    if not np.finfo(np.float32).tiny <= eps <= np.finfo(np.float32).max:
+        # ONNX's epsilon attribute is a float32: 1e-50 would be written as 0 (onnxruntime then divides by
+        # sqrt(0)), a subnormal float32 keeps only a few digits of eps
+        raise IRError(f"to_onnx: %{node.name} ({node.op}) has eps={eps!r}, which a float32 (ONNX's epsilon "
+                      f"attribute) cannot hold: {float(np.float32(eps))!r} would be written; use an eps of at least "
+                      f"{float(np.finfo(np.float32).tiny):.6g}, or export with fold_bn=True")
     act = node.attr.get("act", "identity")
     out = ex.name(node.out.name)
     mid = out if act == "identity" else out + "/pre_act"

@@ -90,12 +90,13 @@ def _gemm(ctx, node, where, ins):
     vector_bias = C is not None and not matrix_bias
     out = ctx.g.matmul(x.ir, N, bias=vector_bias, name=name)
     alpha, trans = float(at["alpha"]), bool(at["transB"])
-    ctx.param(f"{name}.W", B.map(lambda b: alpha * (b if trans else b.T), (N, K)), _source(node, 1))
+    ctx.param(f"{name}.W", B.map(lambda b: alpha * (b if trans else b.T), (N, K)), _source(node, 1),
+              _role(where, "Gemm", "B"))
     affine = (f"{name}.W", None)
     if vector_bias:
         beta = float(at["beta"])
         ctx.param(f"{name}.b", _per_feature(ctx, C, (N,), where, "Gemm", "C").map(lambda c: beta * c),
-                  _source(node, 2))
+                  _source(node, 2), _role(where, "Gemm", "C"))
         affine = (f"{name}.W", f"{name}.b")
     if matrix_bias:
         c = ctx.data(C, where, "Gemm", "C")
@@ -108,6 +109,10 @@ def _gemm(ctx, node, where, ins):
 
 def _source(node, i):
     return node.input[i] if len(node.input) > i else None
+
+
+def _role(where, op, what) -> str:
+    return f"ONNX node {where} ({op}) input {what}"
 
 
 @importer("MatMul")
@@ -124,7 +129,8 @@ def _matmul(ctx, node, where, ins):
     N = B.shape[1] if len(B.shape) == 2 else 1
     name = ctx.layer_name(node, "fc")
     out = ctx.g.matmul(x.ir, N, bias=False, name=name)
-    ctx.param(f"{name}.W", B.map(lambda b: b.T if b.ndim == 2 else b[None, :], (N, x.features)), _source(node, 1))
+    ctx.param(f"{name}.W", B.map(lambda b: b.T if b.ndim == 2 else b[None, :], (N, x.features)), _source(node, 1),
+              _role(where, "MatMul", "B"))
     return [Data(out.name, (N,) if len(B.shape) == 2 else (), brank=x.brank, rows=x.rows,
                  affine=(f"{name}.W", None))]
 
@@ -167,7 +173,7 @@ def _add_sub(ctx, node, where, ins):
         x = replace(x, ir=ctx.g.add_node("neg", [x.ir], {}, [ctx.names.claim(f"{name}_neg", "neg")]).out.name)
     out = ctx.g.bias_add(x.ir, name=name)
     ctx.param(f"{name}.b", _per_feature(ctx, b, x.fshape, where, op, "the constant").map(lambda c: sign * c),
-              _source(node, 0 if swapped else 1))
+              _source(node, 0 if swapped else 1), _role(where, op, "the constant"))
     return [replace(x, ir=out.name, affine=None)]
 
 
@@ -200,7 +206,7 @@ def _scale(ctx, node, where, ins):
         return [x]
     name = ctx.layer_name(node, "scale")
     out = ctx.g.matmul(x.ir, x.features, bias=False, name=name)
-    ctx.param(f"{name}.W", s.map(np.diag, (x.features, x.features)), _source(node, 1))
+    ctx.param(f"{name}.W", s.map(np.diag, (x.features, x.features)), _source(node, 1), _role(where, op, "the constant"))
     return [replace(x, ir=out.name, affine=(f"{name}.W", None))]
 
 
@@ -327,8 +333,9 @@ def _batchnorm(ctx, node, where, ins):
               for t, w in zip(ins[1:5], ("scale", "B", "input_mean", "input_var"))]
     name = ctx.layer_name(node, "bn")
     out = ctx.g.batchnorm(x.ir, name=name, eps=eps, momentum=float(f"{1.0 - mom:.12g}"))
-    for suffix, t, i in zip(("gamma", "beta", "running_mean", "running_var"), params, range(1, 5)):
-        ctx.param(f"{name}.{suffix}", t, _source(node, i))
+    for suffix, t, i, w in zip(("gamma", "beta", "running_mean", "running_var"), params, range(1, 5),
+                               ("scale", "B", "input_mean", "input_var")):
+        ctx.param(f"{name}.{suffix}", t, _source(node, i), _role(where, "BatchNormalization", w))
     outs = [replace(x, ir=out.name, affine=None)]
     if at["training_mode"]:
         ctx.g.training_outputs = True
@@ -374,7 +381,7 @@ def _loss(ctx, node, where, ins):
                                   f"one per class")
         weight = ctx.names.claim(node.input[2], "class_weights")
         ctx.g.state_value(weight, (x.features,))
-        ctx.param(weight, t, node.input[2])
+        ctx.param(weight, t, node.input[2], _role(where, op, "weight"))
     options = {"reduction": at["reduction"], "ignore_index": at["ignore_index"]}
     name = ctx.names.claim(node.output[0], "loss")
     if at["reduction"] == "none":  # one loss per example: a value, not the graph's (scalar) loss

@@ -5,6 +5,11 @@ Weights, biases, gamma/beta and the running statistics are copied; eps and momen
 unchanged (PyTorch's momentum is bngraph's: the weight of the new batch). ``TORCH_LAYERS`` is the
 mapping, one entry per module type. IR names come from the module path (``fc_0``, ``bn_1``...),
 the state-dict names are kept in ``original_names``.
+
+Only what is reproduced exactly is imported: a module is converted by its exact ``torch.nn`` type
+(a subclass only when it keeps that type's ``forward``), hooks and parametrizations are refused, a
+Sequential's children are walked with their repeats (one activation used twice is two nodes), and
+a module or parameter with weights used twice is refused: the IR cannot tie two layers' weights.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from .deps import require
 from .imported import ImportedGraph, InputSpec, OutputSpec, literal
 from .names import NameMap
 
-TORCH_LAYERS: dict = {}  # class name -> fn(ctx, module, path, x) -> new IR value name
+TORCH_LAYERS: dict = {}  # torch.nn class name -> fn(ctx, module, path, x) -> new IR value name
 
 
 def layer(*class_names):
@@ -30,8 +35,15 @@ def layer(*class_names):
 class _Ctx:
     def __init__(self, g: ImportedGraph, names: NameMap):
         self.g, self.names = g, names
+        self.modules: dict = {}  # id(module with weights) -> (module, its first path)
+        self.tensors: dict = {}  # id(parameter or buffer) -> (tensor, its first state-dict name)
 
     def value(self, name: str, tensor, original: str):
+        seen = self.tensors.get(id(tensor))
+        if seen is not None and seen[0] is tensor:
+            raise IRError(f"from_torch: {original} is the parameter {seen[1]} (weights shared between two layers): "
+                          f"bngraph cannot tie two layers' weights; give each layer its own")
+        self.tensors[id(tensor)] = (tensor, original)
         a = tensor.detach().cpu().numpy().astype(np.float64)
         self.g.recipes[name] = literal(a)
         self.g.original_names[name] = original
@@ -81,7 +93,7 @@ ACTS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "Identity": "ident
 
 @layer(*ACTS)
 def _activation(ctx, mod, path, x):
-    kind = ACTS[type(mod).__name__]
+    kind = ACTS[_torch_class(mod, path).__name__]
     extra = {"negative_slope": float(mod.negative_slope)} if kind == "leaky_relu" else {}
     return ctx.g.activation(x, kind, name=ctx.names.claim(f"{kind}_{path}", kind), **extra).name
 
@@ -96,17 +108,72 @@ def _flatten(ctx, mod, path, x):
 
 @layer("Sequential")
 def _sequential(ctx, mod, path, x):
-    for child_name, child in mod.named_children():
-        x = _convert(ctx, child, f"{path}.{child_name}" if path else child_name, x)
+    # _modules, not named_children(): that one skips a module met before, and a Sequential runs a
+    # child at each place it holds it (act = nn.ReLU() used twice is applied twice)
+    for child_name, child in mod._modules.items():
+        if child is not None:
+            x = _convert(ctx, child, f"{path}.{child_name}" if path else child_name, x)
     return x
 
 
+HOOKS = (("_forward_hooks", "a forward hook"), ("_forward_pre_hooks", "a forward pre-hook"),
+         ("_backward_hooks", "a backward hook"), ("_backward_pre_hooks", "a backward pre-hook"))
+
+
+def _torch_class(mod, path):
+    """The ``torch.nn`` class whose conversion reproduces ``mod``: its own type, or the supported
+    base whose ``forward`` a subclass keeps. A class that only shares the name is refused."""
+    torch = require("torch", "bg.from_torch")
+    where = path or "the module"
+    cls = type(mod)
+    base = next((c for c in cls.__mro__ if c.__name__ in TORCH_LAYERS and getattr(torch.nn, c.__name__, None) is c),
+                None)
+    if base is None:
+        same_name = getattr(torch.nn, cls.__name__, None) if cls.__name__ in TORCH_LAYERS else None
+        if same_name is not None:
+            raise IRError(f"from_torch: {where} is a {cls.__module__}.{cls.__qualname__}, not torch.nn."
+                          f"{cls.__name__}: bngraph converts modules by their exact torch.nn type")
+        raise IRError(f"from_torch: {where} is a {cls.__name__}; bngraph imports torch.nn."
+                      f"{', torch.nn.'.join(sorted(TORCH_LAYERS))}")
+    if base is not cls and (cls.forward is not base.forward or cls.__call__ is not base.__call__):
+        raise IRError(f"from_torch: {where} is a {cls.__module__}.{cls.__qualname__}, a subclass of torch.nn."
+                      f"{base.__name__} with its own forward: bngraph imports what torch.nn.{base.__name__} "
+                      f"computes, and cannot know what this one does")
+    if "forward" in vars(mod):
+        raise IRError(f"from_torch: {where} ({base.__name__}) has its forward replaced on the instance")
+    for attr, what in HOOKS:
+        if getattr(mod, attr, None):
+            raise IRError(f"from_torch: {where} ({base.__name__}) has {what}; bngraph cannot reproduce what a "
+                          f"hook does (remove it before importing)")
+    if getattr(mod, "parametrizations", None):
+        raise IRError(f"from_torch: {where} ({base.__name__}) has parametrized weights "
+                      f"({', '.join(mod.parametrizations)}); bngraph trains plain weights (remove the "
+                      f"parametrization with torch.nn.utils.parametrize.remove_parametrizations)")
+    return base
+
+
+def _global_hooks():
+    """The kind of global module hook registered (torch.nn.modules.module.register_module_*_hook)."""
+    from torch.nn.modules import module as m
+
+    for attr, what in (("_global_forward_hooks", "forward hook"), ("_global_forward_pre_hooks", "forward pre-hook"),
+                       ("_global_backward_hooks", "backward hook"),
+                       ("_global_backward_pre_hooks", "backward pre-hook")):
+        if getattr(m, attr, None):
+            return what
+    return None
+
+
 def _convert(ctx, mod, path, x):
-    fn = TORCH_LAYERS.get(type(mod).__name__)
-    if fn is None:
-        raise IRError(f"from_torch: {path or 'the module'} is a {type(mod).__name__}; bngraph imports "
-                      f"{', '.join(sorted(TORCH_LAYERS))}")
-    return fn(ctx, mod, path, x)
+    base = _torch_class(mod, path)
+    where = path or "the module"
+    if base.__name__ != "Sequential" and any(True for _ in (*mod.parameters(), *mod.buffers())):
+        seen = ctx.modules.get(id(mod))
+        if seen is not None and seen[0] is mod:
+            raise IRError(f"from_torch: {where} is the {base.__name__} already used at {seen[1]} (one module used "
+                          f"twice): bngraph cannot tie two layers' weights; use a separate module per place")
+        ctx.modules[id(mod)] = (mod, where)
+    return TORCH_LAYERS[base.__name__](ctx, mod, path, x)
 
 
 def from_torch(module, input_features: int, loss: str | None = "softmax_cross_entropy", name: str = "torch_model",
@@ -117,6 +184,10 @@ def from_torch(module, input_features: int, loss: str | None = "softmax_cross_en
     with labels ``y``, ``mse`` or ``sigmoid_bce`` with targets ``y``), or None. ``.compile()``
     gives a model that starts from the module's weights and running statistics."""
     require("torch", "bg.from_torch")
+    hook = _global_hooks()
+    if hook is not None:
+        raise IRError(f"from_torch: a global {hook} is registered (torch.nn.modules.module.register_module_*_hook); "
+                      f"bngraph cannot reproduce what it does (remove it before importing)")
     if loss is not None and loss not in LOSS_OPS:
         raise IRError(f"from_torch: loss must be None or one of {', '.join(LOSS_OPS)}, got {loss!r}")
     names = NameMap()
