@@ -24,6 +24,8 @@ from .init import init_values
 from .snapshot import update_on_snapshot
 from .ir import DTYPES, IRError, ir_dtype
 from .ops import OPS, class_weights, loss_options, needs_batch_statistics
+from .optim.base import update_cause
+from .verifier import verify
 from .training import History  # noqa: F401  (re-exported)
 
 
@@ -31,15 +33,17 @@ class Model:
     """Made by :func:`bngraph.compile`; see the README for the contract."""
 
     def __init__(self, graph, target="numpy", dtype="float32", seed=0, passes=None, print_after=False, device=None,
-                 cuda_graph=False):
+                 cuda_graph=False, weights=None):
         from .backends import get_target
 
         target_def = get_target(target)
+        if callable(getattr(graph, "check_compilable", None)):  # an import says what a model cannot be made of
+            graph.check_compilable()
         self._dtype_name = DTYPES[graph.dtype if dtype is None else ir_dtype(dtype)]
         self.dtype = np.dtype(self._dtype_name)
         self.target = target
         self.seed = check_seed("compile", seed)
-        check_model_size(as_graph(graph), self.dtype.itemsize)  # a clear line, not a huge failed allocation
+        check_model_size(verify(as_graph(graph)), self.dtype.itemsize)  # a clear line, not a huge failed allocation
         self.passes = None if passes is None else _pass_names(passes)  # what a checkpoint records
         built = build_programs(graph, self._dtype_name, None if passes is None else _pass_list(passes),
                                print_after=print_after)
@@ -61,8 +65,9 @@ class Model:
                 raise IRError(f"cuda_graph=True needs a target whose runtime captures graphs (cuda); "
                               f"target {target} does not")
             self._graphs = GraphedPrograms(self.executable)
-        # initial values for the graph as written, then mapped through the passes (folded params go)
-        values = self.report.remap(init_values(self.source_graph, seed))
+        # initial values for the graph as written (drawn, then those the graph or the caller gives),
+        # mapped through the passes (a folded bias moves into its running mean)
+        values = self.report.remap({**init_values(self.source_graph, seed), **self._start_values(graph, weights)})
         self.layout = FlatLayout([(p.name, p.type.shape, DTYPES[p.type.dtype]) for p in self.graph.params])
         self._P = self.layout.allocate(self.runtime.xp)  # params: one flat buffer per dtype, a view per param
         self._G = self.layout.allocate(self.runtime.xp)  # their gradients, in the same layout
@@ -75,6 +80,30 @@ class Model:
         self.epoch = 0  # epochs completed by fit
         self.fit_state = None  # fit's seed, batch size and place in an epoch (bngraph.training), saved in checkpoints
         self._describe_io()
+        self.original_names = dict(getattr(graph, "original_names", None) or {}) if weights is None else {}
+
+    def _start_values(self, graph, weights) -> dict:
+        """The values of the graph as written that do not come from ``init``: those an imported graph
+        carries (``weights=None``), the caller's (a dict), or none (``weights="init"``); checked like
+        ``set_params`` (names, shapes, finite in the model's dtype, a variance >= 0)."""
+        if isinstance(weights, str):
+            if weights != "init":
+                raise ValueError(f"compile: weights must be None (the graph's own, if it carries any), 'init' "
+                                 f"(draw every value afresh) or a dict name -> array, got {weights!r}")
+            return {}
+        carried = weights is None
+        if carried:
+            weights = getattr(graph, "weights", None) if getattr(graph, "carries_weights", False) else None
+            if not weights:
+                return {}
+        if not isinstance(weights, dict):
+            raise TypeError(f"compile: weights must be None, 'init' or a dict name -> array, got "
+                            f"{type(weights).__name__}")
+        g = self.source_graph
+        shapes = {v.name: v.type.shape for v in (*g.params, *g.state)}
+        nonneg = {n.inputs[i] for n in g.nodes for i in OPS[n.op].nonnegative_inputs if i < len(n.inputs)}
+        where = f"compile({g.name}): the graph's own weights" if carried else "compile: weights"
+        return check_assignments(weights, shapes, where, "param or state value", self.dtype, nonneg)
 
     # ---- params and state ------------------------------------------------------------------
     @property
@@ -301,11 +330,15 @@ class Model:
             optimizer.step_flat(self._P, self._G)  # whole-buffer passes
             bad = self._first_nonfinite(self._P)
             if bad is not None:
-                raise TrainingDiverged(f"the update at step {self.step + 1} made {bad} NaN or inf (finite loss and "
-                                       f"gradients: is the learning rate too large?); the parameters are no longer "
+                raise TrainingDiverged(f"the update at step {self.step + 1} made {bad} NaN or inf "
+                                       f"({self._update_cause(optimizer, bad)}); the parameters are no longer "
                                        f"usable: reload a checkpoint")
             return
         update_on_snapshot(self, optimizer)
+
+    def _update_cause(self, optimizer, name: str) -> str:
+        """Why the update made param ``name`` NaN/inf (its slots, eps=0 over a zero gradient, or lr)."""
+        return update_cause(optimizer, name, self._G.views.get(name, np.zeros(0)), self.dtype, self.runtime.to_numpy)
 
     def _first_nonfinite(self, flat):
         """The first param whose array in ``flat`` holds NaN or inf, else None: one reduction per
@@ -475,10 +508,17 @@ read_checkpoint = checkpoint.read
 
 
 def compile(graph, target: str = "numpy", dtype="float32", seed: int = 0, passes=None, print_after=False,
-            device=None, cuda_graph: bool = False) -> Model:
+            device=None, cuda_graph: bool = False, weights=None) -> Model:
     """Compile ``graph`` for ``target``: run the training pipeline (or ``passes``), differentiate,
-    generate and load the code, and initialize params (seeded). ``device`` picks the target's
+    generate and load the code, and set the starting values. ``device`` picks the target's
     device (the numpy target runs on the host; cuda: a GPU index, or "emulator" for the CPU).
-    ``cuda_graph``: capture the training step once per batch size and replay it (cuda)."""
+    ``cuda_graph``: capture the training step once per batch size and replay it (cuda).
+
+    ``weights``: where params and running statistics start. ``None`` (the default): a graph that
+    carries weights (``bg.from_onnx``, ``bg.from_torch``) starts from them, values it lacks and
+    every value of any other graph are drawn by ``init`` (seeded by ``seed``); ``"init"``: draw every
+    value afresh, ignoring the graph's own; a dict (names of the graph as written -> arrays): start
+    from those, draw the rest. Values go through the passes' remap (a bias folded into batch norm
+    moves into its running mean) and are checked like ``set_params``."""
     return Model(graph, target=target, dtype=dtype, seed=seed, passes=passes, print_after=print_after, device=device,
-                 cuda_graph=cuda_graph)
+                 cuda_graph=cuda_graph, weights=weights)

@@ -284,6 +284,9 @@ class _Line:
         self.next()  # 'param' or 'state'
         v = self.binder(kind, "")
         self.expect_end(f"{kind} %{v.name}: {v.type}")
+        if BATCH in v.type.shape:  # a param or state value holds numbers, not data: no batch size
+            raise self.error(None, f"{kind} %{v.name}: {v.type} has the batch dimension {BATCH}; a {kind}'s "
+                                  f"shape is fixed numbers, e.g. {v.type.dtype}[{', '.join('5' if d == BATCH else str(d) for d in v.type.shape)}]")
         return v
 
     # ---- node lines: outs = op[attrs] refs ----------------------------------------------------

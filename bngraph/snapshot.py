@@ -31,8 +31,8 @@ def update_on_snapshot(model, optimizer):
             _copy_rebound(params, model._P.views)
         bad = model._first_nonfinite(model._P)
         if bad is not None:
-            raise TrainingDiverged(f"the update at step {model.step + 1} made {bad} NaN or inf (finite loss and "
-                                   f"gradients: is the learning rate too large?); nothing was updated")
+            raise TrainingDiverged(f"the update at step {model.step + 1} made {bad} NaN or inf "
+                                   f"({model._update_cause(optimizer, bad)}); nothing was updated")
     except BaseException:
         for dt, b in saved.items():
             model._P.buffers[dt][...] = b

@@ -75,6 +75,11 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
         bar.line(f"epoch {position.get('epoch')} starts again from its first batch: it was interrupted with other "
                  f"data, seed, batch size or shuffle")
         position = None
+    steps = len(batch_bounds(n, batch_size, merge_single=model._batch_statistics))
+    if position and not (isinstance(position.get("done"), int) and 0 <= position["done"] <= steps):
+        bar.line(f"epoch {position.get('epoch')} starts again from its first batch: its recorded place (step "
+                 f"{position.get('done')!r}) is not one of its {steps} steps")  # a tampered fit_state: no epoch skipped
+        position = None
     model.fit_state = {**config, "position": position}
     history = History()
     validation = None if validation_data is None else (Xv, yv)
@@ -84,6 +89,18 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
     except (StepBoundaryInterrupt, OSError) as e:  # Ctrl-C, or a checkpoint that could not be written
         e.history = history  # the epochs done, for the caller's report
         raise
+
+
+def _scheduled_lr(lr_schedule, epoch: int, step: int) -> float:
+    """``lr_schedule(epoch, step)`` checked like ``Adam(lr=...)``: a finite number >= 0 (not True)."""
+    from .optim.base import check_lr
+
+    value = lr_schedule(epoch, step)
+    try:
+        return check_lr(value)
+    except ValueError:
+        raise ValueError(f"fit: lr_schedule({epoch}, {step}) returned {value!r}; it must return the learning "
+                         f"rate, a finite number >= 0") from None
 
 
 def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation, bar, lr_schedule, checkpoint,
@@ -108,7 +125,7 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
                 old_lr = getattr(optimizer, "lr", None)
                 try:
                     if lr_schedule is not None:
-                        optimizer.lr = float(lr_schedule(ep, model.step + 1))
+                        optimizer.lr = _scheduled_lr(lr_schedule, ep, model.step + 1)
                     due = model._submit(X[order[a:b]], y[order[a:b]], optimizer)
                 except BaseException:
                     if lr_schedule is not None and old_lr is not None:

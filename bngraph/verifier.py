@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .graph import FrozenGraph, as_graph
-from .ir import IRError
+from .ir import BATCH, IRError
 from .ops import get_op, uses_batch_statistics
 
 
@@ -28,6 +28,8 @@ def verify(g, after: str | None = None, allow_dead: bool = False) -> FrozenGraph
                 fail(f"%{v.name} is listed as {kind} but has kind {v.kind}")
             if v.name in seen:
                 fail(f"duplicate name %{v.name}")
+            if kind != "input" and BATCH in v.type.shape:
+                fail(f"{kind} %{v.name}: {v.type} has the batch dimension {BATCH}; a {kind}'s shape is fixed numbers")
             seen[v.name] = v
     later = {o.name for n in g.nodes for o in n.outputs}
     used: set = set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..flat import array_namespace
-from .base import Optimizer, check_nonneg, number
+from .base import Optimizer, check_nonneg, flag, number
 
 
 def adam_update(xp, p, g, m, v, vmax, d, tmp, lr, t, *, beta1, beta2, eps, weight_decay,
@@ -66,11 +66,14 @@ class Adam(Optimizer):
                 raise ValueError(f"Invalid {name} value: {hp[name]} (must be in [0, 1))")
         hp["eps"] = check_nonneg("eps", hp["eps"])
         hp["weight_decay"] = check_nonneg("weight_decay", hp["weight_decay"])
-        hp["amsgrad"] = bool(hp["amsgrad"])
+        hp["amsgrad"] = flag("amsgrad", hp["amsgrad"])
         return hp
 
     def _slot_keys(self, hp: dict) -> tuple:
         return ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hp["amsgrad"] else ())
+
+    def _lazy_slots(self, hp: dict) -> tuple:
+        return ("max_exp_avg_sq",) if hp["amsgrad"] else ()  # step and the moments appear together
 
     def _kernel(self, xp, p, g, slots, d, tmp, hp, t, fresh) -> None:
         adam_update(xp, p, g, slots["exp_avg"], slots["exp_avg_sq"],

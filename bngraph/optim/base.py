@@ -32,6 +32,16 @@ def number(name: str, value: Any) -> float:
     return value
 
 
+def flag(name: str, value: Any) -> bool:
+    """``value`` as a bool, or a ValueError: only True/False (a NumPy bool too), never a truthy
+    string such as "no"."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d array of any module
+        value = value.item()
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_nonneg(name: str, value: Any) -> float:
     value = number(name, value)
     if value < 0:
@@ -44,6 +54,27 @@ def check_lr(value: Any) -> float:
     if value < 0:
         raise ValueError(f"Invalid learning rate: {value} (must be >= 0)")
     return value
+
+
+def update_cause(optimizer, name: str, grad, dtype, to_host=np.asarray) -> str:
+    """Why an update with a finite loss and finite gradients left param ``name`` NaN/inf: the
+    clause a TrainingDiverged message gives (looked for only after it happened). ``grad``: the
+    param's gradient; ``to_host`` copies a device array to the host."""
+    state = getattr(optimizer, "state", None)
+    slots = state.get(name, {}) if isinstance(state, dict) else {}
+    for key, a in slots.items():
+        if key != COUNTER and hasattr(a, "dtype") and a.dtype.kind == "f":
+            if not np.isfinite(to_host(a)).all():
+                return (f"its optimizer state {key!r} holds NaN or inf (set or loaded that way, or overflowed "
+                        f"by this update)")
+    hp = {}
+    if callable(getattr(optimizer, "_hyper_for", None)):
+        hp = optimizer._hyper_for(name)
+    if hp.get("eps") == 0 and (to_host(grad) == 0).any():
+        return (f"eps=0 and a gradient of exactly 0 give 0/0 in {type(optimizer).__name__}'s update: "
+                f"use eps > 0, e.g. 1e-8")
+    lr = hp.get("lr", getattr(optimizer, "lr", None))
+    return f"finite loss and gradients: is the learning rate (lr={lr!r}) too large for {np.dtype(dtype).name}?"
 
 
 # ---- arrays of any array module ------------------------------------------------------------------
@@ -163,6 +194,13 @@ class Optimizer(FlatStepMixin):
     def _check(self, hp: dict) -> dict:
         """``hp`` validated and normalized (subclasses extend it; they may check several at once)."""
         return {**hp, "lr": check_lr(hp["lr"])}
+
+    def _hyper_for(self, name: str) -> dict:
+        """The effective hyperparameters of the group that owns param ``name`` (bound or not)."""
+        b = getattr(self, "_bound", None)
+        if b is not None and name in b.group_of:
+            return dict(self._effective[b.group_of[name]])
+        return dict(self._defaults)
 
     @property
     def hyper(self) -> dict[str, Any]:

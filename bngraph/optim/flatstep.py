@@ -20,6 +20,7 @@ copy is unknown (state loaded from device arrays), every step takes the referenc
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -116,6 +117,12 @@ class FlatStepMixin:
         """The slots a group with hyperparameters ``hp`` keeps per parameter (built-ins override)."""
         return ()
 
+    def _lazy_slots(self, hp: dict) -> tuple:
+        """The slots of ``_slot_keys(hp)`` that ``update`` creates when a param's state lacks them
+        while holding others (SGD's momentum buffer once momentum is raised from 0); the others must
+        all be there once any is (a checkpoint is checked against this)."""
+        return self._slot_keys(hp)
+
     def _reserved(self) -> set:
         """Slot keys that live in flat buffers: those of any group's hyperparameters."""
         return {k for hp in self._effective for k in self._slot_keys(hp)}
@@ -193,6 +200,8 @@ class FlatStepMixin:
             if X.layout is not b.layout and X.layout != b.layout:
                 raise ValueError(f"step_flat: the {what} are not in the layout this optimizer is "
                                  f"bound to; call bind(layout, xp) for the new model first")
+        if self._plan is None:  # the hyperparameters may have changed since the last step
+            self._check_representable(b)
         plan = self._plan if self._plan is not None else self._make_plan()
         if plan is None:
             self.step(P.views, G.views)
@@ -231,6 +240,20 @@ class FlatStepMixin:
                 gp.fresh, gp.new = (), False
         self._plan = plan
         self.step_count += 1
+
+    def _check_representable(self, b: Binding) -> None:
+        """Every numeric hyperparameter is finite in the dtype of the params it updates, or a
+        ValueError before anything changes: ``lr=1e39`` is inf in float32, and the update would
+        make every param inf."""
+        import numpy as np
+
+        for i, names in enumerate(b.names):
+            for dt in sorted({b.layout.segments[n].dtype for n in names}):
+                for key, value in self._effective[i].items():
+                    if isinstance(value, float) and math.isfinite(value) and not np.isfinite(np.array(value, dt)):
+                        group = "" if i == len(b.names) - 1 else f" (parameter group {i})"
+                        raise ValueError(f"{type(self).__name__}: {key}={value!r}{group} overflows {dt}, the dtype "
+                                         f"of the params it updates; nothing was updated")
 
     def _host_bookkeeping(self):
         """What a fused step changes on the host (the plan's counts and fresh slots, the step

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..flat import array_namespace
-from .base import Optimizer, check_nonneg, number
+from .base import Optimizer, check_nonneg, flag, number
 
 
 def rmsprop_update(xp, p, g, sq, ga, buf, d, tmp, lr, *, alpha, eps, momentum, weight_decay,
@@ -59,7 +59,7 @@ class RMSprop(Optimizer):
             raise ValueError(f"Invalid alpha value: {hp['alpha']} (must be in [0, 1])")
         for name in ("eps", "momentum", "weight_decay"):
             hp[name] = check_nonneg(name, hp[name])
-        hp["centered"] = bool(hp["centered"])
+        hp["centered"] = flag("centered", hp["centered"])
         return hp
 
     def _slot_keys(self, hp: dict) -> tuple:

@@ -3,7 +3,7 @@ per-parameter reference path and by the flat path alike."""
 from __future__ import annotations
 
 from ..flat import array_namespace
-from .base import Optimizer, check_nonneg, number
+from .base import Optimizer, check_nonneg, flag, number
 
 
 def sgd_update(xp, p, g, buf, d, tmp, lr, fresh, *, momentum, dampening, nesterov,
@@ -55,7 +55,7 @@ class SGD(Optimizer):
         hp["momentum"] = check_nonneg("momentum", hp["momentum"])
         hp["dampening"] = number("dampening", hp["dampening"])
         hp["weight_decay"] = check_nonneg("weight_decay", hp["weight_decay"])
-        hp["nesterov"] = bool(hp["nesterov"])
+        hp["nesterov"] = flag("nesterov", hp["nesterov"])
         if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening "
                              f"(got momentum={hp['momentum']}, dampening={hp['dampening']})")

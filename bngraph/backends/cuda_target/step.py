@@ -218,8 +218,8 @@ class GuardedStep:
             name = model._state_keys[int(status[3]) - 1].removeprefix("state.")
             return (f"the new {name} contains NaN or inf at step {step} (a batch variance overflowed?); nothing was "
                     f"updated")
-        return (f"the update at step {step} made {model.layout.name_at(int(status[4]))} NaN or inf (finite loss and "
-                f"gradients: is the learning rate too large?); the parameters are no longer usable: reload a "
-                f"checkpoint")
+        name = model.layout.name_at(int(status[4]))
+        return (f"the update at step {step} made {name} NaN or inf ({model._update_cause(self.optimizer, name)}); "
+                f"the parameters are no longer usable: reload a checkpoint")
 
 

@@ -1,0 +1,242 @@
+"""Reliability round 3 (issue 15), the compiler and training core: a graph that carries weights
+starts from them in ``bg.compile``; hyperparameters are checked exactly (no truthy strings, no lr a
+float32 model cannot hold); an update that overflows is TrainingDiverged at that step on every
+target, with a message that names the cause; IR text cannot give a param the batch dimension."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import bngraph as bg
+from interop_support import need
+
+EMULATOR = shutil.which("g++") is not None
+TARGETS = [pytest.param({"target": "numpy"}, id="numpy"),
+           pytest.param({"target": "cuda", "device": "emulator"}, id="cuda-emulator",
+                        marks=pytest.mark.skipif(not EMULATOR, reason="the CUDA emulator needs g++")),
+           pytest.param({"target": "cuda", "device": "emulator", "cuda_graph": True}, id="cuda-emulator-graph",
+                        marks=pytest.mark.skipif(not EMULATOR, reason="the CUDA emulator needs g++"))]
+
+
+def _data(n=16, features=4, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, features)).astype(np.float32), rng.integers(0, classes, n)
+
+
+# ---- item 2: bg.compile of a graph that carries weights ----------------------------------------
+
+def _torch_net():
+    torch = need("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5), torch.nn.ReLU(),
+                              torch.nn.Linear(5, 3)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+        net[1].weight.uniform_(0.5, 2)
+    return torch, net
+
+
+def test_compile_of_an_imported_graph_starts_from_its_weights():
+    torch, net = _torch_net()
+    g = bg.from_torch(net, 6, loss="softmax_cross_entropy")
+    X = np.random.default_rng(1).normal(size=(7, 6)).astype(np.float32)
+    expected = net(torch.tensor(X)).detach().numpy()
+    model = bg.compile(g)  # what a user naturally writes
+    np.testing.assert_allclose(model.forward(X, training=False), expected, atol=1e-5)
+    # the method and the function agree, and both know the file's names for export
+    by_method = g.compile()
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], by_method.params[k], err_msg=k)
+    assert model.original_names == by_method.original_names != {}
+
+
+def test_compile_of_an_onnx_graph_starts_from_its_weights():
+    need("onnx")
+    X, y = _data(24, 6)
+    trained = bg.compile(bg.mlp([6, 8, 3]), seed=3)
+    trained.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=2, batch_size=8, verbose=False)
+    imported = bg.from_onnx(bg.to_onnx(trained))
+    model = bg.compile(imported)
+    np.testing.assert_allclose(model.forward(X, training=False), trained.forward(X, training=False), atol=1e-5)
+
+
+def test_reinitializing_an_imported_graph_is_an_explicit_choice():
+    torch, net = _torch_net()
+    g = bg.from_torch(net, 6, loss="softmax_cross_entropy")
+    fresh = bg.compile(g, weights="init", seed=4)
+    plain = bg.compile(bg.from_torch(net, 6, loss="softmax_cross_entropy").build(), seed=4)  # a frozen graph: no weights
+    for k in fresh.params:
+        np.testing.assert_array_equal(fresh.params[k], plain.params[k], err_msg=k)
+    assert not np.allclose(fresh.params["bn_1.gamma"], net[1].weight.detach().numpy())
+    assert fresh.original_names == {}
+
+
+def test_compile_takes_starting_weights_as_a_dict_checked_like_set_params():
+    g = bg.mlp([4, 5, 3])
+    W = np.arange(20, dtype=np.float64).reshape(5, 4) / 10
+    model = bg.compile(g, weights={"fc1.W": W})
+    np.testing.assert_array_equal(model.params["fc1.W"], W.astype(np.float32))
+    other = bg.compile(g)  # the rest are drawn as usual
+    np.testing.assert_array_equal(model.params["out.W"], other.params["out.W"])
+    with pytest.raises(ValueError, match=r"compile: weights: fc1.W expected shape \(5, 4\), got \(4, 5\)"):
+        bg.compile(g, weights={"fc1.W": W.T})
+    with pytest.raises(ValueError, match="fc1.W contains NaN or inf"):
+        bg.compile(g, weights={"fc1.W": W * np.nan})
+    with pytest.raises(ValueError, match="bn1.running_var must be >= 0"):
+        bg.compile(g, weights={"bn1.running_var": -np.ones(5)})
+    with pytest.raises(KeyError, match="'nope' is not a param or state value"):
+        bg.compile(g, weights={"nope": W})
+    with pytest.raises(ValueError, match="weights must be None .* got 'random'"):
+        bg.compile(g, weights="random")
+
+
+def test_a_bias_given_to_compile_is_folded_into_the_running_mean():
+    """Starting values go through the passes' remap, as an import's do."""
+    g = bg.mlp([4, 5, 3])
+    b = np.linspace(-1, 1, 5)
+    model = bg.compile(g, weights={"fc1.b": b, "bn1.running_mean": np.zeros(5)})
+    assert "fc1.b" not in model.params
+    np.testing.assert_allclose(model.state["bn1.running_mean"], -b.astype(np.float32))
+
+
+# ---- item 8: hyperparameters are checked exactly ------------------------------------------------
+
+@pytest.mark.parametrize("make, name", [(lambda v: bg.optim.Adam(amsgrad=v), "amsgrad"),
+                                        (lambda v: bg.optim.AdamW(amsgrad=v), "amsgrad"),
+                                        (lambda v: bg.optim.SGD(momentum=0.9, nesterov=v), "nesterov"),
+                                        (lambda v: bg.optim.RMSprop(centered=v), "centered")])
+@pytest.mark.parametrize("value", ["no", "False", 1, 0, None, [True]])
+def test_a_flag_must_be_a_bool(make, name, value):
+    with pytest.raises(ValueError, match=re.escape(f"{name} must be True or False, got {value!r}")):
+        make(value)
+    assert make(np.bool_(False)).hyper[name] is False
+
+
+@pytest.mark.parametrize("value", [True, "0.1", None, float("nan"), -1.0])
+def test_an_lr_schedule_must_return_a_learning_rate(value):
+    X, y = _data()
+    model = bg.compile(bg.mlp([4, 5, 3]))
+    before = {k: np.array(v) for k, v in model.params.items()}
+    opt = bg.optim.Adam(lr=1e-3)
+    with pytest.raises(ValueError, match=r"lr_schedule\(1, 1\) returned .*; it must return the learning rate"):
+        model.fit(X, y, optimizer=opt, epochs=1, batch_size=8, lr_schedule=lambda e, s: value, verbose=False)
+    assert model.step == 0 and opt.lr == 1e-3
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.params[k], v)
+
+
+# ---- item 10: an update that overflows float32, on every target ---------------------------------
+
+def _snapshot(model):
+    return ({k: np.array(v) for k, v in model.params.items()}, {k: np.array(v) for k, v in model.state.items()})
+
+
+@pytest.mark.parametrize("kw", TARGETS)
+@pytest.mark.parametrize("lr", [1e39, 1e300])
+def test_an_lr_that_float32_cannot_hold_is_refused_with_nothing_changed(kw, lr):
+    X, y = _data()
+    model = bg.compile(bg.mlp([4, 5, 3]), **kw)
+    params, state = _snapshot(model)
+    opt = bg.optim.Adam(lr=lr)
+    with pytest.raises(ValueError, match=re.escape(f"Adam: lr={lr!r} overflows float32, the dtype of the params it "
+                                                   f"updates; nothing was updated")):
+        model.fit(X, y, optimizer=opt, epochs=1, batch_size=16, verbose=False)
+    assert model.step == 0 and opt.step_count == 0
+    after = _snapshot(model)
+    for k in params:
+        np.testing.assert_array_equal(after[0][k], params[k], err_msg=k)
+    for k in state:
+        np.testing.assert_array_equal(after[1][k], state[k], err_msg=k)
+    f64 = bg.compile(bg.mlp([4, 5, 3]), dtype="float64", **kw)  # float64 holds it: no refusal there
+    if lr < 1e300:
+        f64.train_step(X, y, bg.optim.SGD(lr=lr))
+
+
+@pytest.mark.parametrize("kw", TARGETS)
+@pytest.mark.parametrize("how", ["train_step", "fit"])
+def test_an_update_that_overflows_float32_is_training_diverged_at_that_step(kw, how):
+    """The guard of every target's fused update (the CUDA target: the flag its update kernel sets
+    in the guarded step): one step, nothing after it, and the overflow is reported."""
+    X, y = _data()
+    model = bg.compile(bg.mlp([4, 5, 3]), **kw)
+    _, state = _snapshot(model)
+    opt = bg.optim.SGD(lr=3e38, weight_decay=100.0)  # lr*(g + 100*p) overflows float32 (gamma = 1: 3e40)
+    match = (r"the update at step 1 made (fc1|out)\.\w+ NaN or inf \(finite loss and gradients: is the learning "
+             r"rate \(lr=3e\+38\) too large for float32\?\)")
+    if how == "train_step":
+        with pytest.raises(bg.TrainingDiverged, match=match):
+            model.train_step(X, y, opt)
+    else:
+        hist = model.fit(X, y, optimizer=opt, epochs=1, batch_size=16, verbose=False)
+        assert hist.stop_reason is not None and re.search(match, hist.stop_reason), hist.stop_reason
+    assert model.step == 0
+    for k, v in _snapshot(model)[1].items():  # the running statistics are committed after the update
+        np.testing.assert_array_equal(v, state[k], err_msg=k)
+    with pytest.raises(Exception, match="NaN or inf"):
+        model.save("never-written.npz")
+
+
+@pytest.mark.parametrize("kw", TARGETS)
+def test_eps_zero_over_a_zero_gradient_says_so(kw):
+    X, y = _data()
+    model = bg.compile(bg.mlp([4, 5, 3]), **kw)
+    model.set_params({"out.W": np.zeros((3, 5))})  # fc1.W's gradient is exactly 0
+    with pytest.raises(bg.TrainingDiverged, match=r"made fc1\.W NaN or inf \(eps=0 and a gradient of exactly 0 "
+                                                  r"give 0/0 in Adam's update: use eps > 0"):
+        model.train_step(X, y, bg.optim.Adam(eps=0))
+
+
+@pytest.mark.parametrize("kw", TARGETS[:2])
+def test_a_nan_optimizer_slot_is_named(kw):
+    X, y = _data()
+    model = bg.compile(bg.mlp([4, 5, 3]), **kw)
+    opt = bg.optim.SGD(lr=0.1, momentum=0.9)
+    model.train_step(X, y, opt)
+    buf = opt.state["fc1.W"]["momentum_buffer"]
+    buf[...] = model.runtime.asarray(np.full(buf.shape, np.nan), model.dtype)
+    with pytest.raises(bg.TrainingDiverged, match=r"made fc1\.W NaN or inf \(its optimizer state 'momentum_buffer' "
+                                                  r"holds NaN or inf"):
+        model.train_step(X, y, opt)
+
+
+def test_your_optimizer_overflowing_is_named_and_rolled_back():
+    class Boom(bg.optim.Optimizer):
+        def update(self, p, g, slots):
+            p *= 1e30
+            p *= 1e30
+
+    X, y = _data()
+    model = bg.compile(bg.mlp([4, 5, 3]))
+    params, _ = _snapshot(model)
+    with pytest.raises(bg.TrainingDiverged, match=r"is the learning rate \(lr=0.001\) too large for float32\?\); "
+                                                  r"nothing was updated"):
+        model.train_step(X, y, Boom(lr=1e-3))
+    for k, v in params.items():
+        np.testing.assert_array_equal(model.params[k], v)
+
+
+# ---- IR text: a param or state value has no batch dimension -------------------------------------
+
+@pytest.mark.parametrize("line, fixed", [("param %fc1.b: f32[5]", "param %fc1.b: f32[m]"),
+                                         ("state %bn1.running_var: f32[5]", "state %bn1.running_var: f32[m]"),
+                                         ("param %fc1.W: f32[5,4]", "param %fc1.W: f32[5,m]")])
+def test_ir_text_with_a_batch_sized_param_is_refused_at_parse(line, fixed):
+    text = str(bg.mlp([4, 5, 3]))
+    assert line in text
+    kind, name = fixed.split()[:2]
+    with pytest.raises(bg.IRError, match=f"{kind} {name.rstrip(':')}: .* has the batch dimension m; a {kind}'s shape "
+                                         f"is fixed numbers"):
+        bg.parse(text.replace(line, fixed))
+
+
+def test_a_batch_sized_param_built_by_hand_is_refused_by_the_verifier():
+    from bngraph.ir import TensorType, Value
+
+    g = bg.mlp([4, 5, 3]).build()
+    params = [Value(p.name, TensorType(p.type.dtype, ("m",)), p.kind) if p.name == "fc1.b" else p for p in g.params]
+    with pytest.raises(bg.IRError, match=r"param %fc1.b: f32\[m\] has the batch dimension m"):
+        bg.compile(g.rebuild(params=params))
