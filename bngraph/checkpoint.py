@@ -18,7 +18,8 @@ import numpy as np
 
 from . import optim as optim_mod
 from .errors import CheckpointError
-from .fileio import NpzError, atomic_write, read_npz
+from .fileio import NpzError, NpzTooLarge, atomic_write, read_npz
+from .optim.flatstep import COUNTER
 from .ir import IRError
 from .version import __version__
 
@@ -39,6 +40,7 @@ def meta(model) -> dict:
         "dtype": model._dtype_name, "target": model.target, "seed": model.seed, "passes": model.passes,
         "step": model.step, "epoch": model.epoch, "fit": model.fit_state,
         "optimizer": None if opt is None else {"type": type(opt).__name__},
+        **({"cli": model.cli_run} if getattr(model, "cli_run", None) is not None else {}),
     }
 
 
@@ -75,6 +77,8 @@ def read(path):
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         arrays = read_npz(path)
+    except NpzTooLarge as e:  # a zip bomb, or a checkpoint larger than the memory available
+        raise CheckpointError(f"{path}: {e}") from None
     except NpzError as e:
         raise CheckpointError(f"{path}: not a bngraph checkpoint: {e}") from None
     raw = arrays.pop("meta", None)
@@ -124,6 +128,32 @@ def _check_meta(path, m):
     problem = _fit_state_problem(m.get("fit"))
     if problem:
         raise CheckpointError(f"{path}: damaged checkpoint: metadata 'fit' {problem}")
+    problem = _cli_run_problem(m.get("cli"))
+    if problem:
+        raise CheckpointError(f"{path}: damaged checkpoint: metadata 'cli' {problem}")
+
+
+# ---- the command line's record of a run (bngraph train; restored by --resume) -----------------
+
+_CLI_RUN = {  # key -> check; every key optional
+    "dataset": lambda v: isinstance(v, str),
+    "dataset_sha256": lambda v: isinstance(v, str) and len(v) == 64,
+    "val_fraction": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+    "optimizer": lambda v: v in optim_mod.NAMES,
+    "epochs": lambda v: _is_int(v, 1),
+}
+
+
+def _cli_run_problem(r) -> str | None:
+    """What is wrong with a recorded ``cli`` entry (None: nothing, or no entry)."""
+    if r is None:
+        return None
+    if not isinstance(r, dict):
+        return f"is {r!r}, expected an object"
+    for key, ok in _CLI_RUN.items():
+        if key in r and not ok(r[key]):
+            return f"has {key} {r[key]!r}"
+    return None
 
 
 def _fit_state_problem(f) -> str | None:
@@ -204,12 +234,142 @@ def restore(model, m, arrays, optimizer, path):
         except (KeyError, ValueError) as e:
             msg = e.args[0] if e.args else str(e)
             raise CheckpointError(f"{path}: {msg.replace(f'set_{what}: ', '', 1)}") from None
+    _check_fit_position(path, m.get("fit"), model)
+    _check_optimizer_state(path, m, arrays, model, optimizer)
     optimizer = _restore_optimizer(m, arrays, optimizer, path)
     for values, live in checked:
         model._write(values, live)
     model.step, model.epoch = int(m["step"]), int(m["epoch"])
     model.fit_state = m.get("fit")
+    model.cli_run = m.get("cli")  # the command line's settings of the run, if it made it
     model.optimizer = optimizer
+
+
+def _check_fit_position(path, f, model):
+    """fit's recorded place must lie inside its epoch: ``done`` beyond the epoch's steps would end
+    the epoch at once (an epoch skipped)."""
+    p = (f or {}).get("position")
+    if not p:
+        return
+    from .training import batch_bounds
+
+    steps = len(batch_bounds(f["n"], f["batch_size"], merge_single=model._batch_statistics))
+    if p["done"] > steps:
+        raise CheckpointError(f"{path}: damaged checkpoint: metadata 'fit' position has done {p['done']}, but an "
+                              f"epoch of {f['n']} examples in batches of {f['batch_size']} has {steps} steps; "
+                              f"expected 0 <= done <= {steps}")
+
+
+def _check_optimizer_state(path, m, arrays, model, optimizer):
+    """The optimizer's state, checked like params and state before anything is written: every
+    ``optim/<param>/<slot>`` of a param of this model, each slot the optimizer keeps there present
+    (a missing one fails the first step halfway), of the param's shape (a step counter: a 0-d
+    non-negative integer), floating point and finite in the model's dtype; the step count a
+    non-negative integer; the groups each owning some param. An optimizer that is not an
+    :class:`~bngraph.optim.Optimizer` (only the protocol) gets its arrays checked for NaN/inf."""
+    om = m.get("optimizer")
+    entries: dict = {}
+    for k in sorted(arrays):
+        if k.startswith("optim/"):
+            p, _, s = k[6:].rpartition("/")
+            entries.setdefault(p, {})[s] = k
+    if om is None or "hyper" not in om:  # (no "hyper": a protocol-only optimizer's own state dict, not loaded)
+        if om is None and entries:
+            k = next(iter(next(iter(entries.values())).values()))
+            raise CheckpointError(f"{path}: damaged checkpoint: {k} is optimizer state, but the metadata records "
+                                  f"no optimizer state")
+        return
+    if optimizer is None:
+        cls = optim_mod._TYPES.get(om.get("type"))
+        probe = None if cls is None else cls()
+        if probe is None:
+            return  # an unknown type: rebuilding it says so
+    elif isinstance(optimizer, optim_mod.Optimizer):
+        if type(optimizer).__name__ != om.get("type"):
+            return  # another optimizer's state: loading it says so
+        probe = optimizer  # only its pure methods are used: nothing of it changes
+    else:
+        probe = None
+    dtype = np.dtype(model.dtype)
+    shapes = {k: tuple(v.shape) for k, v in model.params.items()}
+    if probe is None:  # a protocol-only optimizer: its slots are its own business, but finite
+        for slots in entries.values():
+            for k in slots.values():
+                _check_finite(path, k, arrays[k], dtype)
+        return
+    if not _is_int(om.get("step")):
+        raise CheckpointError(f"{path}: damaged checkpoint: metadata 'optimizer' step is {om.get('step')!r}, "
+                              f"expected a non-negative integer")
+    from .optim.groups import assign_groups, group_spec
+
+    try:
+        hyper = om["hyper"]
+        defaults = probe._check({**probe._defaults, **(hyper if isinstance(hyper, dict) else {})})
+        specs = [group_spec(probe, g, i, defaults) for i, g in enumerate(om.get("groups") or [])]
+        owner = assign_groups(specs, list(shapes))
+        effective = [probe._check({**defaults, **{k: v for k, v in s.items() if k != "params"}})
+                     for s in specs] + [defaults]
+        keeps = {n: tuple(probe._slot_keys(effective[g])) for n, g in zip(shapes, owner)}
+        lazy = {n: tuple(probe._lazy_slots(effective[g])) for n, g in zip(shapes, owner)}  # made when missing
+        reserved = {k for hp in effective for k in probe._slot_keys(hp)}
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot restore the optimizer: {e}") from None
+    kind, fused = om.get("type"), probe._fusable()
+    for p, slots in entries.items():
+        first = next(iter(slots.values()))
+        if p not in shapes:
+            raise CheckpointError(f"{path}: damaged checkpoint: {first} is the state of {p!r}, which is not a "
+                                  f"parameter of this model (its parameters are {', '.join(shapes)})")
+        missing = [s for s in keeps[p] if s not in slots and s not in lazy[p]]
+        if missing:  # (a lazy slot, e.g. after amsgrad was turned on, appears at the next step)
+            raise CheckpointError(f"{path}: damaged checkpoint: optim/{p}/{missing[0]} is missing: {kind} keeps "
+                                  f"{', '.join(keeps[p])} for each parameter it has updated, and {p} has "
+                                  f"{', '.join(slots)}")
+        for s, k in slots.items():
+            a = arrays[k]
+            if s == COUNTER and s in reserved:
+                if a.shape != ():
+                    raise CheckpointError(f"{path}: damaged checkpoint: {k} expected shape (), got {a.shape} "
+                                          f"(a step counter)")
+                v = a.item()
+                if a.dtype.kind not in "iu" or not 0 <= v < 2**63:
+                    got = f"{v!r} ({a.dtype})" if a.dtype.kind not in "iu" else f"{v!r}"
+                    raise CheckpointError(f"{path}: damaged checkpoint: {k} is {got}, expected a non-negative "
+                                          f"integer (a step counter)")
+                continue
+            if s in reserved:
+                if a.shape != shapes[p]:
+                    raise CheckpointError(f"{path}: damaged checkpoint: {k} expected shape {shapes[p]} (that of "
+                                          f"{p}), got {a.shape}")
+                if a.dtype.kind != "f":
+                    raise CheckpointError(f"{path}: damaged checkpoint: {k} holds {a.dtype} values, expected "
+                                          f"floating-point numbers")
+            elif fused and a.shape not in ((), shapes[p]):  # the flat buffers hold it (else: its own business)
+                raise CheckpointError(f"{path}: damaged checkpoint: {k} expected shape () or {shapes[p]} (that of "
+                                      f"{p}), got {a.shape}")
+            _check_finite(path, k, a, dtype)
+    for g in range(len(effective)):  # a model's step updates every param: each slot in all of a group, or none
+        names = [n for n, o in zip(shapes, owner) if o == g and keeps[n]]
+        for key in keeps[names[0]] if names else ():
+            have = [n for n in names if key in entries.get(n, {})]
+            if have and len(have) < len(names):
+                n = next(n for n in names if key not in entries.get(n, {}))
+                raise CheckpointError(f"{path}: damaged checkpoint: optim/{n}/{key} is missing: {kind} keeps "
+                                      f"{key} for each parameter of a group alike, and {have[0]} has it")
+
+
+def _check_finite(path, k, a, dtype):
+    if a.dtype.kind != "f":
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = a.astype(dtype) if a.dtype.itemsize > dtype.itemsize else a
+    ok = np.isfinite(c)
+    if not ok.all():
+        if np.isfinite(a).all():
+            big = a.reshape(-1)[np.argmax(~ok.reshape(-1))].item()
+            raise CheckpointError(f"{path}: damaged checkpoint: {k} holds {big!r}, which overflows {dtype.name} "
+                                  f"(the model's dtype)")
+        raise CheckpointError(f"{path}: damaged checkpoint: {k} contains NaN or inf")
 
 
 def _restore_optimizer(m, arrays, optimizer, path):

@@ -22,7 +22,7 @@ from importlib import resources
 import numpy as np
 
 from .datacheck import check_seed
-from .fileio import NpzError, read_npz
+from .fileio import NpzError, NpzTooLarge, read_npz
 
 
 class DatasetError(ValueError):
@@ -113,6 +113,10 @@ def _check_y(where: str, key: str, y: np.ndarray, x_key: str, n: int) -> np.ndar
     if y.dtype.kind == "i" and (y < 0).any():
         row = int(np.argmax(y < 0))
         raise DatasetError(f"{where}: {key} row {row} is {y[row]}; labels must be integers >= 0")
+    if y.dtype.kind == "u" and len(y) and y.max() > np.iinfo(np.int64).max:  # int64 would wrap it negative
+        row = int(np.argmax(y))
+        raise DatasetError(f"{where}: {key} row {row} is {int(y[row])}: labels are class indices 0..C-1, and this "
+                           f"one is beyond any int64 (is this column an ID?)")
     return y.astype(np.int64)
 
 
@@ -128,7 +132,8 @@ def _read_npz(path, dtype=None) -> dict:
         if str(e).startswith("is a single .npy"):
             raise DatasetError(f"{where}: is a single .npy array, expected a .npz archive with arrays X and y") \
                 from None
-        raise DatasetError(f"{where}: {e}" if e.key else f"{where}: cannot read as .npz: {e}") from None
+        raise DatasetError(f"{where}: {e}" if e.key or isinstance(e, NpzTooLarge) else
+                           f"{where}: cannot read as .npz: {e}") from None
     keys = set(found)
     for k in ("X", "y"):
         if k not in keys:
@@ -177,6 +182,34 @@ def _check_classes(where: str, arrays: dict):
                                f"(is this column an ID?)")
 
 
+def _check_split(where: str, y, train, test, test_fraction):
+    """Neither split empty, and every class left in the training split: else a DatasetError
+    saying which and why (``round(test_fraction x count)`` examples of each class go to test)."""
+    f = float(test_fraction)
+    if f == 0:
+        raise DatasetError(f"{where}: test_fraction 0 leaves the test split empty; expected a share in (0, 1), e.g. "
+                           f"the default 0.2 (or give X_test and y_test in the file)")
+    counts = np.bincount(y)
+    if len(test) == 0:
+        largest = int(counts.max())
+        raise DatasetError(f"{where}: test_fraction {f:g} leaves the test split empty: the "
+                           f"largest class has {largest} example{'s' if largest != 1 else ''} and "
+                           f"round({f:g} x {largest}) = 0; add examples, raise test_fraction, or give "
+                           f"X_test and y_test in the file")
+    if len(train) == 0:
+        smallest = int(counts[counts > 0].min())
+        raise DatasetError(f"{where}: test_fraction {f:g} leaves the training split empty: the smallest class has "
+                           f"{smallest} example{'s' if smallest != 1 else ''} and round({f:g} x {smallest}) = "
+                           f"{smallest} of them go to the test split; lower test_fraction")
+    left_out = np.setdiff1d(np.flatnonzero(counts), np.unique(y[train]))
+    if len(left_out):
+        c = int(left_out[0])
+        k = int(counts[c])
+        raise DatasetError(f"{where}: test_fraction {f:g} leaves class {c} out of the training split: its "
+                           f"{k} example{'s go' if k != 1 else ' goes'} to the test split (round({f:g} x {k}) = {k}); "
+                           f"lower test_fraction, add examples of it, or give X_test and y_test in the file")
+
+
 def _make(name: str, arrays: dict, test_fraction, seed, where: str | None = None) -> Dataset:
     X, y = arrays["X"], arrays["y"]
     if "X_test" in arrays:  # the file fixes the split; test_fraction and seed are not used
@@ -184,12 +217,7 @@ def _make(name: str, arrays: dict, test_fraction, seed, where: str | None = None
         _check_fraction(test_fraction)
     else:
         train, test = stratified_split(y, test_fraction, seed)
-        if len(test) == 0 and test_fraction > 0:
-            largest = int(np.bincount(y).max())
-            raise DatasetError(f"{where or name}: test_fraction {test_fraction:g} leaves the test split empty: the "
-                               f"largest class has {largest} example{'s' if largest != 1 else ''} and "
-                               f"round({test_fraction:g} x {largest}) = 0; add examples, raise test_fraction, or give "
-                               f"X_test and y_test in the file")
+        _check_split(where or name, y, train, test, test_fraction)
         X_train, y_train, X_test, y_test = X[train], y[train], X[test], y[test]
     num_classes = int(max(y_train.max(initial=-1), y_test.max(initial=-1))) + 1
     return Dataset(name, X_train, y_train, X_test, y_test, num_classes)

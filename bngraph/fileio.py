@@ -11,7 +11,6 @@ give it (0o666 less the umask), not mkstemp's private 0o600.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import tempfile
 import time
@@ -147,12 +146,62 @@ def check_writable(path, what: str = "") -> str:
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members; an empty zip
 NPY_MAGIC = b"\x93NUMPY"
 
+#: The most bytes :func:`read_npz` inflates from one archive; None: the memory available when it
+#: is read (a few MiB of compressed zeros can claim any size: a zip bomb is refused, not inflated).
+NPZ_LIMIT: int | None = None
 
-def read_npz(path) -> dict:
+_CHUNK = 1 << 20  # members are inflated this much at a time, straight into their arrays
+
+
+def _available_memory() -> int | None:
+    """The memory the OS could give this process now (Linux: MemAvailable), else the physical
+    memory, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def npz_limit() -> int | None:
+    """The bytes one archive may inflate to: :data:`NPZ_LIMIT`, or the memory available now."""
+    return NPZ_LIMIT if NPZ_LIMIT is not None else _available_memory()
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
+
+
+class NpzTooLarge(NpzError):
+    """An archive (or one member) that would inflate beyond :func:`npz_limit`: refused before."""
+
+
+def _too_large(what: str, n: int, limit: int, key=None) -> NpzTooLarge:
+    why = "bngraph.fileio.NPZ_LIMIT" if NPZ_LIMIT is not None else \
+        "the memory available now; bngraph.fileio.NPZ_LIMIT sets another limit"
+    return NpzTooLarge(f"{what} would inflate to {_size(n)}, more than the {_size(limit)} allowed ({why}); "
+                       f"nothing was inflated", key)
+
+
+def read_npz(path, limit: int | None = None) -> dict:
     """``{key: array}`` of the ``.npz`` archive at ``path``, every member read and checked, or an
     NpzError saying what is wrong: empty, not a zip archive, a single ``.npy``, truncated,
     corrupt (a CRC mismatch), an array that needs pickle (object arrays are never loaded), or a
-    header that promises more data than the member holds (never allocated)."""
+    header that promises more data than the member holds (never allocated).
+
+    Sizes are checked before anything is inflated (a zip bomb is refused, :class:`NpzTooLarge`):
+    the sizes the archive declares, then each member's ``.npy`` header, against ``limit`` bytes in
+    all (None: :func:`npz_limit`). A member is inflated straight into its array, never beyond what
+    its header declares (one holding more is refused), so the memory used is that of the arrays."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -167,12 +216,23 @@ def read_npz(path) -> dict:
         raise NpzError("is a single .npy array, expected a .npz archive (np.savez)")
     if not head.startswith(ZIP_MAGIC):
         raise NpzError("not a .npz archive (a .npz is a zip file of .npy arrays, as np.savez writes)")
+    limit = npz_limit() if limit is None else limit
     arrays = {}
     try:
         with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                arrays[key] = _read_member(z, info)
+            infos = z.infolist()
+            declared = sum(i.file_size for i in infos)
+            if limit is not None and declared > limit:
+                biggest = max(infos, key=lambda i: i.file_size)
+                key = _key(biggest)
+                raise _too_large(f"cannot read key {key!r}: it" if biggest.file_size > limit else
+                                 f"its {len(infos)} arrays", biggest.file_size if biggest.file_size > limit
+                                 else declared, limit, key if biggest.file_size > limit else None)
+            left = limit
+            for info in infos:
+                arrays[_key(info)] = a = _read_member(z, info, left)
+                if left is not None:
+                    left -= a.nbytes
     except NpzError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
@@ -181,22 +241,40 @@ def read_npz(path) -> dict:
     return arrays
 
 
-def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-    data = z.read(info)  # checks the member's CRC: a flipped bit is found here
-    f = io.BytesIO(data)
-    try:
-        version = npformat.read_magic(f)
-        read_header = {(1, 0): npformat.read_array_header_1_0}.get(version, npformat.read_array_header_2_0)
-        shape, fortran, dtype = read_header(f)
-    except ValueError as e:
-        raise NpzError(f"cannot read key {key!r}: not a .npy array ({e})", key) from None
-    if dtype.hasobject:
-        raise NpzError(f"cannot read key {key!r}: it holds Python objects (dtype {dtype}), which need pickle; "
-                       f"they are never loaded", key)
-    count = int(np.prod(shape, dtype=object))
-    if count * dtype.itemsize > len(data) - f.tell():
-        raise NpzError(f"cannot read key {key!r}: truncated (its header says shape {shape} {dtype}, more than "
-                       f"the {len(data) - f.tell()} bytes it holds)", key)
-    f.seek(0)
-    return npformat.read_array(f, allow_pickle=False)
+def _key(info: zipfile.ZipInfo) -> str:
+    return info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int | None) -> np.ndarray:
+    key = _key(info)
+    with z.open(info) as f:  # inflates as it is read; the CRC is checked at the member's end
+        try:
+            version = npformat.read_magic(f)
+            read_header = {(1, 0): npformat.read_array_header_1_0}.get(version, npformat.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+        except ValueError as e:
+            raise NpzError(f"cannot read key {key!r}: not a .npy array ({e})", key) from None
+        if dtype.hasobject:
+            raise NpzError(f"cannot read key {key!r}: it holds Python objects (dtype {dtype}), which need pickle; "
+                           f"they are never loaded", key)
+        count = int(np.prod(shape, dtype=object))
+        nbytes = count * dtype.itemsize
+        holds = info.file_size - f.tell()
+        if nbytes > holds:
+            raise NpzError(f"cannot read key {key!r}: truncated (its header says shape {shape} {dtype}, more than "
+                           f"the {holds} bytes it holds)", key)
+        if limit is not None and nbytes > limit:
+            raise _too_large(f"cannot read key {key!r}: it", nbytes, limit, key)
+        flat = np.empty(count, dtype)
+        view = memoryview(flat.view(np.uint8) if count else b"").cast("B")
+        done = 0
+        while done < nbytes:
+            n = f.readinto(view[done:done + _CHUNK])
+            if not n:
+                raise NpzError(f"cannot read key {key!r}: truncated (its header says shape {shape} {dtype}, "
+                               f"{nbytes} bytes; it holds {done})", key)
+            done += n
+        if f.read(1):  # never more than one chunk past what the header declares
+            raise NpzError(f"cannot read key {key!r}: it holds more data than its header declares (shape {shape} "
+                           f"{dtype}, {nbytes} bytes)", key)
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)

@@ -383,7 +383,8 @@ def test_a_model_with_overflowed_params_is_not_saved(tmp_path):
     model.save(tmp_path / "good.npz")
     before = (tmp_path / "good.npz").read_bytes()
     with np.errstate(all="ignore"):
-        hist = model.fit(X, y, optimizer=bg.optim.SGD(lr=1e39), epochs=2, batch_size=8, verbose=False)
+        hist = model.fit(X, y, optimizer=bg.optim.SGD(lr=3e38, weight_decay=100.0), epochs=2, batch_size=8,
+                         verbose=False)  # lr*(g + 100*p) overflows float32
     assert "no longer usable" in hist.stop_reason
     with pytest.raises(bg.CheckpointError, match="contain NaN or inf"):
         model.save(tmp_path / "good.npz")

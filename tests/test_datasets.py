@@ -59,7 +59,7 @@ def test_split_is_deterministic_and_depends_on_the_seed():
     assert not np.array_equal(a.y_train, c.y_train)
 
 
-@pytest.mark.parametrize("fraction, n_test", [(0.0, 0), (0.1, 180), (0.5, 898)])
+@pytest.mark.parametrize("fraction, n_test", [(0.1, 180), (0.5, 898)])  # 0: refused (test_reliability3_files.py)
 def test_test_fraction(fraction, n_test):
     ds = load_digits(test_fraction=fraction)
     assert abs(len(ds.y_test) - n_test) <= 5 and len(ds.y_train) + len(ds.y_test) == 1797
@@ -228,8 +228,9 @@ def test_a_label_beyond_the_number_of_examples_is_refused(tmp_path, label):
     with pytest.raises(DatasetError, match=rf"y row 17 is {label}: labels are class indices 0\.\.C-1, and {label + 1} "
                                            rf"classes for 60 examples"):
         load_npz(p)
-    y[17] = 59  # as many classes as examples: allowed
-    assert load_npz(_save(tmp_path, X=np.zeros((60, 2)), y=y), test_fraction=0).num_classes == 60
+    y[17] = 59  # as many classes as examples: allowed (the file fixes the split: class 59's one example trains)
+    p = _save(tmp_path, X=np.zeros((57, 2)), y=y[:57], X_test=np.zeros((3, 2)), y_test=np.arange(3))
+    assert load_npz(p).num_classes == 60
 
 
 @pytest.mark.parametrize("per_class", [1, 2])
@@ -239,8 +240,13 @@ def test_a_test_split_left_empty_is_refused(tmp_path, per_class):
                                            rf"the largest class has {per_class} examples? and "
                                            rf"round\(0\.2 x {per_class}\) = 0"):
         load_npz(p)
-    assert len(load_npz(p, test_fraction=0.6).X_test) == 3  # round(0.6 x 1 or 2) = 1 per class
-    assert len(load_npz(p, test_fraction=0).X_test) == 0  # asked for: no test split
+    if per_class == 2:
+        assert len(load_npz(p, test_fraction=0.6).X_test) == 3  # round(0.6 x 2) = 1 per class
+    else:  # round(0.6 x 1) = 1 per class: nothing left to train on
+        with pytest.raises(DatasetError, match=r"test_fraction 0\.6 leaves the training split empty"):
+            load_npz(p, test_fraction=0.6)
+    with pytest.raises(DatasetError, match=r"test_fraction 0 leaves the test split empty"):  # issue 15
+        load_npz(p, test_fraction=0)
 
 
 @pytest.mark.parametrize("dtype, ok", [("float32", False), ("float64", True), (None, True)])
