@@ -90,6 +90,39 @@ def _write_text(path: str, text: str):
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
+def same_file(a, b) -> bool:
+    """Are paths ``a`` and ``b`` one file? Both exist: the same device and inode (hard links and
+    symbolic links included); otherwise the same resolved path."""
+    a, b = os.fspath(a), os.fspath(b)
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_same_files(named, allowed=()) -> None:
+    """``named``: ``[(flag, path or None), ...]``, inputs first. A CLIError if two are one file (an
+    output would overwrite an input or another output), but for the pairs in ``allowed`` (sets of
+    two flags, e.g. ``{"--save", "--resume"}``)."""
+    seen = []
+    for flag, path in named:
+        if not path:
+            continue
+        for flag2, path2 in seen:
+            if {flag, flag2} not in [set(pair) for pair in allowed] and same_file(path, path2):
+                raise CLIError(f"{flag} {path} and {flag2} {path2} are the same file; give {flag} another path")
+        seen.append((flag, path))
+
+
+def model_path(spec: str | None) -> str | None:
+    """The file of a MODEL argument (``path.py[:name]``, a checkpoint or an .onnx file)."""
+    if not spec:
+        return None
+    return spec if os.path.isfile(spec) else spec.partition(":")[0]
+
+
 def cmd_train(args) -> int:
     from .cli_train import train
 
@@ -110,6 +143,7 @@ def cmd_emit(args) -> int:
         files = {inference_file_name(name): src for name, src in files.items()}
     if args.out:
         paths = {os.path.join(args.out, name): src for name, src in files.items()}
+        refuse_same_files([("MODEL", model_path(args.model)), *(("--out", path) for path in paths)])
         for path in paths:
             check_writable(path, "--out")
         for path, src in paths.items():
@@ -159,18 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (default: an MLP with batch norm on the built-in digits)")
     t.add_argument("model", nargs="?", help="path/to/file.py[:name] (default: the built-in MLP)")
-    t.add_argument("--dataset", default="digits", help="'digits' (built in) or a .npz file with X and y")
+    t.add_argument("--dataset", default=None, help="'digits' (built in) or a .npz file with X and y; default digits "
+                                                   "(resuming: the checkpoint's)")
     t.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default adam (resuming: the checkpoint's)")
     t.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default depends on the optimizer; resuming: the checkpoint's)")
-    t.add_argument("--epochs", type=_positive_int, default=15,
-                   help="epochs in all (resuming: up to this many, counting those already done)")
+    t.add_argument("--epochs", type=_positive_int, default=None,
+                   help="epochs in all; default 15 (resuming: up to this many, counting those already done; "
+                        "default the checkpoint's run's)")
     t.add_argument("--batch-size", type=_positive_int, default=None, help="default 64 (resuming: the checkpoint's)")
     t.add_argument("--seed", type=_nonnegative_int, default=None,
                    help="data split, initial values and shuffling; default 0 (resuming: the checkpoint's)")
-    t.add_argument("--val-fraction", type=_fraction, default=0.1,
+    t.add_argument("--val-fraction", type=_fraction, default=None,
                    help="share of each class of the training data held out for the per-epoch validation "
-                        "figures (0: none); the test split is evaluated once, at the end")
+                        "figures (0: none); default 0.1 (resuming: the checkpoint's); the test split is evaluated "
+                        "once, at the end")
     t.add_argument("--target", default=None, help="numpy or cuda; default numpy (resuming: the checkpoint's)")
     t.add_argument("--device", default=None, help="the target's device: cuda takes a GPU index (default 0) or "
                                                   "'emulator' (its kernels on the CPU)")
@@ -179,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", default=None, choices=("float32", "float64"),
                    help="default float32 (resuming: the checkpoint's)")
     t.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) after every epoch, atomically, "
-                                                  "and on Ctrl-C")
-    t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+                                                  "and on Ctrl-C (it may be the --resume file)")
+    t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint, with its "
+                                                    "settings (a flag that contradicts them is refused)")
     t.add_argument("--json", metavar="PATH", help="write the per-epoch history and final metrics as JSON")
     t.add_argument("--quiet", action="store_true", help="print only the final metrics")
     t.set_defaults(func=cmd_train)
@@ -269,4 +307,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m bngraph.cli``: this file runs as ``__main__``, a second copy of the module beside the
+    # ``bngraph.cli`` that the commands import (with its own CLIError); run that one, as ``bngraph`` does
+    from bngraph.cli import main as _main
+
+    sys.exit(_main())

@@ -9,18 +9,25 @@ model is allocated for nothing) and the model's size against this machine's memo
   seeded); the test split is evaluated once, at the end;
 * ``--save PATH`` writes a checkpoint after every epoch (atomically) and, on Ctrl-C, at the step
   where training stopped, then exits 130;
-* ``--resume PATH`` continues that run, mid-epoch too: model, optimizer, seed, batch size, dtype
-  and target come from the checkpoint, and ``--epochs`` counts all epochs, those done included;
+* ``--resume PATH`` continues that run, mid-epoch too, with every setting that shapes it from the
+  checkpoint (model, data set, validation share, optimizer, lr, seed, batch size, dtype, target,
+  epochs: ``model.cli_run`` records those no other part of a checkpoint holds); a flag that
+  contradicts the run is refused, and ``--epochs`` counts all epochs, those done included;
+* no output may be an input or another output (``--save`` at the ``--resume`` file excepted);
 * a divergence is one line and exit code 2; the last epoch's checkpoint is kept.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 
+import numpy as np
+
 from . import checkpoint, optim, training
-from .cli import DEFAULT_LR, CLIError, _write_text, default_model, load_model_spec
+from .cli import (DEFAULT_LR, OPTIMIZERS, CLIError, _write_text, default_model, load_model_spec, model_path,
+                  refuse_same_files)
 from .datasets import load_dataset, stratified_split
 from .fileio import check_writable
 
@@ -33,8 +40,20 @@ def train(args) -> int:
             check_writable(path, flag)  # before hours of training, not after
     resumed = checkpoint.read(args.resume) if args.resume else None  # (meta, arrays)
     cfg = _settings(args, resumed[0] if resumed else None)
-    ds = load_dataset(args.dataset, seed=cfg["seed"], dtype=cfg["dtype"])
-    X_train, y_train, val = _validation_split(ds, args.val_fraction, cfg["seed"])
+    dataset_path = None if cfg["dataset"] == "digits" else cfg["dataset"]
+    refuse_same_files([("MODEL", model_path(args.model)), ("--resume", args.resume), ("--dataset", dataset_path),
+                       ("--save", args.save), ("--json", args.json)], allowed=[("--save", "--resume")])
+    ds = load_dataset(cfg["dataset"], seed=cfg["seed"], dtype=cfg["dtype"])
+    fingerprint = data_fingerprint(ds)
+    recorded = _recorded_run(resumed[0]) if resumed else {}
+    if recorded.get("dataset_sha256") not in (None, fingerprint):
+        if args.dataset is None:
+            raise CLIError(f"the data set {cfg['dataset']} of the run saved in {args.resume} has changed since (its "
+                           f"arrays are not those it was trained on); give the run's data with --dataset")
+        raise CLIError(f"--dataset {args.dataset} is not the data of the run saved in {args.resume} (that was "
+                       f"{recorded.get('dataset')}, whose arrays differ from these); give its data, or leave "
+                       f"--dataset out to resume")
+    X_train, y_train, val = _validation_split(ds, cfg["val_fraction"], cfg["seed"])
     graph = _graph(args, resumed[0] if resumed else None, ds, cfg["dtype"])
     _check_against_data(graph, ds)
     device = _device(args.device)
@@ -50,15 +69,20 @@ def train(args) -> int:
         opt = optim.make(cfg["optimizer"], lr=args.lr if args.lr is not None else DEFAULT_LR[cfg["optimizer"]])
     elif args.lr is not None:
         opt.lr = args.lr  # an explicit --lr wins over the checkpoint's
+    # what shapes the run and no other record holds (the optimizer, seed, batch size, dtype and
+    # target are in the checkpoint already): saved with every checkpoint, restored by --resume
+    model.cli_run = {"dataset": dataset_path and os.path.abspath(dataset_path) or "digits",
+                     "dataset_sha256": fingerprint, "val_fraction": cfg["val_fraction"],
+                     "optimizer": cfg["optimizer"], "epochs": cfg["epochs"]}
     for split, X, y in (("training", X_train, y_train), ("validation", *(val or (None, None))),
                         ("test", ds.X_test, ds.y_test)):
         if X is not None and len(X):  # every split, before the first step: not a failure after training
             where = f"dataset {ds.name}, {split} split"
             model._check_y(y, len(model._check_x(X, where)), where)
-    todo = max(0, args.epochs - model.epoch)
+    todo = max(0, cfg["epochs"] - model.epoch)
     report = {"model": graph.name, "dataset": ds.name, "optimizer": cfg["optimizer"], "lr": opt.lr,
-              "epochs": args.epochs, "batch_size": cfg["batch_size"], "seed": cfg["seed"], "target": cfg["target"],
-              "val_fraction": args.val_fraction, "resumed_from": args.resume,
+              "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "seed": cfg["seed"], "target": cfg["target"],
+              "dtype": cfg["dtype"], "val_fraction": cfg["val_fraction"], "resumed_from": args.resume,
               "examples": {"train": len(X_train), "validation": 0 if val is None else len(val[0]),
                            "test": len(ds.X_test)}}
     if not args.quiet:
@@ -86,30 +110,68 @@ def train(args) -> int:
     return 0
 
 
+DEFAULTS = {"seed": 0, "batch_size": 64, "dtype": "float32", "target": "numpy", "dataset": "digits",
+            "val_fraction": 0.1, "epochs": 15, "optimizer": "adam"}
+# resuming, these may differ from the run's (said in the header and the report): the rest is refused
+MAY_CHANGE = ("batch_size", "epochs")
+WHY = {"seed": "the data split and the shuffling depend on it", "dtype": "it is the model",
+       "target": "it is the model", "optimizer": "its state is the run's",
+       "val_fraction": "the validation rows would leak into training, or training rows be lost"}
+
+
+def data_fingerprint(ds) -> str:
+    """SHA-256 of a data set's splits (shapes, dtypes and bytes): the data a run was trained on."""
+    h = hashlib.sha256()
+    for a in (ds.X_train, ds.y_train, ds.X_test, ds.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _recorded_run(meta) -> dict:
+    return meta.get("cli") or {}
+
+
+def optimizer_name(om, path) -> str | None:
+    """The command line's name of a checkpoint's optimizer (its metadata ``om``); None: none saved.
+    One the command line cannot rebuild (a protocol object, a class of one's own) is a CLIError."""
+    if om is None:
+        return None
+    kind = om.get("type")
+    if "hyper" not in om or kind not in optim._TYPES:
+        raise CLIError(f"{path} was trained with the optimizer {kind}, which the command line cannot rebuild "
+                       f"(it knows {', '.join(OPTIMIZERS)}); resume it from Python: "
+                       f"bg.load({path!r}, optimizer=<a {kind}>), then model.fit(...)")
+    if kind == "SGD":
+        return "momentum" if (om.get("hyper") or {}).get("momentum") else "sgd"
+    return kind.lower()
+
+
 def _settings(args, meta) -> dict:
-    """seed, batch size, dtype, target and optimizer: given, else the checkpoint's, else defaults.
-    Resuming, a seed, dtype, target or optimizer that differs from the checkpoint's is refused
-    (the data split, the model or its state would not be the run's); another batch size is fine."""
+    """Every setting that shapes the run: given, else the checkpoint's, else the default. Resuming,
+    a given value that differs from the checkpoint's is refused (one line), but for the batch size,
+    the lr and the number of epochs, which may change."""
     recorded = {}
     if meta is not None:
         fit = meta.get("fit") or {}
+        run = _recorded_run(meta)
         recorded = {"seed": fit.get("seed", meta["seed"]), "batch_size": fit.get("batch_size"),
-                    "dtype": meta["dtype"], "target": meta["target"],
-                    "optimizer": (meta.get("optimizer") or {}).get("type")}
+                    "dtype": meta["dtype"], "target": meta["target"], "dataset": run.get("dataset"),
+                    "val_fraction": run.get("val_fraction"), "epochs": run.get("epochs"),
+                    "optimizer": optimizer_name(meta.get("optimizer"), args.resume)}
+        if run.get("optimizer") and recorded["optimizer"] is None:
+            recorded["optimizer"] = run["optimizer"]
     cfg = {}
-    for key, given, default in (("seed", args.seed, 0), ("batch_size", args.batch_size, 64),
-                                ("dtype", args.dtype, "float32"), ("target", args.target, "numpy")):
-        have = recorded.get(key)
-        if given is not None and have is not None and given != have and key != "batch_size":
-            raise CLIError(f"--{key} {given} differs from the checkpoint {args.resume}'s {have}: "
-                           f"{'the data split and the shuffling depend on it' if key == 'seed' else 'it is the model'}"
-                           f"; leave --{key} out to resume")
+    for key, default in DEFAULTS.items():
+        given, have = getattr(args, key), recorded.get(key)
+        if key == "dataset":  # another path to the same data is fine: checked against the data's fingerprint
+            cfg[key] = given if given is not None else have if have is not None else default
+            continue
+        if given is not None and have is not None and given != have and key not in MAY_CHANGE:
+            raise CLIError(f"--{key.replace('_', '-')} {given} differs from the checkpoint {args.resume}'s {have}: "
+                           f"{WHY[key]}; leave --{key.replace('_', '-')} out to resume")
         cfg[key] = given if given is not None else have if have is not None else default
-    name = args.optimizer
-    have = recorded.get("optimizer")
-    if name is not None and have is not None and type(optim.make(name)).__name__ != have:
-        raise CLIError(f"--optimizer {name} differs from the checkpoint {args.resume}'s {have}; leave it out to resume")
-    cfg["optimizer"] = name or (have.lower() if have and have.lower() in DEFAULT_LR else "adam")
     return cfg
 
 
@@ -118,6 +180,11 @@ def _validation_split(ds, fraction, seed):
     if fraction == 0:
         return ds.X_train, ds.y_train, None
     train_idx, val_idx = stratified_split(ds.y_train, fraction, seed)
+    if len(train_idx) < 2:  # batch norm, and any training, needs two examples
+        n = len(train_idx)
+        raise CLIError(f"--val-fraction {fraction:g} leaves {n} training example{'' if n == 1 else 's'} of the "
+                       f"{len(ds.y_train)} in the training split ({len(val_idx)} held out for validation); training "
+                       f"needs at least 2: use a smaller --val-fraction")
     if len(val_idx) == 0:
         largest = int(max(ds.y_train.tolist().count(c) for c in set(ds.y_train.tolist())))
         raise CLIError(f"--val-fraction {fraction:g} leaves no validation examples: the largest class of the training "
@@ -164,10 +231,11 @@ def _header(args, model, graph, ds, report, todo) -> str:
     opt = f"{report['optimizer']} lr={report['lr']:g}"
     tail = f"batch {report['batch_size']}, target {report['target']}"
     if not args.resume:
-        return f"bngraph: training {graph.name} on {ds.name} ({counts}), {opt}, {args.epochs} epochs, {tail}"
+        return f"bngraph: training {graph.name} on {ds.name} ({counts}), {opt}, {report['epochs']} epochs, {tail}"
     pos = (model.fit_state or {}).get("position")
     at = (f"in epoch {pos['epoch']} after step {pos['done']}" if pos else f"after epoch {model.epoch}")
-    todo_text = f"epochs {model.epoch + 1} to {args.epochs}" if todo else f"nothing left of {args.epochs} epochs"
+    total = report["epochs"]
+    todo_text = f"epochs {model.epoch + 1} to {total}" if todo else f"nothing left of {total} epochs"
     return (f"bngraph: resuming {graph.name} from {args.resume} {at} (global step {model.step}) on {ds.name} "
             f"({counts}), {opt}, {todo_text}, {tail}")
 

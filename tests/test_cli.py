@@ -18,22 +18,13 @@ import pytest
 
 import bngraph as bg
 from bngraph.checkpoint import read as read_checkpoint
-from bngraph.cli import main
+from cli_support import run
 from bngraph.datasets import load_dataset, stratified_split
 
 MODELS = Path(__file__).parent / "models"
 SMALL = str(MODELS / "small.py")
 ODD = str(MODELS / "odd.py")
 
-
-def run(argv, capsys):
-    """(exit code, stdout, stderr) of ``bngraph argv``; argparse's SystemExit is an exit code too."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_default_reaches_95_percent(capsys):
@@ -119,7 +110,7 @@ def test_train_npz_dataset(tmp_path, capsys):
     assert out.startswith("test loss ")
 
 
-@pytest.mark.parametrize("lr", ["1e30", "1e300"])
+@pytest.mark.parametrize("lr", ["1e30", "3e38"])
 @pytest.mark.parametrize("quiet", [True, False])
 def test_train_divergence_is_one_line_exit_2_without_warnings(tmp_path, capsys, lr, quiet):
     """No NumPy warning quoting generated code; one error line saying the epoch and the step."""
@@ -136,6 +127,15 @@ def test_train_divergence_is_one_line_exit_2_without_warnings(tmp_path, capsys, 
     assert len(lines) == (1 if quiet else 2)  # not quiet: the header line, then the error
     assert "Traceback" not in err and "Warning" not in err
     assert json.loads(js.read_text())["stop_reason"].startswith("stopped early at epoch 1")
+
+
+def test_an_lr_that_float32_cannot_hold_is_one_line_exit_2(tmp_path, capsys):
+    code, out, err = run(["train", f"{SMALL}:nobn", "--optimizer", "sgd", "--lr", "1e300", "--epochs", "2",
+                          "--save", tmp_path / "c.npz"], capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1] == ("bngraph: error: SGD: lr=1e+300 overflows float32, the dtype of the params it "
+                                    "updates; nothing was updated")
+    assert not (tmp_path / "c.npz").exists()
 
 
 # --------------------------------------------------------------------------------------------

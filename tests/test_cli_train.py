@@ -15,20 +15,13 @@ import pytest
 import bngraph.checkpoint as checkpoint_mod
 from bngraph.checkpoint import read as read_checkpoint
 from bngraph.cli import build_parser, main
+from cli_support import run
 from bngraph.model import Model
 
 ROOT = Path(__file__).parent.parent
 SMALL = str(Path(__file__).parent / "models" / "small.py")
 BASE = ["--batch-size", "100", "--seed", "2", "--quiet"]  # 1295 training rows: 13 steps per epoch
 
-
-def run(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_same_checkpoint(a, b):
@@ -64,8 +57,19 @@ def test_save_writes_an_atomic_checkpoint_after_every_epoch(tmp_path, capsys, mo
     assert (fit["seed"], fit["batch_size"], fit["shuffle"], fit["n"]) == (2, 100, True, 1295)
 
 
+@pytest.fixture
+def sigint_default():
+    """SIGINT with Python's default handler (KeyboardInterrupt), as in a terminal, for the Ctrl-C
+    tests: pytest started in the background by a shell script inherits SIGINT ignored, and then
+    the os.kill below would do nothing. The handler before is restored after the test."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("stop_after", [17, 26, 1])  # mid-epoch 2, the end of epoch 2, the first step
-def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatch, straight, stop_after):
+def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatch, straight, stop_after,
+                                                     sigint_default):
     real_step = Model._submit  # fit's step
 
     def step_then_ctrl_c(self, *args):
@@ -98,7 +102,7 @@ def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatc
     assert out == out_a and out.startswith("test loss ")
 
 
-def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatch, sigint_default):
     real_step = Model._submit  # fit's step
 
     def step_then_ctrl_c(self, *args):
@@ -146,7 +150,7 @@ def test_an_explicit_lr_wins_over_the_checkpoint(tmp_path, capsys, straight):
 @pytest.mark.parametrize("extra, match", [
     (["--seed", "3"], r"--seed 3 differs from the checkpoint .*'s 2: the data split and the shuffling depend on it"),
     (["--dtype", "float64"], r"--dtype float64 differs from the checkpoint .*'s float32"),
-    (["--optimizer", "sgd"], r"--optimizer sgd differs from the checkpoint .*'s Adam"),
+    (["--optimizer", "sgd"], r"--optimizer sgd differs from the checkpoint .*'s adam"),
     ([f"{SMALL}:model"], r"small\.py:model is not the model saved in .*a\.npz \(line 1 in the checkpoint: graph mlp"),
 ])
 def test_resume_refuses_settings_that_are_not_the_runs(capsys, straight, extra, match):

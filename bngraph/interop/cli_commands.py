@@ -9,8 +9,9 @@ from .deps import MissingDependency
 
 def emit_standalone(args) -> int:
     """``bngraph emit MODEL --inference --standalone --out DIR``."""
-    from ..cli import CLIError
-    from .standalone import load_for_deploy, write_standalone
+    from ..cli import CLIError, model_path, refuse_same_files
+    from ..fileio import check_writable
+    from .standalone import check_overwrite, load_for_deploy, standalone_paths, write_standalone
 
     if not args.out:
         raise CLIError("--standalone writes files: give --out DIR")
@@ -22,7 +23,14 @@ def emit_standalone(args) -> int:
         graph, values, head = load_for_deploy(args.model)
     except MissingDependency as e:
         raise CLIError(str(e)) from None
-    for path in write_standalone(graph, values, args.out, args.dtype, head=head):
+    py, npz, why = standalone_paths(graph, args.out)
+    refuse_same_files([("MODEL", model_path(args.model)), ("--out", py), ("--out", npz)])
+    for path in (py, npz):
+        check_writable(path, "--out")
+    check_overwrite(py, npz, "--out")  # before anything is written
+    if why:
+        print(f"bngraph: note: {why}", file=sys.stderr)
+    for path in write_standalone(graph, values, args.out, args.dtype, head=head, what="--out"):
         print(path)
     return 0
 
@@ -39,6 +47,9 @@ def show_dot(args, graph, passes) -> int:
         g = run_pipeline(cast_graph(graph, args.dtype), TRAINING_PIPELINE if passes is None else passes).graph
     text = to_dot(g)
     if args.out:
+        from ..cli import model_path, refuse_same_files
+
+        refuse_same_files([("MODEL", model_path(args.model)), ("--out", args.out)])
         print(render(text, args.out))
     else:
         sys.stdout.write(text)

@@ -69,18 +69,84 @@ def _softmax(z):
 '''
 
 
-def standalone_sources(graph, values: dict, dtype="float32", module: str | None = None, head: str | None = None) -> tuple:
+# file names Python, pip or pytest treat specially wherever they are found, importable or not
+RESERVED = frozenset({"setup", "conftest", "sitecustomize", "usercustomize", "__init__", "__main__"})
+MARKER = "# ---- standalone loader (bngraph emit --standalone)"  # in LOADER: our own module, to overwrite
+
+
+def _importable(name: str, out_dir=None) -> bool:
+    """Would ``import name`` find a module other than one in the current folder or ``out_dir``?
+    (Those two hold the files written before, which are overwritten, or refused, by name.)"""
+    import importlib.machinery
+    import sys
+
+    if name in sys.builtin_module_names or name in getattr(sys, "stdlib_module_names", ()):
+        return True
+    skip = {os.path.realpath(os.getcwd())} | ({os.path.realpath(out_dir)} if out_dir is not None else set())
+    path = [p for p in sys.path if isinstance(p, str) and os.path.realpath(p or ".") not in skip]
+    try:
+        if importlib.machinery.PathFinder.find_spec(name, path) is not None:
+            return True
+    except (ImportError, ValueError, OSError):
+        return True  # cannot tell: take it as taken
+    for finder in sys.meta_path:  # editable installs and other finders that are not sys.path entries
+        if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
+            continue
+        if finder in (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter):
+            continue
+        try:
+            spec = finder.find_spec(name, None)
+        except Exception:  # a third-party finder that fails: not a module it knows
+            continue
+        if spec is not None:
+            return True
+    return False
+
+
+def shadows(name: str, out_dir=None) -> bool:
+    """Would a file ``name.py`` shadow (or be shadowed by) a module Python imports, or be a file
+    that Python, pip or pytest treat specially?"""
+    return name in RESERVED or _importable(name, out_dir)
+
+
+def module_name(text: str | None, out_dir=None, given: bool = False) -> tuple:
+    """``(name, why)``: a safe module name for the standalone files. From a graph's name (untrusted:
+    an ONNX file's): characters that are not a Python identifier's become ``_``, and a name that
+    would shadow a module (``numpy``, ``os``, ``setup``...) gets ``_model`` appended (``why`` says
+    so; else None). A name ``given`` by the caller is checked instead, a ValueError if unsafe."""
+    if given:
+        if not isinstance(text, str) or not text.isidentifier() or keyword.iskeyword(text):
+            raise ValueError(f"standalone code: module name {text!r} is not a Python identifier (it names the "
+                             f"files <name>.py and <name>.npz inside the folder)")
+        if shadows(text, out_dir):
+            raise ValueError(f"standalone code: module name {text!r} would shadow the module Python imports by "
+                             f"that name (or a file Python, pip or pytest treat specially); choose another")
+        return text, None
+    name = re.sub(r"\W", "_", text or "") or "model"  # an importable module name
+    if name[0].isdigit() or keyword.iskeyword(name):
+        name = f"m_{name}" if name[0].isdigit() else name + "_"
+    if not shadows(name, out_dir):
+        return name, None
+    safe = f"{name}_model"
+    while shadows(safe, out_dir):
+        safe += "_"
+    return safe, (f"the graph's name {text!r} would make {name}.py, which shadows the module {name!r} (or is a "
+                  f"file Python, pip or pytest treat specially); writing {safe}.py and {safe}.npz instead")
+
+
+def standalone_sources(graph, values: dict, dtype="float32", module: str | None = None, head: str | None = None,
+                       out_dir=None) -> tuple:
     """(module name, module source, folded params) for ``graph`` with trained ``values``; ``head``:
-    'softmax' or 'log_softmax' applied to the output (an imported ONNX model's last op), or None."""
+    'softmax' or 'log_softmax' applied to the output (an imported ONNX model's last op), or None.
+    ``module``: the name (checked: an identifier that shadows no importable module), else the
+    graph's (made safe: :func:`module_name`)."""
+    name, _ = module_name(module, out_dir, given=True) if module is not None else module_name(graph.name, out_dir)
     res = inference_graph(graph, dtype)
     folded = res.remap(values)
     g = res.graph
     renderer = get_target("numpy").renderer
     rendered = renderer.render({"forward": g}, g.dtype, g.name, docs={"forward": PROGRAM_DOCS["forward_inference"]})
     (src,) = rendered.sources.values()
-    name = re.sub(r"\W", "_", module or g.name)  # an importable module name
-    if keyword.iskeyword(name):
-        name += "_"
     (x,) = [v for v in g.inputs]
     if head not in HEADS:
         raise IRError(f"standalone code: unknown output head {head!r}; expected softmax or log_softmax")
@@ -92,12 +158,47 @@ def standalone_sources(graph, values: dict, dtype="float32", module: str | None 
     return name, src, params
 
 
+def ours(py_path) -> bool:
+    """Is the file at ``py_path`` a standalone module bngraph wrote (which a new one may replace)?"""
+    try:
+        with open(py_path, encoding="utf-8", errors="replace") as f:
+            return MARKER in f.read(4 << 20)
+    except OSError:
+        return False
+
+
+def standalone_paths(graph, out_dir, module: str | None = None) -> tuple:
+    """``(py, npz, why)``: where :func:`write_standalone` would write, and why the name is not the
+    graph's (None if it is)."""
+    out_dir = os.fspath(out_dir)
+    name, why = module_name(module, out_dir, given=True) if module is not None else module_name(graph.name, out_dir)
+    return os.path.join(out_dir, f"{name}.py"), os.path.join(out_dir, f"{name}.npz"), why
+
+
+def check_overwrite(py, npz, what: str = "out_dir") -> None:
+    """A FileExistsError if writing ``py``/``npz`` would replace a file that is not bngraph's standalone
+    code: an existing ``py`` must be a standalone module; an existing ``npz``, its weights (beside it)."""
+    if os.path.lexists(py) and not (os.path.isfile(py) and ours(py)):
+        raise FileExistsError(f"{what}: {py} exists and is not a bngraph standalone module; it is not overwritten "
+                              f"(move it, or choose another folder)")
+    if os.path.lexists(npz) and not (os.path.isfile(npz) and os.path.isfile(py) and ours(py)):
+        raise FileExistsError(f"{what}: {npz} exists and is not the weights of a bngraph standalone module (no "
+                              f"standalone {os.path.basename(py)} beside it); it is not overwritten (move it, or "
+                              f"choose another folder)")
+
+
 def write_standalone(graph, values: dict, out_dir, dtype="float32", module: str | None = None,
-                     head: str | None = None) -> list:
-    """Write ``<name>.py`` and ``<name>.npz`` into ``out_dir``; returns their paths."""
-    name, src, params = standalone_sources(graph, values, dtype, module, head)
+                     head: str | None = None, what: str = "out_dir") -> list:
+    """Write ``<name>.py`` and ``<name>.npz`` into ``out_dir``; returns their paths. ``<name>``:
+    ``module`` (a ValueError if it is not an identifier or shadows an importable module), else the
+    graph's name made safe (:func:`module_name`: never a path, never a module Python would import
+    instead, e.g. ``numpy`` becomes ``numpy_model``). Files that exist are replaced only if they are
+    bngraph's standalone code (a FileExistsError otherwise; ``what`` names ``out_dir`` in it)."""
+    out_dir = os.fspath(out_dir)
+    py, npz, _ = standalone_paths(graph, out_dir, module)
+    check_overwrite(py, npz, what)
+    name, src, params = standalone_sources(graph, values, dtype, os.path.basename(py)[:-3], head, out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    py, npz = os.path.join(out_dir, f"{name}.py"), os.path.join(out_dir, f"{name}.npz")
     atomic_write(npz, lambda f: np.savez(f, **params))
     atomic_write(py, lambda f: f.write(src), binary=False)
     return [py, npz]
