@@ -401,6 +401,10 @@ def test_the_equivalence_tests_cover_every_op():
 
     seen.update(n.op for n in kernel_zoo().nodes)
     seen.update(n.op for p in build_programs(weighted_graph("nll"), "float64").programs.values() for n in p.nodes)
+    # tests/test_arch_tables.py runs the fused <loss>_and_grad ops (pass fuse_loss_grad) on the NumPy target
+    from test_arch_tables import fused_graphs
+
+    seen.update(n.op for g in fused_graphs() for n in g.nodes)
     missing = sorted(set(bg.OPS) - seen)
     assert not missing, f"ops never exercised by the codegen equivalence tests: {missing}"
 

@@ -102,7 +102,8 @@ def test_every_node_is_a_comment_in_the_driver_and_kernels_are_named_by_program(
 
     model_src = bg.emit(bg.mlp([4, 5, 3]), target="cuda")
     driver, cu = model_src["mlp_cuda.py"], model_src["mlp_cuda.cu"]
-    programs = bg.compile(bg.mlp([4, 5, 3])).programs
+    # the programs as the target lowers them: after its pre-lowering passes (fuse_loss_grad)
+    programs = get_target("cuda").renderer.lower(bg.compile(bg.mlp([4, 5, 3])).programs)
     for name, prog in programs.items():
         fn = driver[driver.index(f"def {name}("):]
         fn = fn[:fn.index("\n\n\n")] if "\n\n\n" in fn else fn
@@ -111,6 +112,7 @@ def test_every_node_is_a_comment_in_the_driver_and_kernels_are_named_by_program(
     for launched in {ln.split('"')[1] for ln in driver.splitlines() if "launch(\"" in ln}:
         assert f'extern "C" __global__ void {launched}(' in cu
     assert "train_step__loss" in cu and "train_step__out_grad" not in cu  # the loss and its gradient: one kernel
+    assert "= softmax_cross_entropy_and_grad %out, %y, %loss.grad" in cu  # ... one node, printed above it
 
 
 # ---- nvcc ----------------------------------------------------------------------------------------

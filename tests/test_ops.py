@@ -101,6 +101,9 @@ def _cases() -> list:
     c.append(Case("mse_grad", [("x", (N, BATCH)), ("x", (N, BATCH)), ("x", ())]))
     c.append(Case("sigmoid_bce_grad", [("x", (N, BATCH)), ("prob", (N, BATCH)), ("x", ())]))
     c += [Case("fill", [], dict(value=2.5, dtype=dt)) for dt in ("f32", "f64")]
+    # a loss and its gradient as one node (bngraph.passes.fuse_loss_grad): the gradient's inputs
+    c += [Case(f"{case.op[:-len('_grad')]}_and_grad", case.inputs, case.attrs) for case in list(c)
+          if case.op in ("softmax_cross_entropy_grad", "nll_grad", "mse_grad", "sigmoid_bce_grad")]
     return c
 
 

@@ -17,12 +17,13 @@ from .fuse_bn import fuse_bn
 from .fold_bn_into_weights import fold_bn_into_weights
 from .fuse_bias_act import fuse_bias_act
 from .dce import dce
+from .fuse_loss_grad import fuse_loss_grad  # a target's pre-lowering pass (the CUDA target's), after autodiff
 # isort: on
 from .inference import to_inference
 from .manager import INFERENCE_PIPELINE, TRAINING_PIPELINE, PipelineResult, run_pipeline
 
 __all__ = [
     "INFERENCE_PIPELINE", "PASSES", "Pass", "PassError", "PassResult", "PipelineResult", "TRAINING_PIPELINE",
-    "Uses", "compose", "dce", "fold_bias", "fold_bn_into_weights", "fuse_bias_act", "fuse_bn", "graph_pass",
-    "register", "run_pipeline", "to_inference",
+    "Uses", "compose", "dce", "fold_bias", "fold_bn_into_weights", "fuse_bias_act", "fuse_bn", "fuse_loss_grad",
+    "graph_pass", "register", "run_pipeline", "to_inference",
 ]

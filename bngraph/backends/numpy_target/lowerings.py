@@ -9,9 +9,11 @@ batch norm, the activation gradients, the BCE gradient's sigmoid) asks it for th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable
 
 from ...ops import loss_options
+from ...passes.fuse_loss_grad import LOSS_AND_GRAD
 from ..lowering import Lowering
 
 # --------------------------------------------------------------------------------------------
@@ -167,3 +169,19 @@ LOWERINGS = {
     "sigmoid_bce_grad": Lowering("sigmoid_bce_grad.j2"),
     "fill": Lowering("fill.j2", const=True),  # the seed dL/dL of the backward pass (autodiff)
 }
+
+
+def _loss_and_grad(loss: str, grad: str) -> Lowering:
+    """``<loss>_and_grad`` (made by the pass fuse_loss_grad, which this target does not run): the
+    loss's template, then the gradient's, each as its own row lowers it (loss_and_grad.j2)."""
+    lo, gr = LOWERINGS[loss], LOWERINGS[grad]
+
+    def context(node, ins):
+        as_grad = SimpleNamespace(op=grad, attr=node.attr, outputs=node.outputs[1:])  # the gradient's view
+        ctx = gr.context(as_grad, ins) if gr.context is not None else {}
+        return {**ctx, "loss_template": lo.template_for(node.attr), "grad_template": gr.template_for(node.attr)}
+
+    return Lowering("loss_and_grad.j2", temps=tuple(dict.fromkeys((*lo.temps, *gr.temps))), context=context)
+
+
+LOWERINGS.update({fused: _loss_and_grad(loss, grad) for loss, (grad, fused) in LOSS_AND_GRAD.items()})

@@ -102,7 +102,7 @@ extern "C" __global__ void train_step__out(const real* __restrict__ z, const rea
     }
 }
 
-// %loss: f32[] = softmax_cross_entropy %out, %y
+// %loss: f32[], %out.grad: f32[3,m] = softmax_cross_entropy_and_grad %out, %y, %loss.grad
 // One block for the whole batch; each thread takes examples j (column j of the logits):
 // loss = mean over j of -log softmax(logits[:, j])[labels[j]],
 // dlogits[:, j] = (softmax(logits[:, j]) - onehot(labels[j])) / m * dL.
@@ -403,98 +403,5 @@ extern "C" __global__ void step_commit(const unsigned long long* __restrict__ st
     for (int e = 0; e < n_counted; ++e) {
         long long* c = (long long*)counts[2 * e];
         for (long long i = first; i < counts[2 * e + 1]; i += stride) c[i] += 1;
-    }
-}
-// ======== optimizers: one multi-tensor kernel per update, over a stretch of the flat buffer ========
-// The same arithmetic as bngraph/optim (PyTorch's formulas), element by element. Every
-// hyperparameter, the learning rate and the step count are read from device memory (h), so a
-// captured CUDA graph replays with a schedule; the flags (nesterov, amsgrad...) are entries of h too.
-// Inside a guarded step (step.cu.j2) a kernel does nothing once `status` holds a flag, and flags 8
-// when its update makes a param NaN/inf (base: where its stretch starts in the flat buffer).
-
-__device__ __forceinline__ void check_update(unsigned long long* status, const double* header, real v,
-                                             long long base, long long i) {
-    if (!finite_real(v)) {
-        flag_step(status, 8ULL, header[0]);
-        atomicMin((long long*)&status[STATUS_PARAM], base + i);
-    }
-}
-
-// SGD: h = {lr, momentum, dampening, weight_decay, nesterov, fresh}; fresh: the momentum buffer
-// starts at the first (undampened) gradient, as in PyTorch.
-extern "C" __global__ void optim_sgd(unsigned long long* __restrict__ status, const double* __restrict__ header,
-                                     long long base, real* __restrict__ p, const real* __restrict__ g, real* __restrict__ buf,
-                                     const double* __restrict__ h, long long n) {
-    if (status[STATUS_FLAGS] != 0) return;
-    const real lr = (real)h[0], mu = (real)h[1], damp = (real)(1 - h[2]), wd = (real)h[3];
-    const bool nesterov = h[4] != 0, fresh = h[5] != 0, with_momentum = h[1] != 0;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        real d = g[i];
-        if (h[3] != 0) d = p[i] * wd + d;
-        if (with_momentum) {
-            real b = fresh ? d : (h[2] == 0 ? buf[i] * mu + d : buf[i] * mu + d * damp);
-            buf[i] = b;
-            d = nesterov ? b * mu + d : b;
-        }
-        p[i] = p[i] - d * lr;
-        check_update(status, header, p[i], base, i);
-    }
-}
-
-// RMSprop: h = {lr, alpha, eps, weight_decay, momentum, centered}.
-extern "C" __global__ void optim_rmsprop(unsigned long long* __restrict__ status, const double* __restrict__ header,
-                                         long long base, real* __restrict__ p, const real* __restrict__ g, real* __restrict__ sq,
-                                         real* __restrict__ ga, real* __restrict__ buf, const double* __restrict__ h,
-                                         long long n) {
-    if (status[STATUS_FLAGS] != 0) return;
-    const real lr = (real)h[0], alpha = (real)h[1], one_minus_alpha = (real)(1 - h[1]), eps = (real)h[2];
-    const real wd = (real)h[3], mu = (real)h[4];
-    const bool centered = h[5] != 0, with_momentum = h[4] > 0;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        real d = g[i];
-        if (h[3] != 0) d = p[i] * wd + d;
-        const real s = sq[i] * alpha + d * d * one_minus_alpha;
-        sq[i] = s;
-        real denom;
-        if (centered) {
-            const real a = ga[i] + (d - ga[i]) * one_minus_alpha;
-            ga[i] = a;
-            denom = sqrt(s - a * a) + eps;
-        } else {
-            denom = sqrt(s) + eps;
-        }
-        real step = d / denom;
-        if (with_momentum) { step = buf[i] * mu + step; buf[i] = step; }
-        p[i] = p[i] - step * lr;
-        check_update(status, header, p[i], base, i);
-    }
-}
-
-// Adam/AdamW: h = {lr, t, beta1, beta2, eps, weight_decay, decoupled, amsgrad}; t is this step's count.
-extern "C" __global__ void optim_adam(unsigned long long* __restrict__ status, const double* __restrict__ header,
-                                      long long base, real* __restrict__ p, const real* __restrict__ g, real* __restrict__ m1,
-                                      real* __restrict__ m2, real* __restrict__ vmax, const double* __restrict__ h,
-                                      long long n) {
-    if (status[STATUS_FLAGS] != 0) return;
-    const double lr = h[0], t = h[1], b1 = h[2], b2 = h[3];
-    const real eps = (real)h[4], wd = (real)h[5], decay = (real)(1 - lr * h[5]);
-    const bool decoupled = h[6] != 0, amsgrad = h[7] != 0;
-    const real step_size = (real)(lr / (1 - pow(b1, t)));
-    const real bc2 = (real)sqrt(1 - pow(b2, t));
-    const real one_minus_b1 = (real)(1 - b1), beta2 = (real)b2, one_minus_b2 = (real)(1 - b2);
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        real pi = p[i], d = g[i];
-        if (h[5] != 0) {
-            if (decoupled) pi = pi * decay;
-            else d = pi * wd + d;
-        }
-        const real m = m1[i] + (d - m1[i]) * one_minus_b1;
-        const real v = m2[i] * beta2 + d * d * one_minus_b2;
-        m1[i] = m;
-        m2[i] = v;
-        real vv = v;
-        if (amsgrad) { const real old = vmax[i]; vv = (old > v || old != old) ? old : v; vmax[i] = vv; }
-        p[i] = pi - m / (sqrt(vv) / bc2 + eps) * step_size;
-        check_update(status, header, p[i], base, i);
     }
 }

@@ -39,13 +39,11 @@ def train_step(x, y, P, S, G, B):
     # %out: f32[3,m] = bias_add %out.matmul, %out.b
     out = B["out"]
     launch("train_step__out", grid(3 * m), (BLOCK,), out_matmul, P["out.b"], out, mi)
-    # %loss: f32[] = softmax_cross_entropy %out, %y
-    loss, out_grad = B["loss"], B["out.grad"]
-    launch("train_step__loss", (1,), (BLOCK,), out, y, loss, out_grad, mi)
     # %loss.grad: f32[] = fill[dtype=f32, value=1.0]
     # a constant (1.0): written into the kernels that read %loss.grad, no kernel of its own
-    # %out.grad: f32[3,m] = softmax_cross_entropy_grad %out, %y, %loss.grad
-    out_grad = B["out.grad"]  # computed by the loss's kernel above
+    # %loss: f32[], %out.grad: f32[3,m] = softmax_cross_entropy_and_grad %out, %y, %loss.grad
+    loss, out_grad = B["loss"], B["out.grad"]
+    launch("train_step__loss", (1,), (BLOCK,), out, y, loss, out_grad, mi)
     # %out.b.grad: f32[3] = sum_batch %out.grad
     out_b_grad = G["out.b"]
     launch("train_step__out_b_grad", (3,), (BLOCK,), out_grad, out_b_grad, mi)
