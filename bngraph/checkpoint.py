@@ -198,12 +198,11 @@ def load_into(model, path, optimizer=None):
     return model
 
 
-def load(path, optimizer=None, device=None):
-    """Rebuild a model from a checkpoint: the graph, compiled the same way, with params, state, step,
-    epoch, fit's place and optimizer state (a custom optimizer: pass an instance, its state is
-    loaded into it -- hyperparameters included, with a warning naming those that change).
-    ``device``: where the checkpoint's target runs it (cuda: a GPU index or "emulator")."""
-    from .model import Model
+def rebuild(path, build, optimizer=None, device=None):
+    """``bg.load``: a model rebuilt from a checkpoint by ``build`` (the Model class, or anything
+    called like it: ``build(graph, target=, dtype=, seed=, passes=, device=)``; passed in, so that
+    this module never imports the model), with params, state, step, epoch, fit's place and
+    optimizer state restored (see :func:`restore`)."""
     from .parser import parse
 
     m, arrays = read(path)
@@ -212,7 +211,7 @@ def load(path, optimizer=None, device=None):
     except IRError as e:
         raise CheckpointError(f"{path}: damaged checkpoint: its graph does not parse ({e})") from None
     try:
-        model = Model(graph, target=m["target"], dtype=m["dtype"], seed=m["seed"], passes=m["passes"], device=device)
+        model = build(graph, target=m["target"], dtype=m["dtype"], seed=m["seed"], passes=m["passes"], device=device)
     except (IRError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model: {e}") from None
     restore(model, m, arrays, optimizer, path)

@@ -26,8 +26,8 @@ import sys
 import numpy as np
 
 from . import checkpoint, optim, training
-from .cli import (DEFAULT_LR, OPTIMIZERS, CLIError, _write_text, default_model, load_model_spec, model_path,
-                  refuse_same_files)
+from .cliutil import (DEFAULT_LR, OPTIMIZERS, CLIError, default_model, load_model_spec, model_path,
+                      refuse_same_files, write_text)
 from .datasets import load_dataset, stratified_split
 from .fileio import check_writable
 
@@ -58,7 +58,9 @@ def train(args) -> int:
     _check_against_data(graph, ds)
     device = _device(args.device)
     if resumed:
-        model = checkpoint.load(args.resume, device=device)
+        from .model import load as bg_load
+
+        model = bg_load(args.resume, device=device)
     else:
         from .model import compile as bg_compile
 
@@ -258,7 +260,7 @@ def _interrupted(args, model, report, history) -> int:
 
 def _write_report(args, report):
     if args.json:
-        _write_text(args.json, json.dumps(report, indent=2, default=checkpoint._json_default) + "\n")
+        write_text(args.json, json.dumps(report, indent=2, default=checkpoint._json_default) + "\n")
 
 
 def _device(text):

@@ -144,4 +144,4 @@ def emit(g, target: str = "numpy", dtype="float32", inference: bool = False, pas
     else:
         programs = build_programs(g, dtype, passes).programs
     docs = {**PROGRAM_DOCS, "forward": PROGRAM_DOCS["forward_inference"]} if inference else PROGRAM_DOCS
-    return target_def.renderer.render(programs, ir_dtype(dtype), g.name, docs=docs).sources
+    return target_def.render(programs, ir_dtype(dtype), g.name, docs=docs).sources

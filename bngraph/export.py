@@ -99,6 +99,6 @@ def export_inference(model) -> InferenceModel:
     params = {p.name: np.asarray(values[p.name], model.dtype) for p in g.params}
     state = {s.name: np.asarray(values[s.name], model.dtype) for s in g.state}
     docs = {"forward": PROGRAM_DOCS["forward_inference"]}
-    rendered = get_target(model.target).renderer.render({"forward": g}, g.dtype, g.name, docs=docs)
-    return InferenceModel(g, params, state, rendered.sources, res, model.n_features, model.dtype, rt,
-                          rt.load(rendered))
+    loaded = get_target(model.target).load({"forward": g}, g.dtype, g.name, docs=docs, runtime=rt)
+    return InferenceModel(g, params, state, loaded.rendered.sources, res, model.n_features, model.dtype, rt,
+                          loaded.executable)

@@ -32,8 +32,8 @@ Each op is an :class:`OpDef` registered in ``OPS`` with
 * state ops (``kind='state'``): ``state_updates``, output index -> the input index whose next value
   it is (``running_update``: the new running mean and variance); the verifier uses it to check
   that a training graph returns the next value of every state value;
-* the NumPy code template ``templates/numpy/<op>.j2`` (and, later, ``templates/cuda/<op>.j2``),
-  found by the op's name.
+* not here: how a target writes the op; each target's lowering table
+  (``bngraph/backends/<target>/lowerings.py``) names its template under ``templates/<target>/``.
 
 ``tests/test_ops.py`` walks this table and fails on an incomplete op.
 

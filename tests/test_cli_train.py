@@ -16,7 +16,7 @@ import bngraph.checkpoint as checkpoint_mod
 from bngraph.checkpoint import read as read_checkpoint
 from bngraph.cli import build_parser, main
 from cli_support import run
-from bngraph.model import Model
+from bngraph.step import TrainingStep
 
 ROOT = Path(__file__).parent.parent
 SMALL = str(Path(__file__).parent / "models" / "small.py")
@@ -70,7 +70,7 @@ def sigint_default():
 @pytest.mark.parametrize("stop_after", [17, 26, 1])  # mid-epoch 2, the end of epoch 2, the first step
 def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatch, straight, stop_after,
                                                      sigint_default):
-    real_step = Model._submit  # fit's step
+    real_step = TrainingStep.submit  # fit's step
 
     def step_then_ctrl_c(self, *args):
         loss = real_step(self, *args)
@@ -78,7 +78,7 @@ def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C in the terminal: honoured after this step
         return loss
 
-    monkeypatch.setattr(Model, "_submit", step_then_ctrl_c)
+    monkeypatch.setattr(TrainingStep, "submit", step_then_ctrl_c)
     path = tmp_path / "b.npz"
     code, out, err = run(["train", "--epochs", "3", "--save", path, *BASE], capsys)
     assert code == 130 and out == ""
@@ -93,7 +93,7 @@ def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatc
         assert (meta["step"], meta["epoch"]) == (stop_after, epoch - 1)
         assert meta["fit"]["position"]["epoch"] == epoch and meta["fit"]["position"]["done"] == done
         assert len(meta["fit"]["position"]["losses"]) == done
-    monkeypatch.setattr(Model, "_submit", real_step)
+    monkeypatch.setattr(TrainingStep, "submit", real_step)
     # no --seed, --batch-size: the checkpoint's
     code, out, err = run(["train", "--resume", path, "--epochs", "3", "--save", path, "--quiet"], capsys)
     assert code == 0, err
@@ -103,7 +103,7 @@ def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatc
 
 
 def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatch, sigint_default):
-    real_step = Model._submit  # fit's step
+    real_step = TrainingStep.submit  # fit's step
 
     def step_then_ctrl_c(self, *args):
         loss = real_step(self, *args)
@@ -111,7 +111,7 @@ def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatc
             os.kill(os.getpid(), signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(Model, "_submit", step_then_ctrl_c)
+    monkeypatch.setattr(TrainingStep, "submit", step_then_ctrl_c)
     code, out, err = run(["train", "--epochs", "2", *BASE, "--json", tmp_path / "r.json"], capsys)
     assert code == 130
     assert err == "bngraph: interrupted in epoch 1 after step 3 (global step 3); nothing saved (no --save)\n"

@@ -1,6 +1,6 @@
 """Targets: a renderer (text only), a runtime factory (one runtime per device), and the registry.
 
-A *target* (``numpy``, later ``cuda``) is a folder of templates, a lowering table keyed by op and a
+A *target* (``numpy``, ``cuda``) is a folder of templates, a lowering table keyed by op and a
 runtime:
 
 * :class:`Renderer` turns programs (named graphs: ``train_step``, ``forward``...) into source files
@@ -8,7 +8,12 @@ runtime:
   nothing device-specific, so every target's code renders on any machine (``bg.emit``).
 * :class:`Runtime` runs that text on one device: compiles/loads it, allocates arrays and buffers,
   copies between host and device, synchronises. ``Target.runtime(device)`` makes one per device
-  (data-parallel replicas need several).
+  (data-parallel replicas need several). Its optional abilities (capturing and replaying graphs, a
+  guarded training step of its own, a fused optimizer kernel) are declared here with defaults that
+  say "not on this runtime"; a runtime built from parts (compiler, allocator, launcher) is
+  :class:`bngraph.backends.device.PartsRuntime`.
+* :meth:`Target.render` and :meth:`Target.load` are the one place where programs become text and
+  text becomes an :class:`Executable`.
 
 Every generated program function has the signature ``fn(*inputs, P, S, G, B)`` when it computes
 gradients and ``fn(*inputs, P, S, B)`` otherwise: inputs in the graph's order in the compiler's
@@ -22,6 +27,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import linecache
+import types
 
 import jinja2
 
@@ -108,18 +116,46 @@ class Runtime(ABC):
         """The address of ``a``'s first element (what a kernel argument or a pointer table holds)."""
         raise NotImplementedError(f"the {self.target} runtime has no raw pointers")
 
+    # ---- optional abilities: the defaults say "not on this runtime" ----------------------------
+    captures = False  # True when capture/replay work: then bg.compile(..., cuda_graph=True) is allowed
+
+    def capture(self, fn):
+        """A graph of what ``fn()`` launches, recorded and not run (a CUDA graph); ``replay`` runs it."""
+        raise NotImplementedError(f"the {self.target} runtime does not capture graphs")
+
+    def replay(self, graph) -> None:
+        """Run a graph made by :meth:`capture` again."""
+        raise NotImplementedError(f"the {self.target} runtime does not capture graphs")
+
+    def guarded_step(self, model, optimizer, graphs: bool = False):
+        """This target's own training step for ``optimizer`` (checked on the device and read only
+        when the model asks: ``submit``, ``read``, ``ready``, ``pending``, ``CAPACITY``), or None
+        (the default): the model checks each step on the host."""
+        return None
+
+    def optimizer_kernel(self, executable: "Executable", optimizer):
+        """This target's fused update of a built-in ``optimizer`` over ``executable``'s kernels
+        (``optimizer.bind(..., kernel=)``), or None (the default): the array-module update."""
+        return None
+
 
 class Executable:
     """Loaded programs of one model on one runtime, with the buffers of the recent batch sizes."""
 
     MAX_BUFFER_SETS = 4  # batch sizes whose buffers are kept (the last short batch is one more)
 
-    def __init__(self, runtime: Runtime, rendered: Rendered, functions: dict):
+    def __init__(self, runtime: Runtime, rendered: Rendered, functions: dict, module=None, launch=None):
         self.runtime = runtime
         self.plans = rendered.plans
         self.dtype = DTYPES[rendered.dtype]
         self.functions = functions  # program name -> callable
+        self.module = module  # the loaded generated module (Python text), if any
+        self.launch = launch  # launch(kernel name, grid, block, *args), where the programs launch kernels
         self._buffers: dict = {}
+
+    def optimizer_kernel(self, optimizer):
+        """The runtime's fused update kernel for ``optimizer`` over these kernels, or None."""
+        return self.runtime.optimizer_kernel(self, optimizer)
 
     def buffers(self, program: str, m: int) -> dict:
         """The plan's batch-sized buffers at batch size ``m`` (allocated by the runtime, cached)."""
@@ -230,6 +266,15 @@ class GraphedPrograms:
         return entry.out
 
 
+@dataclass
+class Loaded:
+    """Programs rendered and loaded: the text, the runtime that runs it, and its executable."""
+
+    rendered: Rendered
+    runtime: Runtime
+    executable: Executable
+
+
 @dataclass(frozen=True)
 class Target:
     """A named target: its renderer and a factory of runtimes (``device -> Runtime``)."""
@@ -241,6 +286,17 @@ class Target:
     def runtime(self, device=None) -> Runtime:
         """A runtime of this target for ``device`` (None: the target's default)."""
         return self.runtime_factory(device)
+
+    def render(self, programs: dict, dtype: str, graph_name: str, docs: dict | None = None) -> Rendered:
+        """{program name: graph} -> this target's source text (:meth:`Renderer.render`)."""
+        return self.renderer.render(programs, dtype, graph_name, docs=docs)
+
+    def load(self, programs: dict, dtype: str, graph_name: str, docs: dict | None = None, device=None,
+             runtime: Runtime | None = None) -> Loaded:
+        """Render ``programs`` and load the text on ``runtime`` (else a new one for ``device``)."""
+        rendered = self.render(programs, dtype, graph_name, docs)
+        runtime = self.runtime(device) if runtime is None else runtime
+        return Loaded(rendered, runtime, runtime.load(rendered))
 
 
 TARGETS: dict = {}
@@ -290,3 +346,14 @@ def template_env(target: str) -> jinja2.Environment:
         keep_trailing_newline=False,
         autoescape=False,
     )
+
+
+def exec_source(file_name: str, source: str, module_name: str) -> types.ModuleType:
+    """Run generated Python ``source`` as a module named ``module_name`` (no temporary file:
+    ``linecache`` knows the text, so tracebacks show the generated lines)."""
+    filename = f"<bngraph:{file_name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(module_name)
+    module.__file__ = filename
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module

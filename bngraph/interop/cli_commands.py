@@ -1,5 +1,5 @@
 """The interop parts of the ``bngraph`` command: ``emit --standalone`` and ``show --format dot``.
-(bngraph/cli.py parses the arguments and calls these.)"""
+(bngraph/cli.py parses the arguments and calls these; they share bngraph/cliutil.py with it.)"""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ from .deps import MissingDependency
 
 def emit_standalone(args) -> int:
     """``bngraph emit MODEL --inference --standalone --out DIR``."""
-    from ..cli import CLIError, model_path, refuse_same_files
+    from ..cliutil import CLIError, model_path, refuse_same_files
     from ..fileio import check_writable
     from .standalone import check_overwrite, load_for_deploy, standalone_paths, write_standalone
 
@@ -47,7 +47,7 @@ def show_dot(args, graph, passes) -> int:
         g = run_pipeline(cast_graph(graph, args.dtype), TRAINING_PIPELINE if passes is None else passes).graph
     text = to_dot(g)
     if args.out:
-        from ..cli import model_path, refuse_same_files
+        from ..cliutil import model_path, refuse_same_files
 
         refuse_same_files([("MODEL", model_path(args.model)), ("--out", args.out)])
         print(render(text, args.out))

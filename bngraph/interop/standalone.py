@@ -144,8 +144,8 @@ def standalone_sources(graph, values: dict, dtype="float32", module: str | None 
     res = inference_graph(graph, dtype)
     folded = res.remap(values)
     g = res.graph
-    renderer = get_target("numpy").renderer
-    rendered = renderer.render({"forward": g}, g.dtype, g.name, docs={"forward": PROGRAM_DOCS["forward_inference"]})
+    rendered = get_target("numpy").render({"forward": g}, g.dtype, g.name,
+                                           docs={"forward": PROGRAM_DOCS["forward_inference"]})
     (src,) = rendered.sources.values()
     (x,) = [v for v in g.inputs]
     if head not in HEADS:
@@ -210,7 +210,7 @@ def load_for_deploy(spec: str, seed: int = 0):
     ``file.py[:name]`` (untrained: the initial values drawn with ``seed``)."""
     path = spec.partition(":")[0] if not os.path.isfile(spec) else spec
     if path.endswith(".npz"):
-        from ..checkpoint import load
+        from ..model import load
 
         model = load(path)
         values = {**{k: np.asarray(v) for k, v in model.params.items()},
@@ -225,7 +225,7 @@ def load_for_deploy(spec: str, seed: int = 0):
                           f"differently")
         g, out = imp.build(), imp.outputs_spec[0]
         return g.rebuild(outputs=[("out", out.ir), *g.outputs]), imp.bind({}), out.head
-    from ..cli import load_model_spec
+    from ..cliutil import load_model_spec
     from ..init import init_values
 
     graph = load_model_spec(spec)

@@ -1,6 +1,7 @@
-"""The CUDA target: templates/cuda/, the lowering table (lowerings.py), the renderer, and two
-runtimes: CuPy on an NVIDIA GPU (runtime.py), and an emulator that runs the same kernels on the
-CPU, one thread per block (emulator.py; ``device="emulator"``), for testing without a GPU."""
+"""The CUDA target: templates/cuda/, the lowering table (lowerings.py), the renderer, and one
+runtime (runtime.py) built from two sets of parts: NVRTC, CuPy and cuBLAS on an NVIDIA GPU
+(runtime.py), or the host's C++ compiler and NumPy memory, running the same kernels on the CPU one
+thread per block (emulator.py; ``device="emulator"``), for testing without a GPU."""
 from ..base import Target
 from .renderer import CudaRenderer
 
@@ -9,12 +10,12 @@ def make_runtime(device=None):
     """``device="emulator"``: the CPU emulator; anything else: a GPU through CuPy (imported here,
     lazily, so that rendering never needs it)."""
     if device == "emulator":
-        from .emulator import EmulatorRuntime
+        from .emulator import emulator_runtime
 
-        return EmulatorRuntime()
-    from .runtime import CudaRuntime
+        return emulator_runtime()
+    from .runtime import gpu_runtime
 
-    return CudaRuntime(device)
+    return gpu_runtime(device)
 
 
 TARGET = Target("cuda", CudaRenderer(), make_runtime)

@@ -1,4 +1,7 @@
-"""Run the CUDA target's generated code on the CPU: the emulator runtime (``device="emulator"``).
+"""Run the CUDA target's generated code on the CPU: the emulator (``device="emulator"``) is the
+CUDA target's runtime (:class:`~.runtime.CudaRuntime`) built from host parts: the host's C++
+compiler (:class:`HostCompiler`), NumPy memory (:class:`~bngraph.backends.device.HostMemory`, C
+order) and a launcher that calls the compiled kernels through ctypes (:class:`HostLauncher`).
 
 The ``.cu`` file is compiled as C++ by the host compiler (``g++``, or ``$CXX``) with a small
 prelude that turns the CUDA keywords into plain C++ and fixes every launch at one block of one
@@ -16,15 +19,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import types
 
 import numpy as np
 
 from ...ir import IRError
-from ..base import Executable, Rendered, Runtime
-from ..numpy_target.runtime import NumpyRuntime
-from .optimizers import make_kernel
-from .step import GuardedStep
+from ..device import Compiler, HostMemory, Launcher
+from .runtime import CudaRuntime
 
 PRELUDE = r"""
 #include <cmath>
@@ -97,19 +97,46 @@ def gemm(ta, tb, M, N, K, A, B, C):
     return C
 
 
-class EmulatorRuntime(NumpyRuntime):
-    """The CUDA target's code, on the host: NumPy arrays (the NumPy runtime's), kernels compiled by
-    the C++ compiler."""
+def emulator_runtime() -> CudaRuntime:
+    """The CUDA target on the CPU: the host's C++ compiler, NumPy memory (C order: kernels take raw
+    pointers), kernels called through ctypes and NumPy's matrix products."""
+    return CudaRuntime("emulator", HostCompiler(), HostMemory(contiguous=True), HostLauncher())
 
-    target = "cuda"
+
+class HostCompiler(Compiler):
+    """The .cu text compiled as C++ for the CPU by ``g++`` (or ``$CXX``), with :data:`PRELUDE`."""
+
+    def compile(self, source: str):
+        return compile_kernels(source)
+
+
+class HostLauncher(Launcher):
+    """Calls the compiled kernels through ctypes, one thread; like a CUDA graph, ``capture``
+    records the launches and matrix products ``fn`` makes (nothing runs), with their arguments as
+    they are now, and ``replay`` runs exactly those again."""
+
+    captures = True
 
     def __init__(self):
-        Runtime.__init__(self, "emulator")
-        self._recording = None  # a list while capturing a graph
+        self._recording = None  # a list while capturing
+
+    def bind(self, binary):
+        def launch(name, grid, block, *args):
+            call = (getattr(binary, name), [_c_arg(a) for a in args])  # pointers and scalars fixed now
+            if self._recording is not None:
+                self._recording.append(call)
+            else:
+                call[0](*call[1])
+
+        return launch
+
+    def gemm(self, *args):
+        if self._recording is not None:
+            self._recording.append((gemm, args))
+            return args[-1]
+        return gemm(*args)
 
     def capture(self, fn):
-        """Like a CUDA graph: record the launches and matrix products ``fn`` makes (nothing runs),
-        with their arguments as they are now; ``replay`` runs exactly those again."""
         self._recording = []
         try:
             fn()
@@ -117,37 +144,6 @@ class EmulatorRuntime(NumpyRuntime):
             graph, self._recording = self._recording, None
         return graph
 
-    def replay(self, graph):
+    def replay(self, graph) -> None:
         for fn, args in graph:
             fn(*args)
-
-    def load(self, rendered: Rendered) -> Executable:
-        (cu,) = [s for k, s in rendered.sources.items() if k.endswith(".cu")]
-        (py_name, py) = next((k, s) for k, s in rendered.sources.items() if k.endswith(".py"))
-        lib = compile_kernels(cu)
-
-        def launch(name, grid, block, *args):
-            call = (getattr(lib, name), [_c_arg(a) for a in args])  # pointers and scalars fixed now
-            if self._recording is not None:
-                self._recording.append(call)
-            else:
-                call[0](*call[1])
-
-        def record_gemm(*args):
-            if self._recording is not None:
-                self._recording.append((gemm, args))
-                return args[-1]
-            return gemm(*args)
-
-        module = types.ModuleType(f"bngraph_generated_{rendered.graph_name}_cuda")
-        module.__file__ = f"<bngraph:{py_name}>"
-        exec(compile(py, module.__file__, "exec"), module.__dict__)
-        module.launch, module.gemm = launch, record_gemm
-        exe = Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans})
-        exe.module, exe.launch = module, launch
-        exe.optimizer_kernel = lambda opt: make_kernel(launch, self, opt)
-        exe.guarded_step = GuardedStep.make
-        return exe
-
-    def asarray(self, a, dtype):
-        return np.ascontiguousarray(a, dtype=dtype)  # kernels take raw pointers: C order

@@ -1,8 +1,16 @@
-"""The CUDA runtime: the generated kernels compiled with NVRTC (``cupy.RawModule``), matrix
-products through cuBLAS, one stream, no host synchronisation inside a step.
+"""The CUDA target's runtime: one class, two sets of parts (:mod:`bngraph.backends.device`).
 
-CuPy is imported here and nowhere else (lazily, when a model asks for ``target="cuda"``): the
-renderer never needs it. cuBLAS is called directly through ctypes with the handle's stream and a
+:class:`CudaRuntime` loads what the cuda renderer wrote, the same way whatever it runs on: the
+``.cu`` file through its compiler, the kernels bound by its launcher, the host driver (``.py``) run
+with that ``launch`` and the launcher's ``gemm``. It brings the target's own abilities: the fused
+optimizer kernels (:mod:`.optimizers`) and the guarded training step (:mod:`.step`).
+
+:func:`gpu_runtime` builds it for an NVIDIA GPU: the kernels compiled with NVRTC
+(``cupy.RawModule``), CuPy memory, matrix products through cuBLAS, one stream, no host
+synchronisation inside a step, capture into CUDA graphs. ``emulator.py`` builds it for the CPU.
+
+CuPy is imported here and nowhere else (lazily, when a model asks for ``target="cuda"`` on a GPU):
+the renderer never needs it. cuBLAS is called directly through ctypes with the handle's stream and a
 workspace set once, before anything could be captured in a CUDA graph: CuPy's own ``matmul``
 refuses to run during stream capture (cupy/cupy#6290), the direct calls were measured to capture
 and replay bit for bit (../shared/NOTES.md, CUDA section).
@@ -13,17 +21,49 @@ import ctypes
 import glob
 import hashlib
 import os
-import types
 
 import numpy as np
 
 from ...ir import IRError
-from ..base import Executable, Rendered, Runtime
+from ..base import Executable, Rendered, exec_source
+from ..device import Allocator, Compiler, Launcher, PartsRuntime
 from .optimizers import make_kernel
 from .step import GuardedStep
 
-_MODULES: dict = {}  # source hash -> cupy.RawModule (NVRTC compiles once per source; CuPy also caches on disk)
 
+class CudaRuntime(PartsRuntime):
+    """The CUDA target on ``device``: ``compiler`` (the .cu text -> a binary), ``memory`` (the
+    arrays) and ``launcher`` (kernels and matrix products, capture and replay)."""
+
+    target = "cuda"
+
+    def __init__(self, device, compiler: Compiler, memory: Allocator, launcher: Launcher):
+        super().__init__(device, memory, compiler, launcher)
+
+    @property
+    def cp(self):
+        """The CuPy module, on a GPU (the emulator's memory is NumPy's: there is none)."""
+        return self.memory.cp
+
+    def load(self, rendered: Rendered) -> Executable:
+        (cu,) = [s for k, s in rendered.sources.items() if k.endswith(".cu")]
+        (py_name, py) = next((k, s) for k, s in rendered.sources.items() if k.endswith(".py"))
+        launch = self.launcher.bind(self.compiler.compile(cu))
+        module = exec_source(py_name, py, f"bngraph_generated_{rendered.graph_name}_cuda")
+        module.launch, module.gemm = launch, self.launcher.gemm
+        return Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans},
+                          module=module, launch=launch)
+
+    def optimizer_kernel(self, executable: Executable, optimizer):
+        """One launch per stretch of the flat buffer for a built-in optimizer (None otherwise)."""
+        return make_kernel(executable.launch, self, optimizer)
+
+    def guarded_step(self, model, optimizer, graphs: bool = False):
+        """The step checked on the device (:class:`~.step.GuardedStep`) for a built-in optimizer."""
+        return GuardedStep.make(model, optimizer, graphs)
+
+
+# ---- the GPU's parts: NVRTC, CuPy memory on one stream, kernels and cuBLAS on that stream --------
 
 def import_cupy():
     try:
@@ -35,50 +75,46 @@ def import_cupy():
     return cupy
 
 
-class CudaRuntime(Runtime):
-    target = "cuda"
+def gpu_runtime(device=None) -> CudaRuntime:
+    """The CUDA target on GPU ``device`` (an index; None: 0), through CuPy."""
+    cp = import_cupy()
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, no device
+        raise IRError(f"the cuda target found no usable NVIDIA GPU: {e}") from None
+    index = 0 if device is None else device
+    if not isinstance(index, int) or not 0 <= index < count:
+        raise IRError(f"cuda device {device!r} does not exist: {count} GPU(s) found (devices 0..{count - 1}), "
+                      f"or device='emulator' for the CPU emulator")
+    cp.cuda.Device(index).use()
+    stream = cp.cuda.Stream(non_blocking=True)
+    stream.use()  # every CuPy operation of this thread (copies, optimizers) goes on this stream
+    return CudaRuntime(index, NvrtcCompiler(cp), CupyMemory(cp, stream), GpuLauncher(stream, Cublas(cp, stream)))
 
-    def __init__(self, device=None):
-        cp = import_cupy()
-        try:
-            count = cp.cuda.runtime.getDeviceCount()
-        except Exception as e:  # no driver, no device
-            raise IRError(f"the cuda target found no usable NVIDIA GPU: {e}") from None
-        index = 0 if device is None else device
-        if not isinstance(index, int) or not 0 <= index < count:
-            raise IRError(f"cuda device {device!r} does not exist: {count} GPU(s) found (devices 0..{count - 1}), "
-                          f"or device='emulator' for the CPU emulator")
-        super().__init__(index)
-        self.cp = self.xp = cp
-        cp.cuda.Device(index).use()
-        self.stream = cp.cuda.Stream(non_blocking=True)
-        self.stream.use()  # every CuPy operation of this thread (copies, optimizers) goes on this stream
-        self.blas = Cublas(cp, self.stream)
 
-    def load(self, rendered: Rendered) -> Executable:
-        (cu,) = [s for k, s in rendered.sources.items() if k.endswith(".cu")]
-        (py_name, py) = next((k, s) for k, s in rendered.sources.items() if k.endswith(".py"))
-        key = hashlib.sha256(cu.encode()).hexdigest()
+_MODULES: dict = {}  # source hash -> cupy.RawModule (NVRTC compiles once per source; CuPy also caches on disk)
+
+
+class NvrtcCompiler(Compiler):
+    """The .cu text compiled by NVRTC (``cupy.RawModule``), once per text."""
+
+    def __init__(self, cp):
+        self.cp = cp
+
+    def compile(self, source: str):
+        key = hashlib.sha256(source.encode()).hexdigest()
         raw = _MODULES.get(key)
         if raw is None:
-            raw = _MODULES[key] = self.cp.RawModule(code=cu, options=("--std=c++14",))
-        kernels: dict = {}
+            raw = _MODULES[key] = self.cp.RawModule(code=source, options=("--std=c++14",))
+        return raw
 
-        def launch(name, grid, block, *args):
-            k = kernels.get(name)
-            if k is None:
-                k = kernels[name] = raw.get_function(name)
-            k(grid, block, args)
 
-        module = types.ModuleType(f"bngraph_generated_{rendered.graph_name}_cuda")
-        module.__file__ = f"<bngraph:{py_name}>"
-        exec(compile(py, module.__file__, "exec"), module.__dict__)
-        module.launch, module.gemm = launch, self.blas.gemm
-        exe = Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans})
-        exe.module, exe.raw_module, exe.launch = module, raw, launch
-        exe.optimizer_kernel = lambda opt: make_kernel(launch, self, opt)
-        exe.guarded_step = GuardedStep.make
-        return exe
+class CupyMemory(Allocator):
+    """CuPy arrays on one GPU; copies to the host wait for ``stream``, copies to the device do not."""
+
+    def __init__(self, cp, stream):
+        self.cp = self.xp = cp
+        self.stream = stream
 
     def asarray(self, a, dtype):
         return self.cp.asarray(np.ascontiguousarray(a, dtype=dtype))
@@ -88,28 +124,43 @@ class CudaRuntime(Runtime):
         self.stream.synchronize()
         return out
 
-    def empty(self, shape, dtype):
-        return self.cp.empty(shape, dtype=dtype)
-
     def write(self, dst, host) -> None:
-        """An asynchronous copy on this runtime's stream: from pageable memory the driver stages the
-        bytes before returning, so ``host`` may be reused at once, and nothing waits for the GPU."""
+        """An asynchronous copy on the stream: from pageable memory the driver stages the bytes
+        before returning, so ``host`` may be reused at once, and nothing waits for the GPU."""
         dst.set(np.ascontiguousarray(host, dtype=dst.dtype), stream=self.stream)
 
     def pointer(self, a) -> int:
         return a.data.ptr
 
-    def zeros(self, shape, dtype):
-        return self.cp.zeros(shape, dtype=dtype)
-
-    def all_finite(self, a) -> bool:
-        return bool(self.to_numpy(self.cp.isfinite(self.cp.sum(a))))
-
-    def synchronize(self):
+    def synchronize(self) -> None:
         self.stream.synchronize()
 
+
+class GpuLauncher(Launcher):
+    """Kernels (``RawModule`` functions, looked up once each) and cuBLAS on one stream; what they
+    launch is captured into a CUDA graph by stream capture."""
+
+    captures = True
+
+    def __init__(self, stream, blas):
+        self.stream, self.blas = stream, blas
+
+    def bind(self, binary):
+        kernels: dict = {}
+
+        def launch(name, grid, block, *args):
+            k = kernels.get(name)
+            if k is None:
+                k = kernels[name] = binary.get_function(name)
+            k(grid, block, args)
+
+        return launch
+
+    def gemm(self, ta, tb, M, N, K, A, B, C):
+        return self.blas.gemm(ta, tb, M, N, K, A, B, C)
+
     def capture(self, fn):
-        """A CUDA graph of what ``fn`` launches on this runtime's stream (nothing runs yet)."""
+        """A CUDA graph of what ``fn`` launches on the stream (nothing runs yet)."""
         self.stream.begin_capture()
         try:
             fn()
@@ -117,7 +168,7 @@ class CudaRuntime(Runtime):
             graph = self.stream.end_capture()  # always end: a failed capture must not leave the stream capturing
         return graph
 
-    def replay(self, graph):
+    def replay(self, graph) -> None:
         graph.launch(stream=self.stream)
 
 
