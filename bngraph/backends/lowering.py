@@ -10,9 +10,12 @@
   gradient view of a parameter (``G``: the train step writes ``grad.<param>`` straight into the
   flat gradient buffer), or nowhere (a small per-unit value the target allocates as it likes);
 * the temporaries each node needs (per-unit ones by name; batch-sized ones get buffers too);
+* which buffers share one array (:mod:`bngraph.backends.liveness`: batch-sized buffers whose lives
+  do not overlap): ``Plan.slots``, and for each step the arrays it takes over (``Step.reuses``);
 * how to read the batch size, and what the program returns.
 
-A target's renderer turns the plan into text; its runtime allocates the plan's buffers.
+A target's renderer turns the plan into text; its runtime allocates the plan's buffers with
+``Plan.allocate(m, empty)``: one array per slot, every buffer key mapped to its slot's array.
 """
 from __future__ import annotations
 
@@ -20,7 +23,10 @@ import keyword
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..ir import BATCH, IRError, Node, TensorType
+import numpy as np
+
+from ..ir import BATCH, DTYPES, IRError, Node
+from .liveness import is_batch_sized, live_ranges, previous_occupants, share
 
 
 class LoweringError(IRError):
@@ -76,6 +82,7 @@ class Step:
     dests: list  # a Dest or None per output
     temps: dict  # temp name -> identifier
     temp_buffers: dict  # temp name -> buffer key
+    reuses: dict = field(default_factory=dict)  # buffer key this step writes -> the key whose array it takes over
 
 
 @dataclass
@@ -89,13 +96,15 @@ class Plan:
     kinds: dict  # IR value name -> 'input', 'param', 'state', 'node' or 'const'
     types: dict  # IR value name -> TensorType
     steps: list
-    buffers: list  # [(key, TensorType)], batch-sized, in first-use order
+    buffers: list  # [(key, TensorType)], batch-sized (every output with buffer_all), in first-use order
     grads: dict  # param name -> the value holding its gradient (the grad.* outputs)
     copies: list  # [(param, value)]: gradients that could not be written in place (copied at the end)
     batch: tuple  # (input name, axis): where the batch size m is read
     outputs: list  # [(key, value name)]
     aliases: dict = field(default_factory=dict)  # value -> the value it is (identity)
     consts: dict = field(default_factory=dict)  # value -> its float value (const lowerings: fill)
+    slots: dict = field(default_factory=dict)  # buffer key -> array number: keys with one number share an array
+    live: dict = field(default_factory=dict)  # buffer key -> (first step, last step) that uses it
 
     @property
     def inputs(self) -> list:
@@ -106,8 +115,38 @@ class Plan:
         return bool(self.grads)
 
     def buffer_shapes(self, m: int) -> list:
-        """``[(key, concrete shape, dtype)]`` at batch size ``m``."""
+        """``[(key, concrete shape, dtype)]`` at batch size ``m``, one per buffer (shared or not)."""
         return [(k, t.concrete_shape(m), t.dtype) for k, t in self.buffers]
+
+    @property
+    def arrays(self) -> list:
+        """``[(keys, TensorType)]``: one entry per array, in slot order, with the buffer keys it holds
+        (in first-use order). Without sharing (empty ``slots``) every buffer is an array of its own."""
+        if not self.slots:
+            return [([k], t) for k, t in self.buffers]
+        out: dict = {}
+        for k, t in self.buffers:
+            out.setdefault(self.slots[k], ([], t))[0].append(k)
+        return [out[s] for s in sorted(out)]
+
+    def array_shapes(self, m: int) -> list:
+        """``[(keys, concrete shape, dtype)]`` at batch size ``m``: what a runtime allocates."""
+        return [(keys, t.concrete_shape(m), t.dtype) for keys, t in self.arrays]
+
+    def nbytes(self, m: int, shared: bool = True) -> int:
+        """Bytes of the buffers at batch size ``m``: of the arrays (``shared``) or of one array per buffer."""
+        shapes = [(s, dt) for _, s, dt in (self.array_shapes(m) if shared else self.buffer_shapes(m))]
+        return sum(int(np.prod(s, dtype=np.int64)) * np.dtype(DTYPES[dt]).itemsize for s, dt in shapes)
+
+    def allocate(self, m: int, empty) -> dict:
+        """``{buffer key: array}`` at batch size ``m``, from ``empty(shape, numpy dtype)`` (a runtime's):
+        one array per slot, every key of a slot mapped to it. A captured graph replays on these
+        arrays, so a runtime keeps one such dict per batch size (``Executable.buffers``, ``Replays``)."""
+        bufs = {}
+        for keys, shape, dt in self.array_shapes(m):
+            a = empty(shape, DTYPES[dt])
+            bufs.update((k, a) for k in keys)
+        return {k: bufs[k] for k, _ in self.buffers}  # in the plan's order
 
     def expr(self, name: str) -> str:
         """How the generated code names a value: params and state through the ``P`` and ``S``
@@ -136,11 +175,33 @@ class Plan:
             return None
         return f'{"B" if dest.kind == "buffer" else "G"}["{dest.key}"]'
 
+    def reuse_notes(self, step: Step) -> list:
+        """What a step's comment says about the arrays it takes over: ``B["act1.grad"] reuses the
+        array of B["out.matmul"] (no longer read)``, one line per buffer it writes into a shared array."""
+        return [f'B["{k}"] reuses the array of B["{prev}"] (no longer read)' for k, prev in step.reuses.items()]
+
+    def buffer_summary(self) -> str | None:
+        """One line for the generated function: how many batch-sized buffers, in how many arrays,
+        and how many small (per-unit) ones (None when there are no buffers)."""
+        if not self.buffers:
+            return None
+        big = [k for k, t in self.buffers if is_batch_sized(t)]
+        arrays = {self.slots.get(k, k) for k in big}
+        small = len(self.buffers) - len(big)
+        line = f"B: {_count(len(big), 'batch-sized buffer')} in {_count(len(arrays), 'array')}"
+        if len(arrays) < len(big):
+            line += " (buffers whose lives do not overlap share one)"
+        return line + (f", {_count(small, 'small buffer')} of their own" if small else "")
+
     def resolve(self, name: str) -> str:
         """Follow identity aliases to the value that holds the data."""
         while name in self.aliases:
             name = self.aliases[name]
         return name
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 class Namer:
@@ -164,15 +225,14 @@ class Namer:
         return self.names[ir_name]
 
 
-def is_batch_sized(t: TensorType) -> bool:
-    return t.rank == 2 and BATCH in t.shape
-
-
-def plan_program(name: str, g, lowerings: dict, target: str, reserved=(), buffer_all: bool = False) -> Plan:
+def plan_program(name: str, g, lowerings: dict, target: str, reserved=(), buffer_all: bool = False,
+                 share_buffers: bool = True) -> Plan:
     """Plan program ``name`` (graph ``g``) for a target whose lowering table is ``lowerings``.
 
     ``buffer_all``: every output gets a buffer, not only the batch-sized ones (a device target
-    cannot allocate small arrays on the fly inside a step, or inside a captured graph)."""
+    cannot allocate small arrays on the fly inside a step, or inside a captured graph).
+    ``share_buffers``: batch-sized buffers whose lives do not overlap share arrays
+    (:mod:`bngraph.backends.liveness`); False gives every buffer its own (tests compare the two)."""
     namer = Namer(reserved)
     idents, kinds, types = {}, {}, {}
     for v in g.inputs:
@@ -227,8 +287,15 @@ def plan_program(name: str, g, lowerings: dict, target: str, reserved=(), buffer
     batch = next(((v.name, list(v.type.shape).index(BATCH)) for v in g.inputs if BATCH in v.type.shape), None)
     if batch is None:
         raise LoweringError(f"program {name} of graph {g.name} has no batch-sized input to read the batch size from")
-    return Plan(name, g, target, idents, kinds, types, steps, buffers, grads, copies, batch, list(g.outputs), aliases,
+    plan = Plan(name, g, target, idents, kinds, types, steps, buffers, grads, copies, batch, list(g.outputs), aliases,
                 consts)
+    plan.live = live_ranges(plan)
+    plan.slots = share(plan, plan.live) if share_buffers else {k: i for i, (k, _) in enumerate(buffers)}
+    reuses = previous_occupants(plan.slots, plan.live)
+    for step in steps:
+        written = [d.key for d in step.dests if d is not None and d.kind == "buffer"] + list(step.temp_buffers.values())
+        step.reuses = {k: reuses[k] for k in written if k in reuses}
+    return plan
 
 
 def _lowering(lowerings: dict, n: Node, target: str) -> Lowering:

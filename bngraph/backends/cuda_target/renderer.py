@@ -3,7 +3,9 @@
 Text only: nothing here imports CuPy, so ``bg.emit(g, target="cuda")`` works on any machine, and
 the kernels compile with ``nvcc`` in CI without a GPU. Shapes (units, classes) and the dtype are
 baked into each kernel; the batch size ``m`` is an argument, so one compiled module serves every
-batch size.
+batch size. Every output has a device buffer (``buffer_all``); the batch-sized ones share arrays
+where the plan says their lives do not overlap (``Plan.slots``), which a comment under the node
+that takes an array over says.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ class CudaRenderer(Renderer):
         for step in plan.steps:
             n, low, at = step.node, step.lowering, At(step.node, step, plan)
             body.append("    # " + format_node(n))
+            body.extend("    # " + note for note in plan.reuse_notes(step))
             dests = [dest(d) for d in step.dests]
             if isinstance(low, HostCode):  # gemm, alias, constant: lines of the driver
                 ctx = dict(out=step.outs, ins=[expr(i) for i in n.inputs], dest=dests, attrs=n.attr, node_name=n.name,
@@ -82,5 +85,6 @@ class CudaRenderer(Renderer):
         returns, args = plan.returns(), plan.signature()
         fn = self.env.get_template("function.py.j2").render(
             name=plan.name, args=", ".join(args), doc=doc, batch_expr=f"{expr(name)}.shape[{axis}]", body=body,
-            copies=[(p, expr(v)) for p, v in plan.copies], returns=returns).rstrip("\n")
+            copies=[(p, expr(v)) for p, v in plan.copies], returns=returns,
+            buffer_summary=plan.buffer_summary()).rstrip("\n")
         return fn, kernels

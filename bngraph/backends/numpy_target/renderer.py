@@ -3,6 +3,8 @@ few lines for fused ops) preceded by the node as a comment.
 
 Batch-sized values are written into the plan's preallocated buffers (``out=B[...]``) and gradients
 straight into the parameters' gradient views (``out=G[...]``); the text imports nothing but NumPy.
+Buffers the plan shares (``Plan.slots``) are one array in ``alloc_<fn>(m)``, and a comment under a
+node says which buffer's array it writes into.
 """
 from __future__ import annotations
 
@@ -49,13 +51,20 @@ class NumpyRenderer(Renderer):
                 ctx.update(step.lowering.context(n, ins))
             code = self.env.get_template(step.template).render(**ctx)
             body.append("    # " + format_node(n))
+            body.extend("    # " + note for note in plan.reuse_notes(step))
             body.extend(("    " + ln) if ln.strip() else "" for ln in code.strip("\n").splitlines())
+        # alloc_<fn>(m): one np.empty per array of the plan, each buffer key mapped to its array
+        arrays, array_of = [], {}
+        for i, (keys, t) in enumerate(plan.arrays):
+            arrays.append((f"a{i}", _shape_expr(t)))
+            array_of.update((k, f"a{i}") for k in keys)
         name, axis = plan.batch
         returns, args = plan.returns(), plan.signature()
         return self.env.get_template("function.py.j2").render(
             name=plan.name, args=", ".join(args), doc=doc, batch_expr=f"{expr(name)}.shape[{axis}]", body=body,
             copies=[(p, expr(v)) for p, v in plan.copies], returns=returns,
-            buffers=[(k, _shape_expr(t)) for k, t in plan.buffers], has_grads=plan.has_grads,
+            arrays=arrays, buffers=[(k, array_of[k]) for k, _ in plan.buffers], has_grads=plan.has_grads,
+            buffer_summary=plan.buffer_summary() or "B: no buffers",
         ).rstrip("\n")
 
 

@@ -4,10 +4,8 @@ source, so tracebacks show the generated lines)."""
 from __future__ import annotations
 
 from ... import hostthreads
-from ...ir import DTYPES
 from ..base import Executable, Rendered, exec_source
 from ..device import HostMemory, PartsRuntime
-from .liveness import share
 
 
 class NumpyRuntime(PartsRuntime):
@@ -22,38 +20,14 @@ class NumpyRuntime(PartsRuntime):
         module = load_module(rendered.sources, rendered.graph_name)
         if hasattr(module, "rows"):
             module.rows = hostthreads.rows  # batch-norm units in lanes on host threads when long
-        return NumpyExecutable(self, rendered, {name: getattr(module, name) for name in rendered.plans}, module=module)
-
-
-class NumpyExecutable(Executable):
-    """Buffers that share memory where their lives do not overlap (:mod:`.liveness`): ``B`` maps
-    several keys to one array, so a step needs less memory; the generated code is the same."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self._slots = {}  # program -> {buffer key: slot}
-
-    def buffers(self, program: str, m: int) -> dict:
-        key = (program, m)
-        bufs = self._buffers.pop(key, None)
-        if bufs is None:
-            plan = self.plans[program]
-            slots = self._slots.get(program)
-            if slots is None:
-                slots = self._slots[program] = share(plan)
-            arrays: dict = {}
-            bufs = {}
-            for k, shape, dt in plan.buffer_shapes(m):
-                if slots[k] not in arrays:
-                    arrays[slots[k]] = self.runtime.empty(shape, DTYPES[dt])
-                bufs[k] = arrays[slots[k]]
-            if len(self._buffers) >= self.MAX_BUFFER_SETS:
-                self._buffers.pop(next(iter(self._buffers)))
-        self._buffers[key] = bufs  # most recently used last
-        return bufs
+        # B shares arrays where the plan does (Plan.slots): Executable.buffers allocates through the plan
+        return Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans}, module=module)
 
 
 def load_module(sources: dict, graph_name: str):
     """Execute the one generated file as a module named after the graph."""
     ((fname, src),) = sources.items()
     return exec_source(fname, src, f"bngraph_generated_{graph_name}")
+
+
+NumpyExecutable = Executable  # the old name: its buffer sharing is now the plan's, for every target

@@ -5,7 +5,8 @@ Each IR node is one kernel launch from mlp_cuda.cu, or one cuBLAS call (gemm), o
 stream with no host synchronisation; the comment above it is that node as `print(graph)` shows it.
 The runtime provides `launch(kernel, grid, block, *args)` and `gemm(ta, tb, M, N, K, A, B, C)`
 (row-major C = op(A) @ op(B)). P, S, G and B are device arrays by name as in the NumPy target:
-params, state, the gradient views train_step writes into, and the buffers of one batch size.
+params, state, the gradient views train_step writes into, and the buffers of one batch size,
+where values whose lives do not overlap share one array (a comment says where a value reuses one).
 """
 import numpy as np
 
@@ -26,6 +27,7 @@ def train_step(x, y, P, S, G, B):
     Reads P and S, writes only into B and G (the gradients)."""
     m = x.shape[1]
     mi = np.int32(m)
+    # B: 7 batch-sized buffers in 6 arrays (buffers whose lives do not overlap share one), 5 small buffers of their own
     # %fc1.matmul: f32[5,m] = matmul %fc1.W, %x
     fc1_matmul = gemm(False, False, 5, m, 4, P["fc1.W"], x, B["fc1.matmul"])  # cuBLAS: (5, m) = A (5x4) @ B (4xm)
     # %act1: f32[5,m], %bn1.mean: f32[5], %bn1.var: f32[5] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
@@ -42,6 +44,7 @@ def train_step(x, y, P, S, G, B):
     # %loss.grad: f32[] = fill[dtype=f32, value=1.0]
     # a constant (1.0): written into the kernels that read %loss.grad, no kernel of its own
     # %loss: f32[], %out.grad: f32[3,m] = softmax_cross_entropy_and_grad %out, %y, %loss.grad
+    # B["out.grad"] reuses the array of B["out.matmul"] (no longer read)
     loss, out_grad = B["loss"], B["out.grad"]
     launch("train_step__loss", (1,), (BLOCK,), out, y, loss, out_grad, mi)
     # %out.b.grad: f32[3] = sum_batch %out.grad
@@ -72,6 +75,7 @@ def forward(x, P, S, B):
     """Inference: batch norm with the running statistics. Returns out, the loss's input."""
     m = x.shape[1]
     mi = np.int32(m)
+    # B: 4 batch-sized buffers in 4 arrays
     # %fc1.matmul: f32[5,m] = matmul %fc1.W, %x
     fc1_matmul = gemm(False, False, 5, m, 4, P["fc1.W"], x, B["fc1.matmul"])  # cuBLAS: (5, m) = A (5x4) @ B (4xm)
     # %act1: f32[5,m] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
@@ -91,6 +95,7 @@ def forward_train(x, P, S, B):
     """Forward pass with the batch's own statistics (training mode), without updating state. Returns out."""
     m = x.shape[1]
     mi = np.int32(m)
+    # B: 4 batch-sized buffers in 4 arrays, 2 small buffers of their own
     # %fc1.matmul: f32[5,m] = matmul %fc1.W, %x
     fc1_matmul = gemm(False, False, 5, m, 4, P["fc1.W"], x, B["fc1.matmul"])  # cuBLAS: (5, m) = A (5x4) @ B (4xm)
     # %act1: f32[5,m], %bn1.mean: f32[5], %bn1.var: f32[5] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
@@ -110,6 +115,7 @@ def evaluate(x, y, P, S, B):
     """Inference (running statistics) with the loss: returns loss (the mean over this batch) and out."""
     m = x.shape[1]
     mi = np.int32(m)
+    # B: 4 batch-sized buffers in 4 arrays, 1 small buffer of their own
     # %fc1.matmul: f32[5,m] = matmul %fc1.W, %x
     fc1_matmul = gemm(False, False, 5, m, 4, P["fc1.W"], x, B["fc1.matmul"])  # cuBLAS: (5, m) = A (5x4) @ B (4xm)
     # %act1: f32[5,m] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %fc1.matmul, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var

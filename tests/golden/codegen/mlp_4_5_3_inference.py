@@ -5,7 +5,8 @@ Each statement is one IR node; the comment above it is that node as `print(graph
 Layout: activations are (features, m), m = the batch size; the caller transposes X (m, features)
 once per batch. P holds the parameters, S the state (running statistics), by IR name; G the
 gradient arrays train_step writes grad.<param> into (views of one flat buffer when bngraph runs
-it); B preallocated buffers for one batch size (made by the matching alloc_* function).
+it); B preallocated buffers for one batch size (made by the matching alloc_* function), where
+values whose lives do not overlap share one array (a comment says where a value reuses one).
 """
 import numpy as np
 
@@ -31,10 +32,15 @@ def forward(x, P, S, B):
 
 
 def alloc_forward(m):
-    """Buffers for forward at batch size m: one per batch-sized value written with out=."""
+    """Buffers for forward at batch size m: one per batch-sized value written with out=.
+    B: 4 batch-sized buffers in 4 arrays."""
+    a0 = np.empty((5, m), DTYPE)
+    a1 = np.empty((5, m), DTYPE)
+    a2 = np.empty((3, m), DTYPE)
+    a3 = np.empty((3, m), DTYPE)
     return {
-        "fc1.matmul": np.empty((5, m), DTYPE),
-        "act1": np.empty((5, m), DTYPE),
-        "out.matmul": np.empty((3, m), DTYPE),
-        "out": np.empty((3, m), DTYPE),
+        "fc1.matmul": a0,
+        "act1": a1,
+        "out.matmul": a2,
+        "out": a3,
     }

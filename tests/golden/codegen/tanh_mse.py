@@ -5,7 +5,8 @@ Each statement is one IR node; the comment above it is that node as `print(graph
 Layout: activations are (features, m), m = the batch size; the caller transposes X (m, features)
 once per batch. P holds the parameters, S the state (running statistics), by IR name; G the
 gradient arrays train_step writes grad.<param> into (views of one flat buffer when bngraph runs
-it); B preallocated buffers for one batch size (made by the matching alloc_* function).
+it); B preallocated buffers for one batch size (made by the matching alloc_* function), where
+values whose lives do not overlap share one array (a comment says where a value reuses one).
 """
 import numpy as np
 
@@ -53,6 +54,7 @@ def train_step(x, y, P, S, G, B):
     # %loss.grad: f32[] = fill[dtype=f32, value=1.0]
     # a constant (1.0): written into the statements that read it, no array of its own
     # %out.grad: f32[2,m] = mse_grad %out, %y, %loss.grad
+    # B["out.grad"] reuses the array of B["out.matmul"] (no longer read)
     out_grad = np.subtract(out, y, out=B["out.grad"])
     out_grad *= 2 / out_grad.size
     # %out.b.grad: f32[2] = sum_batch %out.grad
@@ -92,16 +94,24 @@ def train_step(x, y, P, S, G, B):
 
 
 def alloc_train_step(m):
-    """Buffers for train_step at batch size m: one per batch-sized value written with out=."""
+    """Buffers for train_step at batch size m: one per batch-sized value written with out=.
+    B: 8 batch-sized buffers in 7 arrays (buffers whose lives do not overlap share one)."""
+    a0 = np.empty((4, m), DTYPE)
+    a1 = np.empty((4, m), DTYPE)
+    a2 = np.empty((2, m), DTYPE)
+    a3 = np.empty((2, m), DTYPE)
+    a4 = np.empty((4, m), DTYPE)
+    a5 = np.empty((4, m), DTYPE)
+    a6 = np.empty((4, m), DTYPE)
     return {
-        "fc1.matmul": np.empty((4, m), DTYPE),
-        "act1": np.empty((4, m), DTYPE),
-        "out.matmul": np.empty((2, m), DTYPE),
-        "out": np.empty((2, m), DTYPE),
-        "out.grad": np.empty((2, m), DTYPE),
-        "act1.grad": np.empty((4, m), DTYPE),
-        "fc1.matmul.grad": np.empty((4, m), DTYPE),
-        "fc1.matmul.grad.dy": np.empty((4, m), DTYPE),
+        "fc1.matmul": a0,
+        "act1": a1,
+        "out.matmul": a2,
+        "out": a3,
+        "out.grad": a2,
+        "act1.grad": a4,
+        "fc1.matmul.grad": a6,
+        "fc1.matmul.grad.dy": a5,
     }
 
 
@@ -126,12 +136,17 @@ def forward(x, P, S, B):
 
 
 def alloc_forward(m):
-    """Buffers for forward at batch size m: one per batch-sized value written with out=."""
+    """Buffers for forward at batch size m: one per batch-sized value written with out=.
+    B: 4 batch-sized buffers in 4 arrays."""
+    a0 = np.empty((4, m), DTYPE)
+    a1 = np.empty((4, m), DTYPE)
+    a2 = np.empty((2, m), DTYPE)
+    a3 = np.empty((2, m), DTYPE)
     return {
-        "fc1.matmul": np.empty((4, m), DTYPE),
-        "act1": np.empty((4, m), DTYPE),
-        "out.matmul": np.empty((2, m), DTYPE),
-        "out": np.empty((2, m), DTYPE),
+        "fc1.matmul": a0,
+        "act1": a1,
+        "out.matmul": a2,
+        "out": a3,
     }
 
 
@@ -165,12 +180,17 @@ def forward_train(x, P, S, B):
 
 
 def alloc_forward_train(m):
-    """Buffers for forward_train at batch size m: one per batch-sized value written with out=."""
+    """Buffers for forward_train at batch size m: one per batch-sized value written with out=.
+    B: 4 batch-sized buffers in 4 arrays."""
+    a0 = np.empty((4, m), DTYPE)
+    a1 = np.empty((4, m), DTYPE)
+    a2 = np.empty((2, m), DTYPE)
+    a3 = np.empty((2, m), DTYPE)
     return {
-        "fc1.matmul": np.empty((4, m), DTYPE),
-        "act1": np.empty((4, m), DTYPE),
-        "out.matmul": np.empty((2, m), DTYPE),
-        "out": np.empty((2, m), DTYPE),
+        "fc1.matmul": a0,
+        "act1": a1,
+        "out.matmul": a2,
+        "out": a3,
     }
 
 
@@ -198,10 +218,15 @@ def evaluate(x, y, P, S, B):
 
 
 def alloc_evaluate(m):
-    """Buffers for evaluate at batch size m: one per batch-sized value written with out=."""
+    """Buffers for evaluate at batch size m: one per batch-sized value written with out=.
+    B: 4 batch-sized buffers in 4 arrays."""
+    a0 = np.empty((4, m), DTYPE)
+    a1 = np.empty((4, m), DTYPE)
+    a2 = np.empty((2, m), DTYPE)
+    a3 = np.empty((2, m), DTYPE)
     return {
-        "fc1.matmul": np.empty((4, m), DTYPE),
-        "act1": np.empty((4, m), DTYPE),
-        "out.matmul": np.empty((2, m), DTYPE),
-        "out": np.empty((2, m), DTYPE),
+        "fc1.matmul": a0,
+        "act1": a1,
+        "out.matmul": a2,
+        "out": a3,
     }
