@@ -13,6 +13,9 @@ program for the model's target::
     inf.source      # the generated module: one forward(x, P, S, B) function
     inf.forward(X)  # (batch, outputs), equal to model.forward(X) up to rounding
     inf.save("deploy/")  # mlp_numpy_inference.py and mlp_inference_params.npz
+
+``model.export_inference(target=..., device=...)`` renders and runs it on another registered target
+instead, one that may lower only forward ops (docs/targets.md, "An inference-only target").
 """
 from __future__ import annotations
 
@@ -86,8 +89,11 @@ def inference_file_name(name: str) -> str:
     return f"{root}_inference{ext}"
 
 
-def export_inference(model) -> InferenceModel:
-    """``Model.export_inference``: see the module docstring."""
+def export_inference(model, target: str | None = None, device=None) -> InferenceModel:
+    """``Model.export_inference``: see the module docstring. ``target``: the registered target the
+    inference program is rendered for and runs on (None: the model's, on the model's runtime);
+    ``device``: that target's device (a runtime of its own). The inference program holds forward
+    ops only, so a target that lowers no gradient (inference-only) runs it."""
     from .backends import get_target
     from .compiler import PROGRAM_DOCS, inference_graph
 
@@ -99,6 +105,8 @@ def export_inference(model) -> InferenceModel:
     params = {p.name: np.asarray(values[p.name], model.dtype) for p in g.params}
     state = {s.name: np.asarray(values[s.name], model.dtype) for s in g.state}
     docs = {"forward": PROGRAM_DOCS["forward_inference"]}
-    loaded = get_target(model.target).load({"forward": g}, g.dtype, g.name, docs=docs, runtime=rt)
-    return InferenceModel(g, params, state, loaded.rendered.sources, res, model.n_features, model.dtype, rt,
-                          loaded.executable)
+    name = model.target if target is None else target
+    runtime = rt if name == model.target and device is None else None  # else a runtime of that target
+    loaded = get_target(name).load({"forward": g}, g.dtype, g.name, docs=docs, device=device, runtime=runtime)
+    return InferenceModel(g, params, state, loaded.rendered.sources, res, model.n_features, model.dtype,
+                          loaded.runtime, loaded.executable)

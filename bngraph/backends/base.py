@@ -56,9 +56,19 @@ class Renderer(ABC):
 
     def plan(self, name: str, graph):
         """The lowering plan of one program (bngraph.backends.lowering): names, each node's lowering
-        from ``self.lowerings``, where each output goes, the buffers; a missing lowering is one error."""
-        from .lowering import plan_program
+        from ``self.lowerings``, where each output goes, the buffers; a missing lowering is one error.
+        In a program that computes gradients (``train_step``) it says the target cannot train: a
+        target may lower only the ops of inference programs (docs/targets.md)."""
+        from .lowering import LoweringError, plan_program
 
+        if any(key.startswith("grad.") for key, _ in graph.outputs):
+            n = next((n for n in graph.nodes if n.op not in self.lowerings), None)
+            if n is not None:
+                t = self.target
+                raise LoweringError(
+                    f"target {t} has no lowering for op {n.op} (node %{n.name}), which program {name} needs: "
+                    f"target {t} cannot train this graph (an inference program needs fewer ops: "
+                    f"bg.emit(g, target={t!r}, inference=True), model.export_inference(target={t!r}))")
         return plan_program(name, graph, self.lowerings, self.target, self.reserved, self.buffer_all)
 
     @abstractmethod
@@ -158,12 +168,12 @@ class Executable:
         return self.runtime.optimizer_kernel(self, optimizer)
 
     def buffers(self, program: str, m: int) -> dict:
-        """The plan's batch-sized buffers at batch size ``m`` (allocated by the runtime, cached)."""
+        """The plan's buffers at batch size ``m`` (allocated by the runtime, cached): ``{key: array}``,
+        several keys to one array where the plan shares them (``Plan.slots``)."""
         key = (program, m)
         bufs = self._buffers.pop(key, None)
         if bufs is None:
-            bufs = {k: self.runtime.empty(shape, DTYPES[dt])
-                    for k, shape, dt in self.plans[program].buffer_shapes(m)}
+            bufs = self.plans[program].allocate(m, self.runtime.empty)  # shared where the plan shares
             if len(self._buffers) >= self.MAX_BUFFER_SETS:
                 self._buffers.pop(next(iter(self._buffers)))
         self._buffers[key] = bufs  # most recently used last
@@ -217,7 +227,7 @@ class Replays:
                 self.entries.pop(next(iter(self.entries)))
             plan, rt = self.executable.plans[self.program], self.runtime
             entry = FixedStep({v.name: rt.empty(v.type.concrete_shape(m), DTYPES[v.type.dtype]) for v in plan.inputs},
-                              {k: rt.empty(shape, DTYPES[dt]) for k, shape, dt in plan.buffer_shapes(m)})
+                              plan.allocate(m, rt.empty))
         self.entries[m] = entry
         return entry
 
