@@ -9,22 +9,20 @@ device array goes through the runtime (``self.runtime``): the model never assume
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import checkpoint, training
-from .backends.base import GraphedPrograms
 from .compiler import PROGRAM_DOCS, build_programs
 from .datacheck import check_assignments, check_batch_size, check_model_size, check_seed, check_x, check_y
 from .errors import CheckpointError, DataError, ProgramError, TrainingDiverged  # noqa: F401  (re-exported)
 from .flat import FlatLayout
 from .graph import as_graph
 from .init import init_values
-from .snapshot import update_on_snapshot
 from .ir import DTYPES, IRError, ir_dtype
 from .ops import OPS, class_weights, loss_options, needs_batch_statistics
-from .optim.base import update_cause
+from .step import StepContext, TrainingStep
 from .verifier import verify
 from .training import History  # noqa: F401  (re-exported)
 
@@ -56,15 +54,10 @@ class Model:
         self.source = "\n".join(self.sources.values())
         self.runtime = target_def.runtime(device)
         self.executable = self.runtime.load(rendered)
-        self._graphs = None
-        self._cuda_graph = bool(cuda_graph)
-        self._guarded = None  # the target's guarded device step (CUDA, a built-in optimizer), see _guarded_step
-        self._unread, self._diverged = [], None  # fit's host-checked steps not collected yet (_submit/_collect)
         if cuda_graph:  # the training step captured once per batch size and replayed
-            if not callable(getattr(self.runtime, "capture", None)):
+            if not self.runtime.captures:
                 raise IRError(f"cuda_graph=True needs a target whose runtime captures graphs (cuda); "
                               f"target {target} does not")
-            self._graphs = GraphedPrograms(self.executable)
         # initial values for the graph as written (drawn, then those the graph or the caller gives),
         # mapped through the passes (a folded bias moves into its running mean)
         values = self.report.remap({**init_values(self.source_graph, seed), **self._start_values(graph, weights)})
@@ -76,10 +69,16 @@ class Model:
         self._S = {s.name: self.runtime.asarray(np.array(values[s.name], self.dtype), self.dtype)
                    for s in self.graph.state}
         self.optimizer = None
-        self.step = 0  # optimizer steps taken
         self.epoch = 0  # epochs completed by fit
         self.fit_state = None  # fit's seed, batch size and place in an epoch (bngraph.training), saved in checkpoints
         self._describe_io()
+        # the training step (bngraph/step.py): programs, flat buffers, checks, update, commit, the
+        # step count and capture, owned by one object; a target may bring its own (the CUDA guarded step)
+        self.trainer = TrainingStep(StepContext(self.runtime, self.executable, self.layout, self._P, self._G, self._S,
+                                                tuple(k.removeprefix("state.") for k in self._state_keys), self.dtype,
+                                                self._feeds, self._host_feeds,
+                                                lambda program, feeds, m: self._run(program, feeds, m)),
+                                    capture=cuda_graph)
         self.original_names = dict(getattr(graph, "original_names", None) or {}) if weights is None else {}
 
     def _start_values(self, graph, weights) -> dict:
@@ -106,6 +105,29 @@ class Model:
         return check_assignments(weights, shapes, where, "param or state value", self.dtype, nonneg)
 
     # ---- params and state ------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (the training step's count, ``model.trainer``)."""
+        return self.trainer.step
+
+    @step.setter
+    def step(self, value: int):
+        self.trainer.step = value
+
+    @property
+    def _batch_statistics(self) -> bool:
+        return self.inputs.batch_statistics
+
+    @property
+    def _graphs(self):
+        """The host step's captured programs (cuda_graph=True with an optimizer that is not a built-in)."""
+        return self.trainer.host.graphs
+
+    @property
+    def _guarded(self):
+        """The target's guarded step for the current optimizer, or None."""
+        return self.trainer.guarded
+
     @property
     def params(self) -> dict:
         """name -> array, live (views of the flat parameter buffer, which training updates in place)."""
@@ -167,43 +189,33 @@ class Model:
         self.n_features = self._x_input.type.shape[0]
         self.n_outputs = vals[loss.inputs[0]].type.shape[0]
         self.classes = self._y_input.classes
-        self._batch_statistics = needs_batch_statistics(self.graph)  # a batch of one cannot be normalized
+        self.inputs = ModelInputs(self._x_input.name, self._y_input.name, self.n_features, self.n_outputs,
+                                  self.classes, self.dtype, self.loss_kind, self._ignore_index,
+                                  needs_batch_statistics(self.graph))  # a batch of one cannot be normalized
         held = {v.name for v in (*self.graph.params, *self.graph.state)}
         self._nonnegative = {n.inputs[i] for n in self.graph.nodes for i in OPS[n.op].nonnegative_inputs
                              if i < len(n.inputs) and n.inputs[i] in held}  # running variances
         # the state a step updates (running statistics); the rest (a loss's class weights) is constant
         updated = {k for k, _ in self.graph.outputs}
         self._state_keys = [f"state.{s.name}" for s in self.graph.state if f"state.{s.name}" in updated]
-        self._step_outputs = {"loss", *self._state_keys}
 
     def _check_x(self, X, where) -> np.ndarray:
-        """X checked as the model will see it: cast to its dtype (and returned so)."""
-        return check_x(X, self.n_features, where, self._x_input.name, dtype=self.dtype)
+        return self.inputs.check_x(X, where)
 
     def _check_y(self, y, m, where) -> np.ndarray:
-        """Labels, or targets cast to the model's dtype and inside the loss's domain (BCE: [0, 1])."""
-        return check_y(y, m, where, self.classes, self.n_outputs, dtype=self.dtype,
-                       target_range=OPS[self.loss_kind].target_range, loss=self.loss_kind,
-                       ignore_index=self._ignore_index)
+        return self.inputs.check_y(y, m, where)
 
     def _feeds(self, X, y=None) -> dict:
         """Host data (rows are examples) -> device arrays in the compiler's (features, m) layout."""
-        return {k: self.runtime.asarray(a, dt) for k, (a, dt) in self._layout_feeds(X, y).items()}
+        return {k: self.runtime.asarray(a, dt) for k, (a, dt) in self.inputs.layout_feeds(X, y).items()}
 
     def _host_feeds(self, X, y) -> dict:
         """The same, as contiguous host arrays (for a runtime to copy into its own buffers)."""
-        return {k: np.ascontiguousarray(a, dt) for k, (a, dt) in self._layout_feeds(X, y).items()}
-
-    def _layout_feeds(self, X, y) -> dict:
-        feeds = {self._x_input.name: (X.T, self.dtype)}
-        if y is not None:
-            feeds[self._y_input.name] = (y, np.int64) if self.classes is not None else (y.T, self.dtype)
-        return feeds
+        return {k: np.ascontiguousarray(a, dt) for k, (a, dt) in self.inputs.layout_feeds(X, y).items()}
 
     def _run(self, program: str, feeds: dict, m: int) -> dict:
         grads = self._G.views if self.executable.plans[program].has_grads else None
-        runner = self._graphs if self._graphs is not None else self.executable
-        return runner.run(program, feeds, self._P.views, self._S, grads, m)
+        return self.executable.run(program, feeds, self._P.views, self._S, grads, m)
 
     # ---- the training API ----------------------------------------------------------------------
     def train_step(self, xb, yb, optimizer=None) -> float:
@@ -213,150 +225,17 @@ class Model:
         TrainingDiverged and leaves params, state and the optimizer untouched."""
         X = self._check_x(xb, "train_step")
         y = self._check_y(yb, X.shape[0], "train_step")
-        if X.shape[0] < 2 and self._batch_statistics:
+        if X.shape[0] < 2 and self.inputs.batch_statistics:
             raise DataError(
                 "train_step: a training step needs at least 2 examples: batch norm in training mode normalizes "
                 "with the mini-batch's own variance, which is 0 for a single example (PyTorch raises 'Expected "
                 "more than 1 value per channel when training'). fit() merges a last batch of one example into "
                 "the batch before it.")
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the step checks for NaN/inf itself
-            return self._step(X, y, self._optimizer(optimizer))
-
-    def _step(self, X, y, optimizer) -> float:
-        """train_step on data already checked: the target's guarded step, read at once, when it
-        has one for this optimizer (:meth:`_guarded_step`), else :meth:`_host_step`."""
-        guarded = self._guarded_step(optimizer)
-        if guarded is None:
-            return self._host_step(X, y, optimizer)
-        guarded.submit(X, y)
-        return guarded.read()[-1]
-
-    def _guarded_step(self, optimizer):
-        """The target's guarded step for ``optimizer`` when its next step can be one, else None.
-
-        A target may check a step on the device instead of the host (the CUDA target with a
-        built-in optimizer: bngraph/backends/cuda_target/step.py): the step is enqueued with its
-        checks, and the host reads the losses and the checks' verdict only when asked, so ``fit``
-        reads once per logging interval; a diverged step still changes nothing."""
-        factory = getattr(self.executable, "guarded_step", None)
-        if factory is None or not (callable(getattr(optimizer, "_fusable", None)) and optimizer._fusable()):
-            return None
-        g = self._guarded
-        if g is None or g.optimizer is not optimizer:
-            if g is not None and g.pending:
-                raise RuntimeError("a new optimizer while steps of the old one are unread")
-            g = self._guarded = factory(self, optimizer, self._cuda_graph)
-        return g if g is not None and g.ready() else None
-
-    def _submit(self, X, y, optimizer) -> bool:
-        """fit's step: enqueued, its loss read later by :meth:`_collect`. True when the losses must
-        be collected before the next step (always for a host-checked step)."""
-        guarded = self._guarded_step(optimizer)
-        if guarded is None:
-            try:
-                self._unread.append(self._host_step(X, y, optimizer))
-            except TrainingDiverged as e:
-                self._diverged = e  # raised by _collect, after the losses of the steps before it
-            return True
-        guarded.submit(X, y)
-        return guarded.pending >= guarded.CAPACITY
-
-    def _collect(self) -> list:
-        """The losses of the steps submitted since the last collect, in order. If one diverged
-        (it and any later one changed nothing), TrainingDiverged with ``losses``: the good ones."""
-        losses, self._unread = self._unread, []
-        e, self._diverged = self._diverged, None
-        if e is not None:
-            e.losses = losses
-            raise e
-        if self._guarded is not None and self._guarded.pending:
-            losses += self._guarded.read()
-        return losses
-
-    def _host_step(self, X, y, optimizer) -> float:
-        """train_step checked on the host, on data already checked (fit checks the whole data set once). All or nothing:
-        the program writes only gradients and buffers; its outputs, the loss, the gradients and the
-        new running statistics are all checked before the update; an optimizer that is not a
-        built-in updates a snapshot it is rolled back to (see :meth:`_update`); the state and the
-        step counter are committed last."""
-        out = self._run("train_step", self._feeds(X, y), X.shape[0])
-        if not self._step_outputs <= out.keys():
-            missing = [k for k in ("loss", *self._state_keys) if k not in out]
-            raise ProgramError(f"the generated train_step returned no {', '.join(missing)} (it returned "
-                               f"{', '.join(out) or 'nothing'}); nothing was updated")
-        loss = self.runtime.to_float(out["loss"])
-        if not np.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss} at step {self.step + 1}; nothing was updated")
-        bad = self._first_nonfinite(self._G)
-        if bad is not None:
-            raise TrainingDiverged(f"the gradient of {bad} contains NaN or inf at step {self.step + 1}; "
-                                   f"nothing was updated")
-        new_state = [out[k] for k in self._state_keys]
-        if new_state:  # one small reduction and host read for all running statistics (their sum is NaN/inf
-            xp = self.runtime.xp  # when one of them is; a sum that overflows counts as divergence too)
-            if not math.isfinite(self.runtime.to_float(xp.sum(xp.concatenate(new_state)))):
-                bad = next((k[len("state."):] for k, v in zip(self._state_keys, new_state)
-                            if not self.runtime.all_finite(v)),
-                           "running statistics (their sum overflows)")
-                raise TrainingDiverged(f"the new {bad} contains NaN or inf at step {self.step + 1} (a batch variance "
-                                       f"overflowed?); nothing was updated")
-        self._update(optimizer)
-        for k, new in zip(self._state_keys, new_state):
-            self._S[k[len("state."):]][...] = new
-        self.step += 1
-        return loss
-
-    def _bind(self, optimizer, kernel=None):
-        """Bind an Optimizer subclass to this model's flat layout, with ``kernel`` or else the
-        target's own fused update kernel for a built-in when the target has one (CUDA: one launch
-        per stretch)."""
-        fused = getattr(self.executable, "optimizer_kernel", None)
-        if kernel is None and fused is not None:
-            kernel = fused(optimizer)
-        optimizer.bind(self.layout, self.runtime.xp, **({"kernel": kernel} if kernel is not None else {}))
-
-    def _update(self, optimizer):
-        """The optimizer's update of the flat params, then their finite check.
-
-        A built-in (its fused update, ``optimizer._fusable()``) cannot fail halfway on checked
-        inputs, so it runs without a copy: the few percent a copy of every param would cost each
-        step are not spent. If it overflows (finite gradients, an absurd lr) the params are lost:
-        TrainingDiverged says so. Anything else (your ``update``/``step``, a protocol object)
-        runs on a snapshot of the params and of its ``state_dict()``: if it raises, or leaves a
-        param NaN/inf, both are restored and the step changed nothing."""
-        if callable(getattr(optimizer, "_fusable", None)) and optimizer._fusable():
-            if optimizer.layout is not self.layout or getattr(optimizer._bound.kernel, "counts_steps", False):
-                self._bind(optimizer)  # (a guarded step's kernel leaves the counters to that step)
-            optimizer.step_flat(self._P, self._G)  # whole-buffer passes
-            bad = self._first_nonfinite(self._P)
-            if bad is not None:
-                raise TrainingDiverged(f"the update at step {self.step + 1} made {bad} NaN or inf "
-                                       f"({self._update_cause(optimizer, bad)}); the parameters are no longer "
-                                       f"usable: reload a checkpoint")
-            return
-        update_on_snapshot(self, optimizer)
-
-    def _update_cause(self, optimizer, name: str) -> str:
-        """Why the update made param ``name`` NaN/inf (its slots, eps=0 over a zero gradient, or lr)."""
-        return update_cause(optimizer, name, self._G.views.get(name, np.zeros(0)), self.dtype, self.runtime.to_numpy)
-
-    def _first_nonfinite(self, flat):
-        """The first param whose array in ``flat`` holds NaN or inf, else None: one reduction per
-        dtype buffer; the per-param search runs only when that finds something."""
-        rt = self.runtime
-        if all(rt.all_finite(b) for b in flat.buffers.values()):
-            return None
-        return next((name for name, v in flat.views.items() if not rt.all_finite(v)), "?")
+            return self.trainer.run(X, y, self._optimizer(optimizer))
 
     def _optimizer(self, optimizer):
-        if optimizer is None:
-            if self.optimizer is None:
-                raise ValueError("no optimizer: pass one, e.g. bg.optim.Adam(lr=1e-3)")
-            return self.optimizer
-        if not callable(getattr(optimizer, "step", None)):
-            raise TypeError(f"optimizer must have a step(params, grads) method, got {type(optimizer).__name__}")
-        self.optimizer = optimizer
-        return optimizer
+        return training.use_optimizer(self, optimizer)
 
     def forward(self, X, training: bool = False, batch_size: int | None = None) -> np.ndarray:
         """The loss's input (e.g. logits), shaped (batch, outputs). ``training=True`` normalizes with
@@ -369,7 +248,7 @@ class Model:
     def _forward(self, X, training, batch_size):
         """forward on data already checked."""
         program = "forward_train" if training else "forward"
-        if training and X.shape[0] < 2 and self._batch_statistics:
+        if training and X.shape[0] < 2 and self.inputs.batch_statistics:
             raise DataError("forward(training=True) needs at least 2 examples (batch statistics of one example "
                             "have zero variance)")
         if training or batch_size is None or X.shape[0] <= batch_size:
@@ -449,13 +328,14 @@ class Model:
         return training.fit(self, X, y, optimizer, epochs, batch_size, shuffle, seed, validation_data, verbose,
                             lr_schedule, checkpoint)
 
-    def export_inference(self):
+    def export_inference(self, target=None, device=None):
         """This model for inference, in one call: batch norm folded into the weights (the inference
         pipeline on the trained graph), the folded params computed from the live ones, and the
-        inference program rendered for this target. See :mod:`bngraph.export`."""
+        inference program rendered for this target, or for ``target`` on its ``device`` (one
+        that lowers only forward ops will do). See :mod:`bngraph.export`."""
         from .export import export_inference
 
-        return export_inference(self)
+        return export_inference(self, target, device)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path):
@@ -470,6 +350,38 @@ class Model:
     def __repr__(self):
         n = sum(s.size for s in self.layout.segments.values())
         return f"<bngraph.Model {self.graph.name}: target={self.target}, dtype={self._dtype_name}, {n} parameters>"
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model takes (``model.inputs``): the feature and label inputs, and the checks every
+    entry point runs on data before anything changes (the training loop and the command line too)."""
+
+    x: str                        # the feature input's name
+    y: str                        # the labels' (or targets') input's name
+    n_features: int
+    n_outputs: int
+    classes: int | None           # None for mse / sigmoid_bce
+    dtype: np.dtype
+    loss: str                     # the loss op
+    ignore_index: int | None
+    batch_statistics: bool        # a training batch needs at least 2 examples
+
+    def check_x(self, X, where) -> np.ndarray:
+        """X checked as the model will see it: cast to its dtype (and returned so)."""
+        return check_x(X, self.n_features, where, self.x, dtype=self.dtype)
+
+    def check_y(self, y, m, where) -> np.ndarray:
+        """Labels, or targets cast to the model's dtype and inside the loss's domain (BCE: [0, 1])."""
+        return check_y(y, m, where, self.classes, self.n_outputs, dtype=self.dtype,
+                       target_range=OPS[self.loss].target_range, loss=self.loss, ignore_index=self.ignore_index)
+
+    def layout_feeds(self, X, y) -> dict:
+        """input name -> (host array in the compiler's (features, m) layout, its dtype)."""
+        feeds = {self.x: (X.T, self.dtype)}
+        if y is not None:
+            feeds[self.y] = (y, np.int64) if self.classes is not None else (y.T, self.dtype)
+        return feeds
 
 
 def _pass_list(passes) -> list:
@@ -503,7 +415,14 @@ def _pass_names(passes) -> list:
     return [p if isinstance(p, str) else p.name for p in _pass_list(passes)]
 
 
-load = checkpoint.load
+def load(path, optimizer=None, device=None) -> Model:
+    """Rebuild a model from a checkpoint: the graph, compiled the same way, with params, state, step,
+    epoch, fit's place and optimizer state (a custom optimizer: pass an instance, its state is
+    loaded into it -- hyperparameters included, with a warning naming those that change).
+    ``device``: where the checkpoint's target runs it (cuda: a GPU index or "emulator")."""
+    return checkpoint.rebuild(path, Model, optimizer, device)
+
+
 read_checkpoint = checkpoint.read
 
 

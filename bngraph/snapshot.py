@@ -1,4 +1,4 @@
-"""The update of an optimizer that is not a built-in, all or nothing (``Model._step``).
+"""The update of an optimizer that is not a built-in, all or nothing (:class:`bngraph.step.HostStep`).
 
 A built-in optimizer's fused update cannot fail halfway on checked inputs, so it runs on the live
 params without a copy (a copy of every param each step would cost a few percent). Anything else
@@ -14,28 +14,30 @@ from .errors import TrainingDiverged
 from .optim.base import copy_array
 
 
-def update_on_snapshot(model, optimizer):
-    """``optimizer``'s update of ``model``'s flat params, rolled back if anything goes wrong."""
-    saved = {dt: copy_array(b) for dt, b in model._P.buffers.items()}
+def update_on_snapshot(ctx, optimizer, n: int):
+    """``optimizer``'s update of the flat params of ``ctx`` (a :class:`bngraph.step.StepContext`) at
+    step ``n``, rolled back if anything goes wrong."""
+    P, G = ctx.params, ctx.grads
+    saved = {dt: copy_array(b) for dt, b in P.buffers.items()}
     restorable = callable(getattr(optimizer, "state_dict", None)) and callable(
         getattr(optimizer, "load_state_dict", None))
     opt_state = optimizer.state_dict() if restorable else None
     try:
         if callable(getattr(optimizer, "step_flat", None)):  # an Optimizer subclass: bound to the layout
-            if getattr(optimizer, "layout", None) is not model.layout:
-                model._bind(optimizer)
-            optimizer.step_flat(model._P, model._G)
+            if getattr(optimizer, "layout", None) is not ctx.layout:
+                ctx.bind(optimizer)
+            optimizer.step_flat(P, G)
         else:  # the protocol: name -> array dicts, params updated in place
-            params = dict(model._P.views)
-            optimizer.step(params, dict(model._G.views))
-            _copy_rebound(params, model._P.views)
-        bad = model._first_nonfinite(model._P)
+            params = dict(P.views)
+            optimizer.step(params, dict(G.views))
+            _copy_rebound(params, P.views)
+        bad = ctx.first_nonfinite(P)
         if bad is not None:
-            raise TrainingDiverged(f"the update at step {model.step + 1} made {bad} NaN or inf "
-                                   f"({model._update_cause(optimizer, bad)}); nothing was updated")
+            raise TrainingDiverged(f"the update at step {n} made {bad} NaN or inf "
+                                   f"({ctx.update_cause(optimizer, bad)}); nothing was updated")
     except BaseException:
         for dt, b in saved.items():
-            model._P.buffers[dt][...] = b
+            P.buffers[dt][...] = b
         if opt_state is not None:
             optimizer.load_state_dict(opt_state)
         raise

@@ -46,14 +46,15 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
         announce_stop: bool = True) -> History:
     """``Model.fit``: see its docstring. ``announce_stop=False``: a divergence is not printed (the
     caller reports ``history.stop_reason`` itself, as the command line does)."""
-    X = model._check_x(X, "fit")  # cast once to the model's dtype, not per batch
-    y = model._check_y(y, X.shape[0], "fit")
+    inputs = model.inputs
+    X = inputs.check_x(X, "fit")  # cast once to the model's dtype, not per batch
+    y = inputs.check_y(y, X.shape[0], "fit")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError(f"fit: validation_data must be a pair (X_val, y_val), got "
                              f"{type(validation_data).__name__}")
-        Xv = model._check_x(validation_data[0], "fit validation_data")
-        yv = model._check_y(validation_data[1], Xv.shape[0], "fit validation_data")
+        Xv = inputs.check_x(validation_data[0], "fit validation_data")
+        yv = inputs.check_y(validation_data[1], Xv.shape[0], "fit validation_data")
     epochs = check_int("fit", "epochs", epochs, 0)
     last = model.fit_state or {}
     batch_size = check_batch_size("fit", last.get("batch_size", 64) if batch_size is None else batch_size)
@@ -64,10 +65,10 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
     if checkpoint:
         check_writable(checkpoint, "fit checkpoint")
     n = X.shape[0]
-    if model._batch_statistics and (n < 2 or batch_size < 2):
+    if inputs.batch_statistics and (n < 2 or batch_size < 2):
         raise DataError(f"fit: batch norm needs at least 2 examples per batch (got {n} examples, "
                         f"batch_size {batch_size})")
-    optimizer = model._optimizer(optimizer)
+    optimizer = use_optimizer(model, optimizer)
     bar = Progress(verbose)
     config = {"seed": seed, "batch_size": batch_size, "shuffle": shuffle, "n": n}
     position = last.get("position")
@@ -75,7 +76,7 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
         bar.line(f"epoch {position.get('epoch')} starts again from its first batch: it was interrupted with other "
                  f"data, seed, batch size or shuffle")
         position = None
-    steps = len(batch_bounds(n, batch_size, merge_single=model._batch_statistics))
+    steps = len(batch_bounds(n, batch_size, merge_single=inputs.batch_statistics))
     if position and not (isinstance(position.get("done"), int) and 0 <= position["done"] <= steps):
         bar.line(f"epoch {position.get('epoch')} starts again from its first batch: its recorded place (step "
                  f"{position.get('done')!r}) is not one of its {steps} steps")  # a tampered fit_state: no epoch skipped
@@ -89,6 +90,19 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
     except (StepBoundaryInterrupt, OSError) as e:  # Ctrl-C, or a checkpoint that could not be written
         e.history = history  # the epochs done, for the caller's report
         raise
+
+
+def use_optimizer(model, optimizer):
+    """The optimizer a step uses: ``optimizer``, which becomes ``model.optimizer``, or (None) the
+    model's last one."""
+    if optimizer is None:
+        if model.optimizer is None:
+            raise ValueError("no optimizer: pass one, e.g. bg.optim.Adam(lr=1e-3)")
+        return model.optimizer
+    if not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"optimizer must have a step(params, grads) method, got {type(optimizer).__name__}")
+    model.optimizer = optimizer
+    return optimizer
 
 
 def _scheduled_lr(lr_schedule, epoch: int, step: int) -> float:
@@ -111,7 +125,7 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
         for _ in range(epochs):  # the steps check for NaN/inf themselves: no NumPy warnings
             ep = model.epoch + 1
             order = np.random.default_rng([seed, ep]).permutation(n) if shuffle else np.arange(n)
-            bounds = batch_bounds(n, batch_size, merge_single=model._batch_statistics)
+            bounds = batch_bounds(n, batch_size, merge_single=model.inputs.batch_statistics)
             pos = model.fit_state["position"]
             if pos is None:
                 pos = model.fit_state["position"] = {"epoch": ep, "done": 0, "losses": []}
@@ -126,7 +140,7 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
                 try:
                     if lr_schedule is not None:
                         optimizer.lr = _scheduled_lr(lr_schedule, ep, model.step + 1)
-                    due = model._submit(X[order[a:b]], y[order[a:b]], optimizer)
+                    due = model.trainer.submit(X[order[a:b]], y[order[a:b]], optimizer)
                 except BaseException:
                     if lr_schedule is not None and old_lr is not None:
                         optimizer.lr = old_lr  # the failed step changed nothing, its lr included
@@ -146,7 +160,7 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
             rec = {"epoch": ep, "loss": float(np.mean(pos["losses"])), "steps": len(bounds),
                    "lr": float(getattr(optimizer, "lr", float("nan"))), "seconds": time.perf_counter() - t0}
             if validation is not None:  # a non-finite figure shows as inf/nan in the record
-                for k, v in model._evaluate(*validation).items():
+                for k, v in model.evaluate(*validation).items():
                     rec[f"val_{k}"] = v
             model.epoch = ep
             model.fit_state["position"] = None
@@ -161,8 +175,8 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
 
 class _Unread:
     """fit's steps whose losses have not been read yet: a target that checks its steps on the
-    device (CUDA) is read once per logging interval, not once per step (``Model._submit`` /
-    ``Model._collect``). ``collect()`` moves the losses into the epoch's position; when a step
+    device (CUDA) is read once per logging interval, not once per step (``model.trainer``:
+    :class:`bngraph.step.TrainingStep`). ``collect()`` moves the losses into the epoch's position; when a step
     diverged it sets ``stop_reason`` and ``stopped_at`` (the step's number in the epoch), puts
     that step's lr back, and returns True."""
 
@@ -178,7 +192,7 @@ class _Unread:
         if self.stop_reason is not None:
             return True
         try:
-            losses = self.model._collect()
+            losses = self.model.trainer.collect()
         except TrainingDiverged as e:
             losses = e.losses
             t, old_lr = self.records[len(losses)]

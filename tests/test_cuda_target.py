@@ -159,7 +159,11 @@ def test_every_generated_kernel_compiles_with_nvcc(tmp_path):
 
 
 def _poison(model):
-    """NaN in every buffer and gradient: an output element a kernel forgets stays NaN."""
+    """NaN in every buffer and gradient: an output element a kernel forgets stays NaN. Each buffer
+    gets an array of its own first (no buffer sharing), else a forgotten element could keep an
+    earlier value's numbers instead of NaN (tests/test_buffer_sharing.py checks the sharing)."""
+    for plan in model.executable.plans.values():
+        plan.slots = {k: i for i, (k, _) in enumerate(plan.buffers)}
     for program in PROGRAMS:
         for m in (7, 9):
             for b in model.executable.buffers(program, m).values():

@@ -235,13 +235,13 @@ def test_a_built_in_optimizer_is_not_copied_each_step(monkeypatch):
 def _order_spy(model):
     """Record, per step, which rows of X (row i holds i in column 0) the step trained on."""
     seen = []
-    real = model._submit  # fit's step
+    real = model.trainer.submit  # fit's step
 
     def spy(Xb, yb, opt):
         seen.append(np.rint(Xb[:, 0]).astype(int).tolist())
         return real(Xb, yb, opt)
 
-    model._submit = spy
+    model.trainer.submit = spy
     return seen
 
 

@@ -71,10 +71,12 @@ from typing import Any, Callable
 
 from .adam import Adam, AdamW, adam_update
 from .base import Optimizer
+from .recorded import RecordOptimizer
+from .records import OptimizerRecord
 from .rmsprop import RMSprop, rmsprop_update
 from .sgd import SGD, sgd_update
 
-__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "make", "from_state_dict", "NAMES",
+__all__ = ["Optimizer", "RecordOptimizer", "OptimizerRecord", "SGD", "RMSprop", "Adam", "AdamW", "make", "from_state_dict", "NAMES",
            "sgd_update", "rmsprop_update", "adam_update"]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ..flat import array_namespace
 from .base import Optimizer, check_nonneg, flag, number
+from .records import ADAM_RECORD, ADAMW_RECORD
+from .render_numpy import numpy_update
 
 
 def adam_update(xp, p, g, m, v, vmax, d, tmp, lr, t, *, beta1, beta2, eps, weight_decay,
@@ -48,6 +50,7 @@ class Adam(Optimizer):
     """
 
     _decoupled = False
+    record = ADAM_RECORD  # the fused update, its kernel and its vector: rendered from the record
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, weight_decay: float = 0, *, amsgrad: bool = False,
@@ -70,16 +73,13 @@ class Adam(Optimizer):
         return hp
 
     def _slot_keys(self, hp: dict) -> tuple:
-        return ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hp["amsgrad"] else ())
+        return self.record.slot_keys(hp)
 
     def _lazy_slots(self, hp: dict) -> tuple:
         return ("max_exp_avg_sq",) if hp["amsgrad"] else ()  # step and the moments appear together
 
     def _kernel(self, xp, p, g, slots, d, tmp, hp, t, fresh) -> None:
-        adam_update(xp, p, g, slots["exp_avg"], slots["exp_avg_sq"],
-                    slots["max_exp_avg_sq"] if hp["amsgrad"] else None, d, tmp, hp["lr"], t,
-                    beta1=hp["beta1"], beta2=hp["beta2"], eps=hp["eps"],
-                    weight_decay=hp["weight_decay"], decoupled=self._decoupled)
+        numpy_update(self.record)(xp, p, g, slots, d, tmp, self.record.values(hp, t, fresh))
 
     def update(self, p, g, slots: dict) -> None:
         xp, hp = array_namespace(p), self._active
@@ -93,7 +93,10 @@ class Adam(Optimizer):
         xp.add(step, 1, out=step)
         coupled_decay = hp["weight_decay"] != 0 and not self._decoupled
         d = xp.empty_like(p) if coupled_decay else None
-        self._kernel(xp, p, g, slots, d, xp.empty_like(p), hp, self._step_number(step), ())
+        # the reference: the hand-written adam_update (the rendered update is tested against it)
+        adam_update(xp, p, g, slots["exp_avg"], slots["exp_avg_sq"], slots["max_exp_avg_sq"] if hp["amsgrad"] else None,
+                    d, xp.empty_like(p), hp["lr"], self._step_number(step), beta1=hp["beta1"], beta2=hp["beta2"],
+                    eps=hp["eps"], weight_decay=hp["weight_decay"], decoupled=self._decoupled)
 
 
 class AdamW(Adam):
@@ -104,6 +107,7 @@ class AdamW(Adam):
     """
 
     _decoupled = True
+    record = ADAMW_RECORD
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, weight_decay: float = 1e-2, *,

@@ -68,8 +68,9 @@ def update_cause(optimizer, name: str, grad, dtype, to_host=np.asarray) -> str:
                 return (f"its optimizer state {key!r} holds NaN or inf (set or loaded that way, or overflowed "
                         f"by this update)")
     hp = {}
-    if callable(getattr(optimizer, "_hyper_for", None)):
-        hp = optimizer._hyper_for(name)
+    if isinstance(optimizer, Optimizer):  # the hyperparameters of the group that owns the param
+        groups = optimizer.param_groups
+        hp = next((dict(g) for g in groups if name in g.get("names", ())), dict(groups[-1]))
     if hp.get("eps") == 0 and (to_host(grad) == 0).any():
         return (f"eps=0 and a gradient of exactly 0 give 0/0 in {type(optimizer).__name__}'s update: "
                 f"use eps > 0, e.g. 1e-8")
@@ -194,13 +195,6 @@ class Optimizer(FlatStepMixin):
     def _check(self, hp: dict) -> dict:
         """``hp`` validated and normalized (subclasses extend it; they may check several at once)."""
         return {**hp, "lr": check_lr(hp["lr"])}
-
-    def _hyper_for(self, name: str) -> dict:
-        """The effective hyperparameters of the group that owns param ``name`` (bound or not)."""
-        b = getattr(self, "_bound", None)
-        if b is not None and name in b.group_of:
-            return dict(self._effective[b.group_of[name]])
-        return dict(self._defaults)
 
     @property
     def hyper(self) -> dict[str, Any]:

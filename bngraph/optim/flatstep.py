@@ -66,6 +66,32 @@ class Binding:
 
 
 @dataclass
+class Stretch:
+    """One contiguous stretch of one group's params (one dtype) in a fused step: what one launch
+    of a target's update kernel, or one call of the xp update, works on."""
+
+    group: int
+    dtype: str
+    p: Any                        # the params' stretch (updated in place)
+    g: Any                        # the gradients' stretch
+    slots: dict                   # slot key -> its stretch (the step counter excluded)
+    hp: dict                      # the group's hyperparameters
+    t: int | None                 # this step's count (None: the optimizer keeps no counters)
+    fresh: tuple                  # slot keys this step creates (SGD's first momentum buffer)
+    scratch: slice                # the piece of the scratch buffers that matches
+
+
+@dataclass
+class FusedPlan:
+    """The next fused step (:meth:`FlatStepMixin.plan_fused`): per group its stretches, and the
+    per-param step counters it increments (int64 stretches)."""
+
+    groups: list                  # [GroupPlan]
+    stretches: dict               # group index -> [Stretch]
+    counters: list
+
+
+@dataclass
 class GroupPlan:
     """One group's share of the next fused step."""
 
@@ -188,6 +214,18 @@ class FlatStepMixin:
                     view[...] = arr
                     slots[key] = view  # replacing a value while iterating is fine
 
+    @property
+    def binding(self) -> Binding | None:
+        """What ``bind`` set up (the layout, the slots' flat buffers, the pieces), None before."""
+        return self._bound
+
+    @property
+    def fused(self) -> bool:
+        """True when ``step_flat`` runs the class's fused update (a built-in whose ``update`` and
+        ``step`` are not overridden): it cannot fail halfway on finite inputs, and a target may run
+        it itself (:meth:`plan_fused`)."""
+        return self._fusable()
+
     def step_flat(self, P: FlatArrays, G: FlatArrays) -> None:
         """Update the params ``P`` in place from the grads ``G`` (same layout; every param has a
         gradient). Built-ins: a few whole-buffer passes per group and dtype. Otherwise, and when
@@ -195,50 +233,84 @@ class FlatStepMixin:
         Binds to ``P``'s layout first if the optimizer is not bound yet."""
         if self._bound is None:
             self.bind(P.layout, array_namespace(next(iter(P.buffers.values()), None)))
+        plan = self.plan_fused(P, G)
+        if plan is None:
+            self.step(P.views, G.views)
+            return
         b = self._bound
+        for gp in plan.groups:
+            lanes = b.lanes[gp.index] if b.lanes else ()
+            if len(lanes) > 1:  # host threads, one contiguous lane each, every piece with its own scratch
+                hp, t = self._effective[gp.index], None if gp.t is None else gp.t + 1
+                keys = [k for k in self._slot_keys(hp) if k != COUNTER]
+
+                def lane(i, gp=gp, hp=hp, keys=keys, t=t, lanes=lanes):
+                    D, T = b.lane_scratch[i]
+                    for dt, cut, scut in lanes[i]:
+                        self._kernel(b.xp, P.buffers[dt][cut], G.buffers[dt][cut],
+                                     {k: b.slots[k].buffers[dt][cut] for k in keys}, D[dt][scut],
+                                     T[dt][scut], hp, t, gp.fresh)
+                hostthreads.run_lanes(lane, list(range(len(lanes))))
+                continue
+            for s in plan.stretches[gp.index]:
+                if b.kernel is not None:
+                    b.kernel(self, s.p, s.g, s.slots, s.hp, s.t, s.fresh)
+                else:
+                    D, T = b.scratch
+                    self._kernel(b.xp, s.p, s.g, s.slots, D[s.dtype][s.scratch], T[s.dtype][s.scratch], s.hp,
+                                 s.t, s.fresh)
+        self.commit_fused(plan)
+
+    def plan_fused(self, P: FlatArrays, G: FlatArrays) -> FusedPlan | None:
+        """The next fused step as data, nothing changed: per group, the stretches of the flat
+        buffers it updates (``binding.pieces``) with their slots, hyperparameters, step count and
+        fresh slots, and the step counters it increments; None when the next step cannot be fused
+        (not a built-in, or per-parameter state that is not uniform: then ``step`` does it).
+        A hyperparameter the params' dtype cannot hold is a ValueError here. A target that runs
+        the update itself (the CUDA guarded step) launches the stretches, then :meth:`commit_fused`."""
+        b = self._bound
+        if b is None:
+            raise ValueError("plan_fused: bind(layout, xp) first")
         for what, X in (("params", P), ("grads", G)):
             if X.layout is not b.layout and X.layout != b.layout:
                 raise ValueError(f"step_flat: the {what} are not in the layout this optimizer is "
                                  f"bound to; call bind(layout, xp) for the new model first")
         if self._plan is None:  # the hyperparameters may have changed since the last step
             self._check_representable(b)
-        plan = self._plan if self._plan is not None else self._make_plan()
-        if plan is None:
-            self.step(P.views, G.views)
-            return
-        xp, (D, T) = b.xp, b.scratch
-        for gp in plan:
+        groups = self._plan if self._plan is not None else self._make_plan()
+        if groups is None:
+            return None
+        stretches, counters = {}, []
+        for gp in groups:
             hp = self._effective[gp.index]
             keys = [k for k in self._slot_keys(hp) if k != COUNTER]
             t = None if gp.t is None else gp.t + 1
-            if b.lanes and len(b.lanes[gp.index]) > 1:  # host threads, one contiguous lane each
-                def lane(i, gp=gp, hp=hp, keys=keys, t=t):
-                    D, T = b.lane_scratch[i]
-                    for dt, cut, scut in b.lanes[gp.index][i]:
-                        self._kernel(xp, P.buffers[dt][cut], G.buffers[dt][cut],
-                                     {k: b.slots[k].buffers[dt][cut] for k in keys}, D[dt][scut],
-                                     T[dt][scut], hp, t, gp.fresh)
-                hostthreads.run_lanes(lane, list(range(len(b.lanes[gp.index]))))
-            for dt, cut, scut in (b.pieces[gp.index] if not b.lanes or len(b.lanes[gp.index]) <= 1 else ()):
-                slots = {k: b.slots[k].buffers[dt][cut] for k in keys}
-                if b.kernel is not None:
-                    b.kernel(self, P.buffers[dt][cut], G.buffers[dt][cut], slots, hp, t, gp.fresh)
-                    continue
-                self._kernel(xp, P.buffers[dt][cut], G.buffers[dt][cut], slots, D[dt][scut],
-                             T[dt][scut], hp, t, gp.fresh)
+            stretches[gp.index] = [Stretch(gp.index, dt, P.buffers[dt][cut], G.buffers[dt][cut],
+                                           {k: b.slots[k].buffers[dt][cut] for k in keys}, hp, t, gp.fresh, scut)
+                                   for dt, cut, scut in b.pieces[gp.index]]
             if gp.t is not None:
-                if not getattr(b.kernel, "counts_steps", False):  # else the target's step increments them
-                    for _, start, stop in b.counter_runs[gp.index]:
-                        c = b.slots[COUNTER].buffers["int64"][start:stop]
-                        xp.add(c, 1, out=c)
-                gp.t = t
+                counters += [b.slots[COUNTER].buffers["int64"][start:stop]
+                             for _, start, stop in b.counter_runs[gp.index]]
+        return FusedPlan(groups, stretches, counters)
+
+    def commit_fused(self, plan: FusedPlan, counters: bool = True) -> None:
+        """The bookkeeping of the fused step ``plan`` once its update has run: the step counters
+        + 1 (``counters=False``: the target that ran it increments them on its device), the host's
+        counts, the slots the step created appear in ``state``, ``step_count`` + 1."""
+        b = self._bound
+        if counters:
+            for c in plan.counters:
+                b.xp.add(c, 1, out=c)
+        for gp in plan.groups:
+            if gp.t is not None:
+                gp.t += 1
             if gp.new or gp.fresh:  # the first step of these slots: they appear in the state now
                 for name in b.names[gp.index]:
                     slots = self.slots(name)
                     for key in gp.fresh:
                         slots[key] = b.slots[key].views[name]
                 gp.fresh, gp.new = (), False
-        self._plan = plan
+        self._plan = plan.groups
         self.step_count += 1
 
     def _check_representable(self, b: Binding) -> None:
@@ -255,16 +327,17 @@ class FlatStepMixin:
                         raise ValueError(f"{type(self).__name__}: {key}={value!r}{group} overflows {dt}, the dtype "
                                          f"of the params it updates; nothing was updated")
 
-    def _host_bookkeeping(self):
+    def host_state(self):
         """What a fused step changes on the host (the plan's counts and fresh slots, the step
         count, the host copy of the counters, which slots ``state`` shows): a snapshot for
-        :meth:`_restore_host_bookkeeping`. A target that runs steps ahead of its checks (the CUDA
+        :meth:`restore_host_state`. A target that runs steps ahead of its checks (the CUDA
         target's guarded step) rolls back to it when a step turns out to have diverged."""
         plan = None if self._plan is None else [replace(gp) for gp in self._plan]
         return (plan, self.step_count, None if self._steps is None else dict(self._steps),
                 {name: dict(slots) for name, slots in self.state.items()})
 
-    def _restore_host_bookkeeping(self, snapshot) -> None:
+    def restore_host_state(self, snapshot) -> None:
+        """Back to a :meth:`host_state` snapshot (the device arrays are the caller's to keep as they were)."""
         plan, self.step_count, steps, state = snapshot
         self._plan = None if plan is None else [replace(gp) for gp in plan]
         self._steps = None if steps is None else dict(steps)

@@ -27,10 +27,11 @@ def group_spec(opt, spec, index: int, defaults: dict) -> dict:
         raise ValueError(f"{where}: 'params' must be a name pattern or a non-empty list of them, "
                          f"got {spec['params']!r}")
     overrides = {k: v for k, v in spec.items() if k != "params"}
-    unknown = [k for k in overrides if k not in opt._hyper_names]
+    names = list(defaults)  # every hyperparameter, lr first
+    unknown = [k for k in overrides if k not in names]
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; a group sets 'params' and any of "
-                         f"{', '.join(opt._hyper_names)}")
+                         f"{', '.join(names)}")
     try:
         checked = opt._check({**defaults, **overrides})
     except ValueError as e:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from ..flat import array_namespace
 from .base import Optimizer, check_nonneg, flag, number
+from .records import RMSPROP_RECORD
+from .render_numpy import numpy_update
 
 
 def rmsprop_update(xp, p, g, sq, ga, buf, d, tmp, lr, *, alpha, eps, momentum, weight_decay,
@@ -62,20 +64,21 @@ class RMSprop(Optimizer):
         hp["centered"] = flag("centered", hp["centered"])
         return hp
 
+    record = RMSPROP_RECORD  # the fused update, its kernel and its vector: rendered from the record
+
     def _slot_keys(self, hp: dict) -> tuple:
-        return (("square_avg",) + (("grad_avg",) if hp["centered"] else ())
-                + (("momentum_buffer",) if hp["momentum"] > 0 else ()))
+        return self.record.slot_keys(hp)
 
     def _kernel(self, xp, p, g, slots, d, tmp, hp, t, fresh) -> None:
-        rmsprop_update(xp, p, g, slots["square_avg"], slots.get("grad_avg"),
-                       slots.get("momentum_buffer"), d, tmp, hp["lr"], alpha=hp["alpha"],
-                       eps=hp["eps"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
-                       centered=hp["centered"])
+        numpy_update(self.record)(xp, p, g, slots, d, tmp, self.record.values(hp, t, fresh))
 
     def update(self, p, g, slots: dict) -> None:
+        # the reference: the hand-written rmsprop_update (the rendered update is tested against it)
         xp, hp = array_namespace(p), self._active
         for key in self._slot_keys(hp):
             if key not in slots:
                 slots[key] = xp.zeros_like(p)
         d = xp.empty_like(p) if hp["weight_decay"] != 0 else None
-        self._kernel(xp, p, g, slots, d, xp.empty_like(p), hp, None, ())
+        rmsprop_update(xp, p, g, slots["square_avg"], slots.get("grad_avg"), slots.get("momentum_buffer"), d,
+                       xp.empty_like(p), hp["lr"], alpha=hp["alpha"], eps=hp["eps"], momentum=hp["momentum"],
+                       weight_decay=hp["weight_decay"], centered=hp["centered"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ..flat import array_namespace
 from .base import Optimizer, check_nonneg, flag, number
+from .records import SGD_RECORD
+from .render_numpy import numpy_update
 
 
 def sgd_update(xp, p, g, buf, d, tmp, lr, fresh, *, momentum, dampening, nesterov,
@@ -61,19 +63,21 @@ class SGD(Optimizer):
                              f"(got momentum={hp['momentum']}, dampening={hp['dampening']})")
         return hp
 
+    record = SGD_RECORD  # the fused update, its kernel and its vector: rendered from the record
+
     def _slot_keys(self, hp: dict) -> tuple:
-        return ("momentum_buffer",) if hp["momentum"] != 0 else ()
+        return self.record.slot_keys(hp)
 
     def _kernel(self, xp, p, g, slots, d, tmp, hp, t, fresh) -> None:
-        sgd_update(xp, p, g, slots.get("momentum_buffer"), d, tmp, hp["lr"],
-                   "momentum_buffer" in fresh, momentum=hp["momentum"],
-                   dampening=hp["dampening"], nesterov=hp["nesterov"],
-                   weight_decay=hp["weight_decay"])
+        numpy_update(self.record)(xp, p, g, slots, d, tmp, self.record.values(hp, t, fresh))
 
     def update(self, p, g, slots: dict) -> None:
+        # the reference: the hand-written sgd_update (the rendered update is tested against it)
         xp, hp = array_namespace(p), self._active
         fresh = tuple(k for k in self._slot_keys(hp) if k not in slots)
         for key in fresh:
             slots[key] = xp.empty_like(p)
         d = xp.empty_like(p) if hp["weight_decay"] != 0 else None
-        self._kernel(xp, p, g, slots, d, xp.empty_like(p), hp, None, fresh)
+        sgd_update(xp, p, g, slots.get("momentum_buffer"), d, xp.empty_like(p), hp["lr"],
+                   "momentum_buffer" in fresh, momentum=hp["momentum"], dampening=hp["dampening"],
+                   nesterov=hp["nesterov"], weight_decay=hp["weight_decay"])

@@ -1,83 +1,170 @@
-"""The built-in optimizers as CUDA kernels (templates/cuda/optim.cu.j2): one launch per stretch of
-the flat parameter buffer, every hyperparameter (lr and the step count included) read from a small
-device array. Optimizers that are not built-ins, or subclasses that change the update, keep the
-array-module path (``optimizer.step_flat`` with CuPy arrays) or the protocol (``step``)."""
+"""Optimizer records (:mod:`bngraph.optim.records`) as CUDA kernels: one kernel per record,
+rendered from its scalar math (templates/cuda/optim.cu.j2), compiled as a small module of its own
+by the runtime's compiler and launched once per stretch of the flat parameter buffer, every
+hyperparameter (lr and the step count included) read from a device vector ``h`` in the record's
+order. Any optimizer with a record and no overridden ``update``/``step`` gets one, a record
+written in a test as much as a built-in; anything else keeps the array-module path
+(``optimizer.step_flat`` on the runtime's arrays) or the protocol (``step``)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ...optim import SGD, Adam, RMSprop
+from ...optim.base import Optimizer
+from ...optim.records import Bin, Cond, Fn, If, Let, Num, OptimizerRecord, Ref, Set, is_scalar
+from ..base import template_env
 
 BLOCK = 256
-KINDS = ((Adam, "adam"), (RMSprop, "rmsprop"), (SGD, "sgd"))  # AdamW is an Adam
+STATUS_CLEAR = (0, 0, 2**63 - 1, 2**63 - 1, 2**63 - 1)  # step.cu.j2's status before any flag
+CTYPES = {"float32": "float", "float64": "double"}
+
+
+def record_of(opt) -> OptimizerRecord | None:
+    """The record whose kernel updates exactly as ``opt`` does, else None (a user's ``update``)."""
+    rec = getattr(type(opt), "record", None)
+    return rec if isinstance(opt, Optimizer) and isinstance(rec, OptimizerRecord) and opt.fused else None
 
 
 def builtin_kind(opt) -> str | None:
-    """'adam', 'rmsprop' or 'sgd' when ``opt`` updates exactly as that built-in, else None."""
-    for cls, kind in KINDS:
-        if isinstance(opt, cls):
-            same = type(opt)._kernel is cls._kernel and type(opt).update is cls.update
-            return kind if same else None
-    return None
+    """The kernel's name (``optim_<kind>``) for ``opt``, or None when it has no record."""
+    rec = record_of(opt)
+    return None if rec is None else rec.name
 
 
-def hyper_vector(kind: str, opt, hp: dict, t, fresh) -> np.ndarray:
-    """The ``h`` array of one launch, in the order the kernel reads it."""
-    if kind == "sgd":
-        h = [hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"], hp["nesterov"],
-             "momentum_buffer" in fresh]
-    elif kind == "rmsprop":
-        h = [hp["lr"], hp["alpha"], hp["eps"], hp["weight_decay"], hp["momentum"], hp["centered"]]
-    else:
-        h = [hp["lr"], t, hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"], opt._decoupled, hp["amsgrad"]]
-    return np.array([float(v) for v in h], np.float64)
+def slot_args(record: OptimizerRecord, p, slots: dict) -> tuple:
+    """The slot arrays a kernel takes, in the record's order (``p`` stands in for a slot that is off)."""
+    return tuple(slots.get(s.name, p) for s in record.slots)
 
 
-STATUS_CLEAR = (0, 0, 2**63 - 1, 2**63 - 1, 2**63 - 1)  # step.cu.j2's status before any flag
-
-
-def slot_args(kind: str, p, slots: dict) -> tuple:
-    """The slot arrays a kernel takes, in its order (``p`` stands in for a slot that is off)."""
-    if kind == "sgd":
-        return (slots.get("momentum_buffer", p),)
-    if kind == "rmsprop":
-        return (slots["square_avg"], slots.get("grad_avg", p), slots.get("momentum_buffer", p))
-    return (slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq", p))
+def launch_args(record: OptimizerRecord, stretch) -> tuple:
+    """``(slot arrays, h)`` of one launch on a fused step's ``stretch``
+    (:class:`bngraph.optim.flatstep.Stretch`)."""
+    return slot_args(record, stretch.p, stretch.slots), record.vector(stretch.hp, stretch.t, stretch.fresh)
 
 
 def grid_for(n: int) -> tuple:
     return (max(1, min((n + BLOCK - 1) // BLOCK, 65535)),)
 
 
+# ---- rendering --------------------------------------------------------------------------------
+
+def render_kernel(record: OptimizerRecord) -> str:
+    """The CUDA source of ``optim_<name>``: the record's statements, element by element."""
+    r = _Kernel(record)
+    body = r.block(record.body, 2)
+    return template_env("cuda").get_template("optim.cu.j2").module.kernel(
+        name=record.name, slots=[s.name for s in record.slots], hyper=list(record.hyper),
+        scalars=list(r.scalars.items()), locals=[f"l_{n}" for n in sorted(r.locals)], body=body)
+
+
+def module_source(record: OptimizerRecord, dtype) -> str:
+    """The module the runtime compiles for ``record`` in ``dtype``: the status protocol of the
+    guarded step (step.cu.j2) and the kernel."""
+    return template_env("cuda").get_template("optim.cu.j2").render(
+        ctype=CTYPES[np.dtype(dtype).name], optimizer_kernels=[render_kernel(record)])
+
+
+class _Kernel:
+    def __init__(self, record):
+        self.record = record
+        self.scalars: dict = {}  # constant name -> C text (double), cast to real once
+        self.locals: set = set()
+
+    def block(self, stmts, depth) -> list:
+        pad, out = "    " * depth, []
+        for s in stmts:
+            if isinstance(s, If):
+                out.append(f"{pad}if ({self.cond(s.cond)}) {{")
+                out += self.block(s.then, depth + 1)
+                out.append(f"{pad}}}" + (" else {" if s.orelse else ""))
+                if s.orelse:
+                    out += self.block(s.orelse, depth + 1) + [f"{pad}}}"]
+            elif isinstance(s, Set):
+                out.append(f"{pad}{self.array(s.target)} = {self.expr(s.expr)};")
+            elif isinstance(s, Let):
+                self.locals.add(s.name)
+                out.append(f"{pad}l_{s.name} = {self.expr(s.expr)};")
+        return out
+
+    def h(self, name: str) -> str:
+        return f"h[{self.record.hyper.index(name)}]"
+
+    def cond(self, c: Cond) -> str:
+        return f"{self.h(c.name)} != 0" if c.op == "flag" else f"{self.h(c.name)} {c.op} {c.value!r}"
+
+    def array(self, name: str) -> str:
+        return f"{name}[i]" if name in ("p", "g") else f"s_{name}[i]"
+
+    def expr(self, e) -> str:
+        if is_scalar(e):
+            text = f"(real){self.scalar(e)}"
+            for k, v in self.scalars.items():
+                if v == text:
+                    return k
+            self.scalars[f"c{len(self.scalars)}"] = text
+            return f"c{len(self.scalars) - 1}"
+        if isinstance(e, Ref):
+            return self.array(e.name) if e.kind == "array" else f"l_{e.name}"
+        if isinstance(e, Bin):
+            return f"({self.expr(e.a)} {e.op} {self.expr(e.b)})"
+        if e.fn == "sqrt":
+            return f"sqrt({self.expr(e.args[0])})"
+        if e.fn == "maximum":
+            return f"nan_max({self.expr(e.args[0])}, {self.expr(e.args[1])})"
+        raise ValueError(f"{self.record.name}: {e.fn} of arrays has no kernel")
+
+    def scalar(self, e) -> str:
+        """A hyperparameter expression in double precision, as the vector holds them."""
+        if isinstance(e, Num):
+            return repr(e.value)
+        if isinstance(e, Ref):
+            return self.h(e.name)
+        if isinstance(e, Bin):
+            return f"({self.scalar(e.a)} {e.op} {self.scalar(e.b)})"
+        if e.fn in ("sqrt", "pow"):
+            return f"{e.fn}({', '.join(self.scalar(a) for a in e.args)})"
+        raise ValueError(f"{self.record.name}: {e.fn} of scalars has no kernel")
+
+
+# ---- loading and launching ----------------------------------------------------------------------
+
+class RecordKernels:
+    """A record's kernel compiled by ``runtime`` for one dtype (the compiler caches by text)."""
+
+    def __init__(self, runtime, record: OptimizerRecord, dtype):
+        self.name = f"optim_{record.name}"
+        self.source = module_source(record, dtype)
+        self.launch = runtime.launcher.bind(runtime.compiler.compile(self.source))
+
+
 class FusedUpdate:
-    """A built-in optimizer's update as this target's kernels: ``opt.bind(..., kernel=)`` calls it
-    once per stretch of the flat buffer (``(opt, p, g, slots, hp, t, fresh)``).
+    """A record's update as this target's kernel, launched at once with a fresh ``h`` array and no
+    guard: ``opt.bind(..., kernel=)`` calls it once per stretch of the flat buffer
+    (``(opt, p, g, slots, hp, t, fresh)``). The guarded step (:mod:`.step`) launches the same
+    kernel itself, after its checks, reading ``h`` from device memory."""
 
-    On its own it launches at once, with a fresh ``h`` array and no guard. Inside a guarded step
-    (:mod:`.step`), ``recording`` is a list: each call is recorded as ``(kind, p, g, slots, h)``
-    instead, and the step launches the kernels itself, after its checks, reading ``h`` from
-    device memory; the step also increments the step counters (``counts_steps``)."""
+    def __init__(self, record: OptimizerRecord, runtime):
+        self.record, self.runtime = record, runtime
+        self.kernels: dict = {}  # dtype name -> RecordKernels
+        self.status = self.header = None
 
-    def __init__(self, kind: str, launch, runtime):
-        self.kind, self.launch, self.runtime = kind, launch, runtime
-        self.recording = None
-        self.counts_steps = False
-        self._status = self._header = None
+    def for_dtype(self, dtype) -> RecordKernels:
+        key = np.dtype(dtype).name
+        if key not in self.kernels:
+            self.kernels[key] = RecordKernels(self.runtime, self.record, dtype)
+        return self.kernels[key]
 
     def __call__(self, opt, p, g, slots, hp, t, fresh):
-        h = hyper_vector(self.kind, opt, hp, t, fresh)
-        if self.recording is not None:
-            self.recording.append((self.kind, p, g, slot_args(self.kind, p, slots), h))
-            return
-        rt = self.runtime
-        if self._status is None:  # never flagged: the kernels' guard reads zeros
-            self._status = rt.asarray(np.array(STATUS_CLEAR, np.uint64), np.uint64)
-            self._header = rt.asarray(np.zeros(2), np.float64)
-        self.launch(f"optim_{self.kind}", grid_for(p.size), (BLOCK,), self._status, self._header, np.int64(0), p, g,
-                    *slot_args(self.kind, p, slots), rt.asarray(h, np.float64), np.int64(p.size))
+        rt, k = self.runtime, self.for_dtype(p.dtype)
+        if self.status is None:  # never flagged: the kernels' guard reads zeros
+            self.status = rt.asarray(np.array(STATUS_CLEAR, np.uint64), np.uint64)
+            self.header = rt.asarray(np.zeros(2), np.float64)
+        h = self.record.vector(hp, t, fresh)
+        k.launch(k.name, grid_for(p.size), (BLOCK,), self.status, self.header, np.int64(0), p, g,
+                 *slot_args(self.record, p, slots), rt.asarray(h, np.float64), np.int64(p.size))
 
 
 def make_kernel(launch, runtime, opt):
-    """A :class:`FusedUpdate` for ``opt.bind(..., kernel=)``, or None when ``opt`` is not a built-in."""
-    kind = builtin_kind(opt)
-    return None if kind is None else FusedUpdate(kind, launch, runtime)
+    """A :class:`FusedUpdate` for ``opt.bind(..., kernel=)``, or None when ``opt`` has no record.
+    (``launch``, the model's own kernels, is not needed: a record's kernel is a module of its own.)"""
+    rec = record_of(opt)
+    return None if rec is None else FusedUpdate(rec, runtime)

@@ -1,0 +1,241 @@
+"""The training step: one declared thing with one owner.
+
+A step is: the generated ``train_step`` program on the model's flat buffers (params ``P``,
+gradients ``G``, state ``S``), the checks that keep it all or nothing (the loss, every gradient,
+every new running statistic finite), the optimizer's update, the params' check, and the commit of
+the new running statistics. :class:`TrainingStep` owns it for one model: the step count, capture
+(``cuda_graph``), which implementation runs the next step, and reading the losses.
+
+Two implementations, one protocol (``optimizer``, ``submit(X, y)``, ``read()``, ``pending``,
+``CAPACITY``, ``ready()``):
+
+* :class:`HostStep`, any target and any optimizer: each step checked on the host as it runs, its
+  loss kept until read. With capture, ``train_step`` is one graph per batch size and the
+  optimizer runs after it.
+* a target's own guarded step for a built-in optimizer (``runtime.guarded_step(context,
+  optimizer, capture)``; the CUDA target's :mod:`bngraph.backends.cuda_target.step`): the whole
+  step enqueued with its checks on the device, captured whole, read only when asked.
+
+Both work against a :class:`StepContext`, what of the model a step may touch, and never against
+the model itself. The step count is ``settled + pending``: steps read and found good, plus steps
+submitted and not read yet; only :class:`TrainingStep` settles, so nobody else writes the count.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .backends.base import GraphedPrograms
+from .errors import ProgramError, TrainingDiverged
+from .flat import FlatArrays, FlatLayout
+from .optim.base import Optimizer, update_cause
+from .snapshot import update_on_snapshot
+
+
+@dataclass
+class StepContext:
+    """What a training step works on, declared: a target's step reads and writes these and
+    nothing else of the model."""
+
+    runtime: Any                  # the model's runtime (arrays, copies, reductions)
+    executable: Any               # its loaded programs (``train_step``)
+    layout: FlatLayout            # the params' flat layout
+    params: FlatArrays            # P: updated in place by the optimizer
+    grads: FlatArrays             # G: written by train_step
+    state: dict                   # S: name -> live state array
+    updated: tuple                # the state a step updates (running statistics), in order
+    dtype: np.dtype               # the model's dtype
+    feeds: Callable               # (X, y) -> device arrays by input name, (features, m) layout
+    host_feeds: Callable          # (X, y) -> the same as contiguous host arrays
+    run: Callable                 # (program, feeds, m) -> its outputs, run on these buffers
+    owner: Any = None             # the TrainingStep whose count ``step`` reads
+
+    @property
+    def step(self) -> int:
+        """Steps taken, those submitted and not read yet included (the owner's count)."""
+        return self.owner.step
+
+    @property
+    def outputs(self) -> tuple:
+        """The program outputs a step commits: ``state.<name>`` of each updated state."""
+        return tuple(f"state.{k}" for k in self.updated)
+
+    def bind(self, optimizer) -> None:
+        """Bind an Optimizer to the model's flat layout, with the target's fused update kernel
+        for a built-in when the target has one (CUDA: one launch per stretch)."""
+        kernel = self.executable.optimizer_kernel(optimizer)
+        optimizer.bind(self.layout, self.runtime.xp, **({"kernel": kernel} if kernel is not None else {}))
+
+    def first_nonfinite(self, flat: FlatArrays) -> str | None:
+        """The first name whose array in ``flat`` holds NaN or inf, else None: one reduction per
+        dtype buffer; the per-name search runs only when that finds something."""
+        rt = self.runtime
+        if all(rt.all_finite(b) for b in flat.buffers.values()):
+            return None
+        return next((name for name, v in flat.views.items() if not rt.all_finite(v)), "?")
+
+    def update_cause(self, optimizer, name: str) -> str:
+        """Why the update made param ``name`` NaN/inf (its slots, eps=0 over a zero gradient, or lr)."""
+        return update_cause(optimizer, name, self.grads.views.get(name, np.zeros(0)), self.dtype,
+                            self.runtime.to_numpy)
+
+
+class HostStep:
+    """The step checked on the host, for any target and optimizer: ``submit`` runs it at once;
+    its loss (or its TrainingDiverged) waits for ``read``."""
+
+    CAPACITY = 1  # read after every step (a diverged one included): nothing is gained by waiting
+
+    def __init__(self, context: StepContext, capture: bool = False):
+        self.context = context
+        self.optimizer = None  # set by the owner before each submit
+        self.graphs = GraphedPrograms(context.executable) if capture else None  # train_step per batch size
+        self._unread, self._diverged = [], None
+
+    @property
+    def pending(self) -> int:
+        """Good steps not read yet."""
+        return len(self._unread)
+
+    def ready(self) -> bool:
+        return True
+
+    def submit(self, X, y) -> None:
+        try:
+            self._unread.append(self.run(X, y, self.optimizer))
+        except TrainingDiverged as e:
+            self._diverged = e  # raised by read, after the losses of the steps before it
+
+    def read(self) -> list:
+        losses, self._unread = self._unread, []
+        e, self._diverged = self._diverged, None
+        if e is not None:
+            e.losses = losses
+            raise e
+        return losses
+
+    def run(self, X, y, optimizer) -> float:
+        """One step on checked data. All or nothing: the program writes only gradients and
+        buffers; its outputs, the loss, the gradients and the new running statistics are checked
+        before the update; an optimizer that is not a built-in updates a snapshot it is rolled back
+        to; the state is committed last."""
+        ctx = self.context
+        n = ctx.step + 1
+        feeds, m = ctx.feeds(X, y), X.shape[0]
+        if self.graphs is not None:
+            out = self.graphs.run("train_step", feeds, ctx.params.views, ctx.state, ctx.grads.views, m)
+        else:
+            out = ctx.run("train_step", feeds, m)
+        if not {"loss", *ctx.outputs} <= out.keys():
+            missing = [k for k in ("loss", *ctx.outputs) if k not in out]
+            raise ProgramError(f"the generated train_step returned no {', '.join(missing)} (it returned "
+                               f"{', '.join(out) or 'nothing'}); nothing was updated")
+        loss = ctx.runtime.to_float(out["loss"])
+        if not np.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at step {n}; nothing was updated")
+        bad = ctx.first_nonfinite(ctx.grads)
+        if bad is not None:
+            raise TrainingDiverged(f"the gradient of {bad} contains NaN or inf at step {n}; nothing was updated")
+        new_state = [out[k] for k in ctx.outputs]
+        if new_state:  # one small reduction and host read for all running statistics (their sum is NaN/inf
+            xp = ctx.runtime.xp  # when one of them is; a sum that overflows counts as divergence too)
+            if not math.isfinite(ctx.runtime.to_float(xp.sum(xp.concatenate(new_state)))):
+                bad = next((k for k, v in zip(ctx.updated, new_state) if not ctx.runtime.all_finite(v)),
+                           "running statistics (their sum overflows)")
+                raise TrainingDiverged(f"the new {bad} contains NaN or inf at step {n} (a batch variance "
+                                       f"overflowed?); nothing was updated")
+        self.update(optimizer, n)
+        for k, new in zip(ctx.updated, new_state):
+            ctx.state[k][...] = new
+        return loss
+
+    def update(self, optimizer, n: int) -> None:
+        """The optimizer's update of the flat params, then their finite check.
+
+        A built-in (``optimizer.fused``) cannot fail halfway on checked inputs, so it runs without
+        a copy: the few percent a copy of every param would cost each step are not spent. If it
+        overflows (finite gradients, an absurd lr) the params are lost: TrainingDiverged says so.
+        Anything else runs on a snapshot it is rolled back to (:mod:`bngraph.snapshot`)."""
+        ctx = self.context
+        if not (isinstance(optimizer, Optimizer) and optimizer.fused):
+            update_on_snapshot(ctx, optimizer, n)
+            return
+        if optimizer.layout is not ctx.layout:
+            ctx.bind(optimizer)
+        optimizer.step_flat(ctx.params, ctx.grads)  # whole-buffer passes
+        bad = ctx.first_nonfinite(ctx.params)
+        if bad is not None:
+            raise TrainingDiverged(f"the update at step {n} made {bad} NaN or inf "
+                                   f"({ctx.update_cause(optimizer, bad)}); the parameters are no longer "
+                                   f"usable: reload a checkpoint")
+
+
+class TrainingStep:
+    """A model's training step, the one owner of the step count and of capture: ``run`` (one
+    step, read at once: ``Model.train_step``), ``submit``/``collect`` (``fit``: losses read once
+    per logging interval where the target allows it)."""
+
+    def __init__(self, context: StepContext, capture: bool = False):
+        self.context = context
+        context.owner = self
+        self.capture = bool(capture)
+        self.host = HostStep(context, self.capture)
+        self.guarded = None  # the target's guarded step for the current optimizer, if it has one
+        self._settled = 0    # steps read and found good
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken, those not read yet included (``Model.step``)."""
+        return self._settled + self.host.pending + (self.guarded.pending if self.guarded is not None else 0)
+
+    @step.setter
+    def step(self, value: int) -> None:  # a checkpoint's count
+        self._settled = int(value) - (self.step - self._settled)
+
+    @property
+    def pending(self) -> int:
+        """Steps submitted and not read yet."""
+        return self.step - self._settled
+
+    def run(self, X, y, optimizer) -> float:
+        """One step on checked data, read at once: its loss, or TrainingDiverged (nothing changed)."""
+        self.submit(X, y, optimizer)
+        return self.collect()[-1]
+
+    def submit(self, X, y, optimizer) -> bool:
+        """One step on checked data, enqueued; True when the losses must be collected before the
+        next one (always for a host-checked step)."""
+        impl = self._implementation(optimizer)
+        impl.submit(X, y)
+        return impl is self.host or impl.pending >= impl.CAPACITY
+
+    def collect(self) -> list:
+        """The losses of the steps submitted since the last collect, in order. If one diverged
+        (it and any later one changed nothing), TrainingDiverged with ``losses``: the good ones."""
+        got = []
+        try:
+            for impl in (self.host, self.guarded):
+                if impl is not None:
+                    more = impl.read()
+                    self._settled += len(more)
+                    got += more
+        except TrainingDiverged as e:
+            self._settled += len(e.losses)
+            e.losses = got + e.losses
+            raise
+        return got
+
+    def _implementation(self, optimizer):
+        """The target's guarded step for ``optimizer`` when its next step can be one, else the host step."""
+        self.host.optimizer = optimizer
+        if not (isinstance(optimizer, Optimizer) and optimizer.fused):
+            return self.host
+        g = self.guarded
+        if g is None or g.optimizer is not optimizer:
+            if g is not None and g.pending:
+                raise RuntimeError("a new optimizer while steps of the old one are unread")
+            g = self.guarded = self.context.runtime.guarded_step(self.context, optimizer, self.capture)
+        return g if g is not None and g.ready() else self.host
