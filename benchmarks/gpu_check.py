@@ -66,12 +66,12 @@ def bngraph_rows(widths, m, n, cp):
 
         out[label] = cuda_median(step, cp, n)
         losses = model._collect()
-        assert model._guarded is not None and all(np.isfinite(losses))
+        assert model.trainer.guarded is not None and all(np.isfinite(losses))
     # launches per step: the driver's kernels and cuBLAS calls, and the guarded step's own
     model = bg.compile(bg.mlp(widths), target="cuda")
     opt = bg.optim.Adam(lr=1e-4)
     model.train_step(X, y, opt)
-    exe, guarded, counts = model.executable, model._guarded, {"kernels": 0, "gemm": 0}
+    exe, guarded, counts = model.executable, model.trainer.guarded, {"kernels": 0, "gemm": 0}
     launch, gemm = exe.module.launch, exe.module.gemm
 
     def counting(kind, fn):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import re
 import warnings
 
 import numpy as np
@@ -26,7 +27,7 @@ from .version import __version__
 FORMAT = "bngraph-checkpoint-1"
 
 
-def _json_default(o):
+def json_default(o):
     """NumPy scalars (a seed or an lr given as np.int64/np.float32) as plain JSON numbers."""
     if isinstance(o, (np.generic, np.ndarray)) and np.ndim(o) == 0:
         return o.item()
@@ -37,7 +38,7 @@ def meta(model) -> dict:
     opt = model.optimizer
     return {
         "format": FORMAT, "version": __version__, "graph": str(model.source_graph),
-        "dtype": model._dtype_name, "target": model.target, "seed": model.seed, "passes": model.passes,
+        "dtype": model.dtype.name, "target": model.target, "seed": model.seed, "passes": model.passes,
         "step": model.step, "epoch": model.epoch, "fit": model.fit_state,
         "optimizer": None if opt is None else {"type": type(opt).__name__},
         **({"cli": model.cli_run} if getattr(model, "cli_run", None) is not None else {}),
@@ -62,7 +63,7 @@ def save(model, path) -> str:
         for p, slots in sd.get("slots", {}).items():
             for s, a in slots.items():
                 arrays[f"optim/{p}/{s}"] = rt.to_numpy(a)
-    arrays["meta"] = np.array(json.dumps(m, default=_json_default))
+    arrays["meta"] = np.array(json.dumps(m, default=json_default))
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
@@ -226,18 +227,15 @@ def restore(model, m, arrays, optimizer, path):
     if set(params) != set(mine_p) or set(state) != set(mine_s):
         raise CheckpointError(f"{path}: params/state do not match this model's (compiled with other passes?): "
                               f"checkpoint has {sorted(params)}, model has {sorted(mine_p)}")
-    checked = []
-    for values, live, what in ((params, model._P.views, "params"), (state, model._S, "state")):
-        try:
-            checked.append((model._checked(values, live, what), live))
-        except (KeyError, ValueError) as e:
-            msg = e.args[0] if e.args else str(e)
-            raise CheckpointError(f"{path}: {msg.replace(f'set_{what}: ', '', 1)}") from None
+    try:
+        write = model.stage(params, state)  # checked like set_params and set_state, nothing written yet
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise CheckpointError(f"{path}: {re.sub('set_(params|state): ', '', msg, count=1)}") from None
     _check_fit_position(path, m.get("fit"), model)
     _check_optimizer_state(path, m, arrays, model, optimizer)
     optimizer = _restore_optimizer(m, arrays, optimizer, path)
-    for values, live in checked:
-        model._write(values, live)
+    write()
     model.step, model.epoch = int(m["step"]), int(m["epoch"])
     model.fit_state = m.get("fit")
     model.cli_run = m.get("cli")  # the command line's settings of the run, if it made it
@@ -252,7 +250,7 @@ def _check_fit_position(path, f, model):
         return
     from .training import batch_bounds
 
-    steps = len(batch_bounds(f["n"], f["batch_size"], merge_single=model._batch_statistics))
+    steps = len(batch_bounds(f["n"], f["batch_size"], merge_single=model.inputs.batch_statistics))
     if p["done"] > steps:
         raise CheckpointError(f"{path}: damaged checkpoint: metadata 'fit' position has done {p['done']}, but an "
                               f"epoch of {f['n']} examples in batches of {f['batch_size']} has {steps} steps; "
@@ -279,7 +277,7 @@ def _check_optimizer_state(path, m, arrays, model, optimizer):
                                   f"no optimizer state")
         return
     if optimizer is None:
-        cls = optim_mod._TYPES.get(om.get("type"))
+        cls = optim_mod.TYPES.get(om.get("type"))
         probe = None if cls is None else cls()
         if probe is None:
             return  # an unknown type: rebuilding it says so
@@ -299,21 +297,13 @@ def _check_optimizer_state(path, m, arrays, model, optimizer):
     if not _is_int(om.get("step")):
         raise CheckpointError(f"{path}: damaged checkpoint: metadata 'optimizer' step is {om.get('step')!r}, "
                               f"expected a non-negative integer")
-    from .optim.groups import assign_groups, group_spec
-
     try:
         hyper = om["hyper"]
-        defaults = probe._check({**probe._defaults, **(hyper if isinstance(hyper, dict) else {})})
-        specs = [group_spec(probe, g, i, defaults) for i, g in enumerate(om.get("groups") or [])]
-        owner = assign_groups(specs, list(shapes))
-        effective = [probe._check({**defaults, **{k: v for k, v in s.items() if k != "params"}})
-                     for s in specs] + [defaults]
-        keeps = {n: tuple(probe._slot_keys(effective[g])) for n, g in zip(shapes, owner)}
-        lazy = {n: tuple(probe._lazy_slots(effective[g])) for n, g in zip(shapes, owner)}  # made when missing
-        reserved = {k for hp in effective for k in probe._slot_keys(hp)}
+        plan = probe.slot_plan(list(shapes), hyper if isinstance(hyper, dict) else {}, om.get("groups") or [])
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: cannot restore the optimizer: {e}") from None
-    kind, fused = om.get("type"), probe._fusable()
+    keeps, lazy, reserved = plan.keeps, plan.lazy, plan.reserved  # lazy: made by the next step when missing
+    kind, fused = om.get("type"), probe.fused
     for p, slots in entries.items():
         first = next(iter(slots.values()))
         if p not in shapes:
@@ -347,8 +337,8 @@ def _check_optimizer_state(path, m, arrays, model, optimizer):
                 raise CheckpointError(f"{path}: damaged checkpoint: {k} expected shape () or {shapes[p]} (that of "
                                       f"{p}), got {a.shape}")
             _check_finite(path, k, a, dtype)
-    for g in range(len(effective)):  # a model's step updates every param: each slot in all of a group, or none
-        names = [n for n, o in zip(shapes, owner) if o == g and keeps[n]]
+    for g in range(len(plan.hyper)):  # a model's step updates every param: each slot in all of a group, or none
+        names = [n for n in shapes if plan.owner[n] == g and keeps[n]]
         for key in keeps[names[0]] if names else ():
             have = [n for n in names if key in entries.get(n, {})]
             if have and len(have) < len(names):

@@ -80,7 +80,7 @@ def train(args) -> int:
                         ("test", ds.X_test, ds.y_test)):
         if X is not None and len(X):  # every split, before the first step: not a failure after training
             where = f"dataset {ds.name}, {split} split"
-            model._check_y(y, len(model._check_x(X, where)), where)
+            model.inputs.check_y(y, len(model.inputs.check_x(X, where)), where)
     todo = max(0, cfg["epochs"] - model.epoch)
     report = {"model": graph.name, "dataset": ds.name, "optimizer": cfg["optimizer"], "lr": opt.lr,
               "epochs": cfg["epochs"], "batch_size": cfg["batch_size"], "seed": cfg["seed"], "target": cfg["target"],
@@ -141,7 +141,7 @@ def optimizer_name(om, path) -> str | None:
     if om is None:
         return None
     kind = om.get("type")
-    if "hyper" not in om or kind not in optim._TYPES:
+    if "hyper" not in om or kind not in optim.TYPES:
         raise CLIError(f"{path} was trained with the optimizer {kind}, which the command line cannot rebuild "
                        f"(it knows {', '.join(OPTIMIZERS)}); resume it from Python: "
                        f"bg.load({path!r}, optimizer=<a {kind}>), then model.fit(...)")
@@ -260,7 +260,7 @@ def _interrupted(args, model, report, history) -> int:
 
 def _write_report(args, report):
     if args.json:
-        write_text(args.json, json.dumps(report, indent=2, default=checkpoint._json_default) + "\n")
+        write_text(args.json, json.dumps(report, indent=2, default=checkpoint.json_default) + "\n")
 
 
 def _device(text):

@@ -97,7 +97,7 @@ def export_inference(model, target: str | None = None, device=None) -> Inference
     from .backends import get_target
     from .compiler import PROGRAM_DOCS, inference_graph
 
-    res = inference_graph(model.graph, model._dtype_name)
+    res = inference_graph(model.graph, model.dtype.name)
     rt = model.runtime
     live = {**model.params, **model.state}
     values = res.remap({k: np.array(rt.to_numpy(v)) for k, v in live.items()})

@@ -37,23 +37,21 @@ class Model:
         target_def = get_target(target)
         if callable(getattr(graph, "check_compilable", None)):  # an import says what a model cannot be made of
             graph.check_compilable()
-        self._dtype_name = DTYPES[graph.dtype if dtype is None else ir_dtype(dtype)]
-        self.dtype = np.dtype(self._dtype_name)
+        self.dtype = np.dtype(DTYPES[graph.dtype if dtype is None else ir_dtype(dtype)])
         self.target = target
         self.seed = check_seed("compile", seed)
         check_model_size(verify(as_graph(graph)), self.dtype.itemsize)  # a clear line, not a huge failed allocation
         self.passes = None if passes is None else _pass_names(passes)  # what a checkpoint records
-        built = build_programs(graph, self._dtype_name, None if passes is None else _pass_list(passes),
+        built = build_programs(graph, self.dtype.name, None if passes is None else _pass_list(passes),
                                print_after=print_after)
         self.source_graph = built.source
         self.graph = built.graph
         self.programs = built.programs
         self.report = built.pipeline
-        rendered = target_def.renderer.render(self.programs, built.source.dtype, self.graph.name, docs=PROGRAM_DOCS)
-        self.sources = rendered.sources
+        loaded = target_def.load(self.programs, built.source.dtype, self.graph.name, docs=PROGRAM_DOCS, device=device)
+        self.sources = loaded.rendered.sources
         self.source = "\n".join(self.sources.values())
-        self.runtime = target_def.runtime(device)
-        self.executable = self.runtime.load(rendered)
+        self.runtime, self.executable = loaded.runtime, loaded.executable
         if cuda_graph:  # the training step captured once per batch size and replayed
             if not self.runtime.captures:
                 raise IRError(f"cuda_graph=True needs a target whose runtime captures graphs (cuda); "
@@ -115,20 +113,6 @@ class Model:
         self.trainer.step = value
 
     @property
-    def _batch_statistics(self) -> bool:
-        return self.inputs.batch_statistics
-
-    @property
-    def _graphs(self):
-        """The host step's captured programs (cuda_graph=True with an optimizer that is not a built-in)."""
-        return self.trainer.host.graphs
-
-    @property
-    def _guarded(self):
-        """The target's guarded step for the current optimizer, or None."""
-        return self.trainer.guarded
-
-    @property
     def params(self) -> dict:
         """name -> array, live (views of the flat parameter buffer, which training updates in place)."""
         return dict(self._P.views)
@@ -157,20 +141,27 @@ class Model:
         return " (it was folded away by the passes: " + "; ".join(
             s for _, ch in self.report.report for s in ch if name in s) + ")"
 
-    def _write(self, checked: dict, live: dict):
-        for k, a in checked.items():
-            live[k][...] = self.runtime.asarray(a, self.dtype)
+    def stage(self, params: dict | None = None, state: dict | None = None):
+        """Check ``params`` and ``state`` as ``set_params`` and ``set_state`` do, all before any is
+        written, and return a function that writes them: a caller that has more to check (a
+        checkpoint: fit's place, the optimizer's state) writes nothing until everything is checked."""
+        checked = [(self._checked(values, live, what), live)
+                   for values, live, what in ((params, self._P.views, "params"), (state, self._S, "state"))
+                   if values is not None]
 
-    def _set(self, values: dict, live: dict, what):
-        self._write(self._checked(values, live, what), live)
+        def write():
+            for values, live in checked:
+                for k, a in values.items():
+                    live[k][...] = self.runtime.asarray(a, self.dtype)
+        return write
 
     def set_params(self, values: dict):
         """Copy values in (shape-checked, all checked before any is written)."""
-        self._set(values, self._P.views, "params")
+        self.stage(params=values)()
 
     def set_state(self, values: dict):
         """Copy running statistics in, like ``set_params`` (a running variance must be >= 0)."""
-        self._set(values, self._S, "state")
+        self.stage(state=values)()
 
     # ---- data ----------------------------------------------------------------------------------
     def _describe_io(self):
@@ -349,7 +340,7 @@ class Model:
 
     def __repr__(self):
         n = sum(s.size for s in self.layout.segments.values())
-        return f"<bngraph.Model {self.graph.name}: target={self.target}, dtype={self._dtype_name}, {n} parameters>"
+        return f"<bngraph.Model {self.graph.name}: target={self.target}, dtype={self.dtype.name}, {n} parameters>"
 
 
 @dataclass(frozen=True)

@@ -879,6 +879,40 @@ register(OpDef("fill", "c = value, a scalar of dtype; autodiff seeds the backwar
 LOSS_OPS = tuple(n for n, o in OPS.items() if o.kind == "loss")
 BN_OPS = tuple(n for n, o in OPS.items() if o.batch_statistics)  # the batch-norm family
 
+# --------------------------------------------------------------------------------------------
+# A loss and its gradient in one node, <loss>_and_grad: made by the pass fuse_loss_grad (which a
+# target runs before it lowers, bngraph/passes/fuse_loss_grad.py), never by autodiff
+# --------------------------------------------------------------------------------------------
+
+# loss op -> (its gradient op, the fused op)
+LOSS_AND_GRAD = {loss: (f"{loss}_grad", f"{loss}_and_grad") for loss in LOSS_OPS if f"{loss}_grad" in OPS}
+
+
+def _loss_and_grad(loss: str) -> OpDef:
+    """``(L, dx) = <loss>_and_grad(x, y[, w], dL)``: the loss's attributes; its shape rule and reference
+    semantics are the two ops' own (the loss on the inputs but dL, the gradient on all of them), so it
+    computes exactly what the pair does."""
+    lo, (grad, name) = OPS[loss], LOSS_AND_GRAD[loss]
+    gr = OPS[grad]
+
+    def infer(where, types, attrs):
+        return (*lo.infer(where, types[:-1], attrs), *gr.infer(where, types, attrs))
+
+    def ref(ins, attrs):
+        return (*lo.ref(ins[:-1], attrs), *gr.ref(ins, attrs))
+
+    def check_values(where, values, attrs):
+        if lo.check_values is not None:
+            lo.check_values(where, values[:-1], attrs)
+
+    return OpDef(name, f"(L, dx) = ({loss}, {grad}) of the same inputs in one node (fuse_loss_grad)", infer, ref,
+                 attrs=dict(lo.attrs), optional_attrs=dict(lo.optional_attrs), kind="backward",
+                 check_values=check_values)
+
+
+for _loss in LOSS_AND_GRAD:
+    register(_loss_and_grad(_loss))
+
 
 def uses_batch_statistics(node) -> bool:
     """True when ``node`` normalizes with its mini-batch's own statistics (a batchnorm in mode=train)."""

@@ -64,10 +64,10 @@ class StepContext:
         return tuple(f"state.{k}" for k in self.updated)
 
     def bind(self, optimizer) -> None:
-        """Bind an Optimizer to the model's flat layout, with the target's fused update kernel
-        for a built-in when the target has one (CUDA: one launch per stretch)."""
-        kernel = self.executable.optimizer_kernel(optimizer)
-        optimizer.bind(self.layout, self.runtime.xp, **({"kernel": kernel} if kernel is not None else {}))
+        """Bind an Optimizer to the model's flat layout, its fused steps run the runtime's way
+        (``update_executor``: NumPy's cache-sized pieces on host-thread lanes, one kernel launch
+        per stretch on the CUDA target)."""
+        optimizer.bind(self.layout, self.runtime.xp, executor=self.executable.update_executor(optimizer))
 
     def first_nonfinite(self, flat: FlatArrays) -> str | None:
         """The first name whose array in ``flat`` holds NaN or inf, else None: one reduction per

@@ -5,7 +5,9 @@
 * the device seam declared: the Runtime ABC has every optional ability (capture/replay, a guarded
   step, an optimizer kernel) with a default, the model finds none of them by ``getattr``, and no
   runtime patches them onto its executables;
-* the CUDA emulator is the CUDA target's runtime built from host parts, not the NumPy runtime.
+* the CUDA emulator is the CUDA target's runtime built from host parts, not the NumPy runtime;
+* few accesses of another object's private names across bngraph (``x._name``, ``x`` not
+  ``self``/``cls``), and none from a target into the model or an optimizer.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from bngraph.backends.device import HostMemory, PartsRuntime
 PACKAGE = Path(bg.__file__).resolve().parent
 MAX_LINES = 450
 MAY_BE_LONGER = {"bngraph.ops"}  # the op table: longer while it stays one table
-ABILITIES = ("capture", "replay", "guarded_step", "optimizer_kernel")
+ABILITIES = ("capture", "replay", "guarded_step", "optimizer_kernel", "update_executor")
 
 
 def _modules() -> dict:
@@ -130,6 +132,52 @@ def test_modules_are_short():
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"
 
 
+# ---- private names stay private (issue 16: at most 10 accesses, none from a target) ----------------
+
+MAX_PRIVATE_ACCESSES = 10
+
+
+def private_accesses(path: Path) -> list:
+    """``x._name`` in a file where ``x`` is not ``self``/``cls``/``super()``, dunders aside:
+    (line, attribute, text)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")):
+            continue
+        if node.attr.startswith("__") and node.attr.endswith("__"):
+            continue
+        owner = node.value
+        if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+            continue
+        if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super":
+            continue
+        found.append((node.lineno, node.attr, ast.unparse(node)))
+    return found
+
+
+def test_the_private_access_counter_counts_what_it_should(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("self._a; cls._b; super()._c; x.__class__; x._d; f()._e; mod._f.g\n")
+    assert sorted(a for _, a, _ in private_accesses(path)) == ["_d", "_e", "_f"]
+
+
+def test_few_private_accesses_and_none_from_a_target_into_the_model_or_an_optimizer():
+    found = {m: a for m, path in _modules().items() if (a := private_accesses(path))}
+    total = sum(len(a) for a in found.values())
+    assert total <= MAX_PRIVATE_ACCESSES, f"{total} accesses of other objects' private names: {found}"
+    model = bg.compile(bg.mlp([4, 5, 3]))
+    opts = [cls() for cls in bg.optim.TYPES.values()]
+    for opt in opts:
+        opt.bind(model.layout, np)
+    owners = [bg.Model, model, bg.optim.Optimizer, bg.optim.RecordOptimizer, *bg.optim.TYPES.values(), *opts]
+    private = {n for o in owners for n in (*dir(o), *getattr(o, "__dict__", {})) if n.startswith("_")
+               and not n.endswith("__")}
+    assert {"_P", "_checked", "_slot_keys", "_defaults"} <= private  # the names it guards
+    crossing = {m: [a for a in accesses if a[1] in private] for m, accesses in found.items()
+                if m.startswith("bngraph.backends")}
+    assert {m: a for m, a in crossing.items() if a} == {}
+
+
 # ---- the device seam -----------------------------------------------------------------------------
 
 def test_runtime_declares_every_optional_ability_with_a_default():
@@ -201,7 +249,7 @@ def test_executable_declares_what_a_runtime_gives_it():
     model = bg.compile(bg.mlp([4, 5, 3]))
     assert model.executable.launch is None and model.executable.module is not None
     assert model.executable.optimizer_kernel(bg.optim.Adam()) is None  # the numpy runtime's default
-    assert model.runtime.guarded_step(model, bg.optim.Adam()) is None
+    assert model.runtime.guarded_step(model.trainer.context, bg.optim.Adam()) is None
     assert not model.runtime.captures
 
 
@@ -218,7 +266,7 @@ def test_the_emulator_is_the_cuda_runtime_built_from_host_parts():
     assert rt.captures and rt.xp is np
     assert model.executable.launch is not None and model.executable.module.launch is model.executable.launch
     assert model.executable.optimizer_kernel(bg.optim.Adam()) is not None
-    assert rt.guarded_step(model, bg.optim.Adam()) is not None
+    assert rt.guarded_step(model.trainer.context, bg.optim.Adam()) is not None
     # the NumPy runtime is made of the same host memory (not C-ordered) and no kernels
     numpy_rt = bg.compile(bg.mlp([4, 5, 3])).runtime
     assert isinstance(numpy_rt.memory, HostMemory) and not numpy_rt.memory.contiguous

@@ -171,7 +171,7 @@ def test_both_renderers_and_runtimes_use_the_plans_sharing(target):
         opt = bg.optim.SGD(lr=0.1)
         for _ in range(3):
             model.train_step(rng.standard_normal((5, 6)), rng.integers(0, 3, 5), opt)
-        (entry,) = model._guarded.entries.values()
+        (entry,) = model.trainer.guarded.entries.values()
         assert _groups(entry.buffers) == _plan_groups(plans["train_step"])
 
 

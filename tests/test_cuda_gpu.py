@@ -123,7 +123,7 @@ def test_cuda_graph_replay_equals_the_eager_step_bit_for_bit():
     for m in (eager, graphed):
         m.fit(X, y, optimizer=bg.optim.Adam(lr=1e-3), epochs=2, batch_size=128,
               lr_schedule=lambda epoch, step: 1e-3 / step, verbose=False)
-    assert graphed._guarded.replays > 0 and len(graphed._guarded.entries) == 2  # 1000 = 7*128 + 104
+    assert graphed.trainer.guarded.replays > 0 and len(graphed.trainer.guarded.entries) == 2  # 1000 = 7*128 + 104
     for k in eager.params:
         np.testing.assert_array_equal(graphed.runtime.to_numpy(graphed.params[k]), eager.runtime.to_numpy(eager.params[k]))
 

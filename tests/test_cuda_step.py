@@ -52,7 +52,7 @@ def test_fit_reads_the_device_once_per_epoch_and_never_inside_a_step(monkeypatch
     monkeypatch.setattr(GuardedStep, "submit", submit)
     hist = model.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=3, batch_size=8, verbose=False)
     assert len(reads) == 3 * 2  # per epoch: the status and the 6 losses, once
-    assert model._guarded.pending == 0 and model.step == 18
+    assert model.trainer.guarded.pending == 0 and model.step == 18
     ref = bg.compile(bg.mlp([4, 6, 5, 3]), dtype="float64")
     ref_hist = ref.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=3, batch_size=8, verbose=False)
     np.testing.assert_allclose(hist.column("loss"), ref_hist.column("loss"), rtol=1e-12)
@@ -62,7 +62,7 @@ def test_a_captured_graph_holds_the_whole_step():
     X, y = data()
     model = emulated(bg.mlp([4, 6, 5, 3]), cuda_graph=True)
     model.fit(X, y, optimizer=bg.optim.SGD(lr=0.1, momentum=0.9), epochs=1, batch_size=8, verbose=False)
-    names = [getattr(fn, "__name__", "") for fn, _ in model._guarded.entries[8].graph]
+    names = [getattr(fn, "__name__", "") for fn, _ in model.trainer.guarded.entries[8].graph]
     assert names.count("step_guard") == names.count("step_commit") == names.count("optim_sgd") == 1
     assert names.index("step_guard") < names.index("optim_sgd") < names.index("step_commit")
     assert names.index("step_guard") > 0  # after train_step's own kernels
@@ -109,7 +109,7 @@ def test_train_step_reads_at_once_and_a_diverged_step_changes_nothing():
     model = emulated(bg.mlp([4, 6, 5, 3]))
     opt = bg.optim.Adam(lr=1e-2)
     loss = model.train_step(X, y, opt)
-    assert np.isfinite(loss) and model._guarded.pending == 0
+    assert np.isfinite(loss) and model.trainer.guarded.pending == 0
     opt.lr = 1e200
     model.train_step(X, y, opt)  # finite, huge params
     before = {k: v.copy() for k, v in model.params.items()}
@@ -172,7 +172,7 @@ def test_a_user_optimizer_is_checked_on_the_host():
     X, y = data()
     model = emulated(bg.mlp([4, 6, 5, 3]))
     model.fit(X, y, optimizer=Halving(lr=0.1), epochs=1, batch_size=8, verbose=False)
-    assert model._guarded is None and model.step == 6
+    assert model.trainer.guarded is None and model.step == 6
 
 
 def test_ctrl_c_among_unread_steps_stops_after_a_whole_step(monkeypatch):
@@ -194,4 +194,4 @@ def test_ctrl_c_among_unread_steps_stops_after_a_whole_step(monkeypatch):
     with pytest.raises(StepBoundaryInterrupt, match=r"epoch 2, after step 2 of 6 \(global step 8\)"):
         model.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=3, batch_size=16, verbose=False)
     pos = model.fit_state["position"]
-    assert model.step == 8 and pos["done"] == 2 and len(pos["losses"]) == 2 and model._guarded.pending == 0
+    assert model.step == 8 and pos["done"] == 2 and len(pos["losses"]) == 2 and model.trainer.guarded.pending == 0

@@ -326,8 +326,8 @@ def test_graph_replay_equals_the_eager_step_bit_for_bit():
     schedule = lambda epoch, step: 1e-2 / step  # noqa: E731  (lr changes every step: it must not be baked in)
     for m in (eager, graphed):
         m.fit(X, y, optimizer=bg.optim.Adam(lr=1e-2), epochs=3, batch_size=8, lr_schedule=schedule, verbose=False)
-    assert graphed._guarded.replays == 3 * 6 - 2  # per batch size: one eager run, then captured and replayed
-    assert sorted(graphed._guarded.entries) == [5, 8]
+    assert graphed.trainer.guarded.replays == 3 * 6 - 2  # per batch size: one eager run, then captured and replayed
+    assert sorted(graphed.trainer.guarded.entries) == [5, 8]
     for k in eager.params:
         np.testing.assert_array_equal(graphed.params[k], eager.params[k], err_msg=k)
     for k in eager.state:
@@ -410,7 +410,7 @@ def test_graphs_of_more_batch_sizes_than_are_kept_replay_on_their_own_buffers():
         X, y = rng.standard_normal((m, 4)), rng.integers(0, 3, m)
         for model in (eager, graphed):
             model.train_step(X, y, Halving(lr=0.1))
-    (replays,) = graphed._graphs.programs.values()
-    assert sorted(replays.entries) == [5, 9, 10, 11] and graphed._graphs.replays == 1
+    (replays,) = graphed.trainer.host.graphs.programs.values()
+    assert sorted(replays.entries) == [5, 9, 10, 11] and graphed.trainer.host.graphs.replays == 1
     for k in eager.params:
         np.testing.assert_array_equal(graphed.params[k], eager.params[k], err_msg=k)

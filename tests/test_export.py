@@ -51,7 +51,7 @@ def test_export_gives_the_models_outputs_from_folded_params(name, dtype):
     inf = model.export_inference()
     assert not any(n.op in bg.ops.BN_OPS for n in inf.graph.nodes)  # every batch norm follows a matmul here
     assert inf.state == {}
-    if model._batch_statistics:
+    if model.inputs.batch_statistics:
         assert any(k.endswith("_folded") for k in inf.params)
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(inf.forward(X), model.forward(X), rtol=tol, atol=tol)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from bngraph import optim
+from bngraph.backends.numpy_target.update import NUMPY_BLOCK, HostLanes
 from bngraph.flat import FlatLayout
+from bngraph.optim.executors import ArrayPasses
 from test_optim import CONFIGS, NSTEPS, SHAPES, SignSGD, _id, make_grads, make_params
 
 DTYPES = [np.float64, np.float32]
@@ -120,7 +122,7 @@ def test_state_lives_in_flat_buffers():
     load(G, make_grads(np.float32)[0])
     opt.step_flat(P, G)
     assert list(opt.state) == list(SHAPES)
-    buffers = {k: opt._bound.slots[k] for k in ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+    buffers = {k: opt.binding.slots[k] for k in ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
     for n in SHAPES:
         assert list(opt.state[n]) == list(buffers)
         for k, flat in buffers.items():
@@ -227,7 +229,7 @@ def test_load_state_dict_into_a_bound_optimizer():
     opt.load_state_dict(sd64)
     assert opt.amsgrad and opt.step_count == 3
     assert opt.state["W"]["exp_avg"].dtype == np.float32
-    assert np.shares_memory(opt.state["W"]["exp_avg"], opt._bound.slots["exp_avg"].buffers["float32"])
+    assert np.shares_memory(opt.state["W"]["exp_avg"], opt.binding.slots["exp_avg"].buffers["float32"])
     opt.step = no_fallback
     for g in grads[3:]:
         ref.step(ref_params, g)
@@ -290,12 +292,57 @@ def test_runs_in_blocks_and_block_choice():
         layout.runs(["a"], block=0)
     opt = optim.Adam()
     opt.bind(layout, np)
-    assert opt._bound.block == optim.flatstep.NUMPY_BLOCK       # "auto" on NumPy: cache blocking
-    assert {dt: len(b) for dt, b in opt._bound.scratch[0].items()} == {"float32": 18, "float64": 5}
+    assert opt.binding.runs == [[("float32", 0, 18), ("float64", 0, 5)]]  # what to update: whole runs
+    assert isinstance(opt.binding.executor, HostLanes)          # how: NumPy's, registered for its arrays
+    assert opt.binding.update.block == NUMPY_BLOCK              # "auto" on NumPy: cache blocking
+    assert {dt: len(b) for dt, b in opt.binding.update.scratch[0][0].items()} == {"float32": 18, "float64": 5}
     opt.bind(layout, np, block=4)
-    assert {dt: len(b) for dt, b in opt._bound.scratch[0].items()} == {"float32": 4, "float64": 4}
+    assert {dt: len(b) for dt, b in opt.binding.update.scratch[0][0].items()} == {"float32": 4, "float64": 4}
     opt.bind(layout, WRAPPED)
-    assert opt._bound.block is None                              # other modules: whole runs
+    assert isinstance(opt.binding.executor, ArrayPasses)        # other modules: whole runs
+    assert opt.binding.update.block is None
+    with pytest.raises(ValueError, match="block must be a positive"):
+        opt.bind(layout, np, block=0)
+    with pytest.raises(TypeError, match="executor= given"):
+        opt.bind(layout, np, executor=ArrayPasses(), block=4)
+
+
+@pytest.mark.parametrize("how", ["passes", "passes-block5", "launches", "launches-block5"])
+def test_an_executor_given_to_bind_runs_the_plan_the_optimizer_describes(how):
+    """The optimizer says what (plan_fused), the executor how: whole-buffer passes or a kernel per
+    stretch, whole or in pieces, give the reference's bits; load_state_dict keeps the executor."""
+    from bngraph.optim.executors import KernelLaunches
+
+    name, kw = "Adam", dict(amsgrad=True, weight_decay=0.1)
+    ref_params, ref = make_params(np.float32), getattr(optim, name)(**kw)
+    P = flat_copy(make_params(np.float32))
+    G = P.layout.allocate(np)
+    opt, calls = getattr(optim, name)(**kw), []
+    block = 5 if how.endswith("block5") else None
+
+    def kernel(o, p, g, slots, hp, t, fresh):  # a target's kernel: the record's update, one stretch
+        calls.append(p.size)
+        d, tmp = np.empty_like(p), np.empty_like(p)
+        plan.array_update(np, p, g, slots, d, tmp, hp, t, fresh)
+
+    executor = ArrayPasses(block) if how.startswith("passes") else KernelLaunches(kernel, block)
+    opt.bind(P.layout, np, executor=executor)
+    assert opt.binding.executor is executor and opt.binding.update is not None
+    opt.step = no_fallback
+    for k, grads in enumerate(make_grads(np.float32, nsteps=4)):
+        if k == 2:  # rebinding for the state: the same executor, prepared again
+            opt.load_state_dict(opt.state_dict())
+            assert opt.binding.executor is executor
+        plan = opt.plan_fused(P, G)
+        assert [len(plan.stretches[gp.index]) for gp in plan.groups] == [len(P.layout.runs(P.layout.names))]
+        ref.step(ref_params, grads)
+        load(G, grads)
+        opt.step_flat(P, G)
+        for n in SHAPES:
+            assert_bitwise(P[n], ref_params[n], f"{n} after step {k}")
+        assert_same_state(opt.state_dict(), ref.state_dict())
+    if how.startswith("launches"):
+        assert calls and max(calls) == (block or P.layout.totals["float32"])
 
 
 def test_copies_of_a_bound_optimizer_are_unbound():

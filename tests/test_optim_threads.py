@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bngraph import hostthreads, optim
+from bngraph.backends.numpy_target.update import HostLanes
 from test_optim import CONFIGS, _id
 from test_optim_flat import assert_bitwise, assert_same_state, flat_copy, load, no_fallback
 
@@ -27,20 +28,50 @@ def params(seed=0):
     return {n: rng.standard_normal(s).astype(t) for n, (s, t) in SHAPES.items()}
 
 
+def lane_elements(binding, group, lane):
+    """The (dtype, index) of every element of one lane of ``binding.update`` (the NumPy executor's
+    pieces: a stretch of the group's runs, a slice of it or all of it, and a slice of the scratch)."""
+    out = []
+    for k, sub, scut in binding.update.lanes[group][lane]:
+        dt, start, stop = binding.runs[group][k]
+        a, b = (start, stop) if sub is None else (start + sub.start, start + sub.stop)
+        assert b - a == scut.stop - scut.start
+        out += [(dt, i) for i in range(a, b)]
+    return out
+
+
 @pytest.mark.parametrize("threads, block", [(2, None), (3, 7), (4, 64)])
 def test_lanes_cover_every_element_once(small_lanes, threads, block):
     P = flat_copy(params())
     opt = optim.Adam(groups=GROUPS)
     opt.bind(P.layout, np, threads=threads, block=block)
-    b = opt._bound
-    assert b.lanes and max(len(g) for g in b.lanes) == threads
-    for names, group in zip(b.names, b.lanes):
+    b, lanes = opt.binding, opt.binding.update.lanes
+    assert isinstance(b.executor, HostLanes) and b.update.threads == threads and b.update.block == block
+    assert max(len(g) for g in lanes) == threads
+    for g, names in enumerate(b.names):
         want = {(dt, i) for dt, start, stop in P.layout.runs(names) for i in range(start, stop)}
-        got = [(dt, i) for lane in group for dt, cut, scut in lane for i in range(cut.start, cut.stop)]
+        got = [x for lane in range(len(lanes[g])) for x in lane_elements(b, g, lane)]
         assert len(got) == len(set(got)) and set(got) == want
-        for lane in group:
-            assert all(cut.stop - cut.start == scut.stop - scut.start <= (block or 10**9) for _, cut, scut in lane)
-    assert len(b.lane_scratch) == threads
+        for lane in lanes[g]:
+            assert all(scut.stop - scut.start <= (block or 10**9) for _, _, scut in lane)
+    assert len(b.update.scratch) == threads
+
+
+def test_the_runtime_chooses_how_the_update_runs(small_lanes):
+    """The model binds through its runtime: the NumPy runtime's executor (pieces on host-thread
+    lanes), the same one ``bind(layout, np)`` gets; the emulated CUDA runtime's launches its kernel."""
+    import bngraph as bg
+    from bngraph.optim.executors import KernelLaunches
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 6)).astype(np.float32), rng.integers(0, 3, 16)
+    model = bg.compile(bg.mlp([6, 40, 40, 3]))
+    assert isinstance(model.executable.update_executor(optim.Adam()), HostLanes)
+    opt = optim.Adam(lr=1e-2)
+    model.train_step(X, y, opt)
+    assert isinstance(opt.binding.executor, HostLanes) and len(opt.binding.update.lanes[-1]) == 2
+    emulated = bg.compile(bg.mlp([6, 40, 40, 3]), target="cuda", device="emulator")
+    assert isinstance(emulated.executable.update_executor(optim.Adam()), KernelLaunches)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[::3] + [("Adam", dict(amsgrad=True, weight_decay=0.1)),
@@ -52,7 +83,7 @@ def test_threaded_fused_step_equals_reference_bitwise(small_lanes, cfg):
     G = P.layout.allocate(np)
     opt = getattr(optim, name)(groups=GROUPS, **kw)
     opt.bind(P.layout, np, threads=3, block=11)
-    assert opt._bound.lanes
+    assert max(len(g) for g in opt.binding.update.lanes) == 3
     opt.step = no_fallback
     rng = np.random.default_rng(1)
     for k in range(6):

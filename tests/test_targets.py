@@ -156,4 +156,4 @@ def test_a_runtime_without_raw_pointers_says_so(box_target):
     model = bg.compile(bg.mlp([4, 5, 3]), target="box")
     rng = np.random.default_rng(0)
     model.train_step(rng.standard_normal((8, 4)), rng.integers(0, 3, 8), bg.optim.Adam(lr=1e-2))
-    assert model._guarded is None
+    assert model.trainer.guarded is None

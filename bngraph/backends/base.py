@@ -9,9 +9,9 @@ runtime:
 * :class:`Runtime` runs that text on one device: compiles/loads it, allocates arrays and buffers,
   copies between host and device, synchronises. ``Target.runtime(device)`` makes one per device
   (data-parallel replicas need several). Its optional abilities (capturing and replaying graphs, a
-  guarded training step of its own, a fused optimizer kernel) are declared here with defaults that
-  say "not on this runtime"; a runtime built from parts (compiler, allocator, launcher) is
-  :class:`bngraph.backends.device.PartsRuntime`.
+  guarded training step of its own, a fused optimizer kernel, how an optimizer's fused step runs)
+  are declared here with defaults (not on this runtime; whole-buffer array passes); a runtime built
+  from parts (compiler, allocator, launcher) is :class:`bngraph.backends.device.PartsRuntime`.
 * :meth:`Target.render` and :meth:`Target.load` are the one place where programs become text and
   text becomes an :class:`Executable`.
 
@@ -137,16 +137,26 @@ class Runtime(ABC):
         """Run a graph made by :meth:`capture` again."""
         raise NotImplementedError(f"the {self.target} runtime does not capture graphs")
 
-    def guarded_step(self, model, optimizer, graphs: bool = False):
-        """This target's own training step for ``optimizer`` (checked on the device and read only
-        when the model asks: ``submit``, ``read``, ``ready``, ``pending``, ``CAPACITY``), or None
-        (the default): the model checks each step on the host."""
+    def guarded_step(self, context, optimizer, graphs: bool = False):
+        """This target's own training step for ``optimizer`` over ``context`` (the model's side of
+        the step, a :class:`bngraph.step.StepContext`): checked on the device and read only when
+        the model asks (``submit``, ``read``, ``ready``, ``pending``, ``CAPACITY``), or None (the
+        default): the model checks each step on the host."""
         return None
 
     def optimizer_kernel(self, executable: "Executable", optimizer):
         """This target's fused update of a built-in ``optimizer`` over ``executable``'s kernels
         (``optimizer.bind(..., kernel=)``), or None (the default): the array-module update."""
         return None
+
+    def update_executor(self, executable: "Executable", optimizer):
+        """How this runtime runs ``optimizer``'s fused steps (``optimizer.bind(..., executor=)``,
+        :mod:`bngraph.optim.executors`): by default :meth:`optimizer_kernel` launched once per
+        stretch where there is one, else the array-module update in whole-buffer passes."""
+        from ..optim.executors import ArrayPasses, KernelLaunches
+
+        kernel = self.optimizer_kernel(executable, optimizer)
+        return ArrayPasses() if kernel is None else KernelLaunches(kernel)
 
 
 class Executable:
@@ -166,6 +176,10 @@ class Executable:
     def optimizer_kernel(self, optimizer):
         """The runtime's fused update kernel for ``optimizer`` over these kernels, or None."""
         return self.runtime.optimizer_kernel(self, optimizer)
+
+    def update_executor(self, optimizer):
+        """How the runtime runs ``optimizer``'s fused steps over these kernels (:meth:`Runtime.update_executor`)."""
+        return self.runtime.update_executor(self, optimizer)
 
     def buffers(self, program: str, m: int) -> dict:
         """The plan's buffers at batch size ``m`` (allocated by the runtime, cached): ``{key: array}``,

@@ -35,12 +35,10 @@ class ImportedProgram:
         self.pipeline = run_pipeline(verify(prog, allow_dead=True), chosen)
         self.graph = self.pipeline.graph
         self.dtype = np.dtype(DTYPES[g.dtype])
-        tdef = get_target(target)
-        self.rendered = tdef.renderer.render({"forward": self.graph}, g.dtype, g.name,
-                                             docs={"forward": f"The imported graph {g.name}."})
+        loaded = get_target(target).load({"forward": self.graph}, g.dtype, g.name,
+                                         docs={"forward": f"The imported graph {g.name}."}, device=device)
+        self.rendered, self.runtime, self.executable = loaded.rendered, loaded.runtime, loaded.executable
         self.source = "\n".join(self.rendered.sources.values())
-        self.runtime = tdef.runtime(device)
-        self.executable = self.runtime.load(self.rendered)
         self._values_key = None
 
     def run(self, arrays: dict) -> dict:

@@ -76,11 +76,12 @@ from .records import OptimizerRecord
 from .rmsprop import RMSprop, rmsprop_update
 from .sgd import SGD, sgd_update
 
-__all__ = ["Optimizer", "RecordOptimizer", "OptimizerRecord", "SGD", "RMSprop", "Adam", "AdamW", "make", "from_state_dict", "NAMES",
-           "sgd_update", "rmsprop_update", "adam_update"]
+__all__ = ["Optimizer", "RecordOptimizer", "OptimizerRecord", "SGD", "RMSprop", "Adam", "AdamW", "make",
+           "from_state_dict", "NAMES", "TYPES", "sgd_update", "rmsprop_update", "adam_update"]
 
 
-_TYPES: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in (SGD, RMSprop, Adam, AdamW)}
+#: The built-in optimizer classes by class name (the ``"type"`` of their state dicts).
+TYPES: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in (SGD, RMSprop, Adam, AdamW)}
 
 _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "sgd": SGD,
@@ -119,10 +120,10 @@ def from_state_dict(d: dict) -> Optimizer:
     """Rebuild a built-in optimizer (SGD, RMSprop, Adam, AdamW) from its ``state_dict()``."""
     if not isinstance(d, dict) or "type" not in d:
         raise ValueError("not an optimizer state dict (no 'type' key)")
-    cls = _TYPES.get(d["type"])
+    cls = TYPES.get(d["type"])
     if cls is None:
         raise ValueError(f"unknown optimizer type {d['type']!r} (built in: "
-                         f"{', '.join(_TYPES)}); for your own optimizer, create it and call "
+                         f"{', '.join(TYPES)}); for your own optimizer, create it and call "
                          f"its load_state_dict(d) instead")
     opt = cls(**d.get("hyper", {}))
     opt.load_state_dict(d)

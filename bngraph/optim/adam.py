@@ -58,8 +58,8 @@ class Adam(Optimizer):
         super().__init__(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, groups=groups)
 
-    def _check(self, hp: dict) -> dict:
-        hp = super()._check(hp)
+    def check_hyper(self, hp: dict) -> dict:
+        hp = super().check_hyper(hp)
         for name in ("beta1", "beta2"):
             if isinstance(hp[name], (tuple, list)):
                 raise ValueError(f"{name} must be a number, got {hp[name]!r}; "

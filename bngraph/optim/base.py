@@ -15,7 +15,7 @@ import numpy as np
 
 from ..flat import array_namespace
 from .flatstep import COUNTER, FlatStepMixin
-from .groups import assign_groups, group_spec
+from .groups import SlotPlan, assign_groups, group_spec
 
 
 # ---- scalars (hyperparameters) -----------------------------------------------------------------
@@ -157,7 +157,7 @@ class Optimizer(FlatStepMixin):
         d["_steps"] = {}           # host copy of the per-param step counters (flatstep.py)
         d["_active_name"] = None   # the param being updated, while update() runs
         d["_assigned"] = None      # (names, group index per name) of the last unbound step
-        defaults = self._check({"lr": lr, **hyper})
+        defaults = self.check_hyper({"lr": lr, **hyper})
         self._set_hyper(defaults, [group_spec(self, g, i, defaults)
                                    for i, g in enumerate(groups or [])])
         self.step_count = 0
@@ -181,20 +181,37 @@ class Optimizer(FlatStepMixin):
                 if "lr" not in spec:
                     hp["lr"] = lr
         else:
-            self._set_hyper(self._check({**self._defaults, name: value}), self._specs)
+            self._set_hyper(self.check_hyper({**self._defaults, name: value}), self._specs)
             self._flush_plan()
+
+    def _effective_of(self, defaults: dict, specs: list) -> list:
+        """Each group's hyperparameters (its overrides over ``defaults``), validated; the default group last."""
+        return [self.check_hyper({**defaults, **{k: v for k, v in s.items() if k != "params"}})
+                for s in specs] + [defaults]
 
     def _set_hyper(self, defaults: dict, specs: list) -> None:
         """Validate every group's effective hyperparameters, then commit (all or nothing)."""
-        effective = [self._check({**defaults, **{k: v for k, v in s.items() if k != "params"}})
-                     for s in specs] + [defaults]
+        effective = self._effective_of(defaults, specs)
         d = self.__dict__
         d["_specs"], d["_effective"], d["_defaults"], d["_active"] = specs, effective, defaults, defaults
         d["_assigned"] = None
 
-    def _check(self, hp: dict) -> dict:
-        """``hp`` validated and normalized (subclasses extend it; they may check several at once)."""
+    def check_hyper(self, hp: dict) -> dict:
+        """``hp`` (every hyperparameter) validated and normalized, or a ValueError naming the one
+        that is wrong; a subclass extends it for its own (and may check several at once)."""
         return {**hp, "lr": check_lr(hp["lr"])}
+
+    def slot_plan(self, names, hyper: dict | None = None, groups=None) -> SlotPlan:
+        """The slots an optimizer of this type keeps for params ``names`` under ``hyper`` (over this
+        one's hyperparameters) and ``groups`` (as the constructor's), both validated as there;
+        nothing of this optimizer changes (a checkpoint's state is checked against it before it is loaded)."""
+        defaults = self.check_hyper({**self.hyper, **(hyper or {})})
+        specs = [group_spec(self, g, i, defaults) for i, g in enumerate(groups or [])]
+        effective = self._effective_of(defaults, specs)
+        owner = dict(zip(names, assign_groups(specs, list(names))))
+        return SlotPlan(effective, owner, {n: tuple(self._slot_keys(effective[g])) for n, g in owner.items()},
+                        {n: tuple(self._lazy_slots(effective[g])) for n, g in owner.items()},
+                        frozenset(k for hp in effective for k in self._slot_keys(hp)))
 
     @property
     def hyper(self) -> dict[str, Any]:
@@ -336,7 +353,7 @@ class Optimizer(FlatStepMixin):
         unknown = sorted(set(hyper) - set(self._hyper_names))
         if unknown:
             raise ValueError(f"unknown hyperparameters for {type(self).__name__}: {unknown}")
-        defaults = self._check({**self._defaults, **hyper})
+        defaults = self.check_hyper({**self._defaults, **hyper})
         specs = [group_spec(self, g, i, defaults) for i, g in enumerate(d.get("groups", []))]
         old = (self._defaults, self._specs)
         self._set_hyper(defaults, specs)
@@ -349,7 +366,7 @@ class Optimizer(FlatStepMixin):
                     x = xp or array_namespace(arr)
                     state[str(name)][str(key)] = copy_array(x.asarray(arr))
             if self._bound is not None:
-                binding, state = self._binding(self._bound.layout, xp, state, self._bound.block)
+                binding, state = self._binding(self._bound.layout, xp, state, self._bound.executor)
         except Exception:
             self._set_hyper(*old)
             raise

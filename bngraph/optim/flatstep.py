@@ -6,6 +6,10 @@ one int64 per param; ``opt.state[name][key]`` becomes a view into them. So the r
 (``step`` -> ``update``, one parameter at a time) and the fused path (``_kernel`` on whole runs of a
 group's params) read and write the same memory, and ``state_dict`` is unchanged.
 
+The optimizer says *what* a fused step updates (:meth:`FlatStepMixin.plan_fused`); how it runs (in
+pieces, on host threads, as a target's kernel) is the runtime's :mod:`~bngraph.optim.executors`
+executor, given to ``bind``.
+
 A slot appears in ``opt.state`` only when the reference path would have created it: slots are
 lazy in PyTorch (SGD's momentum buffer starts as a copy of the first gradient, Adam's state appears
 on the first step). The flat storage of a slot that has not appeared yet is zero. The fused step
@@ -21,42 +25,32 @@ copy is unknown (state loaded from device arrays), every step takes the referenc
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
-from .. import hostthreads
 from ..flat import FlatArrays, FlatLayout, array_namespace
+from . import executors
 from .groups import assign_groups
 
 #: The slot that holds a parameter's step counter (an int64 scalar, not a parameter-shaped array).
 COUNTER = "step"
 
-#: ``bind(block="auto")`` on NumPy: update runs in pieces of this many elements (1 MiB of float32),
-#: so each piece's arrays stay in the CPU's cache across the update's passes.
-NUMPY_BLOCK = 1 << 18
-
 
 @dataclass
 class Binding:
-    """What ``bind`` set up: the layout, the array module, and where each group's params lie."""
+    """What ``bind`` set up: the layout, the array module, where each group's params lie, the slots'
+    flat buffers, and how a fused step runs (``executor``, prepared for this binding: ``update``)."""
 
     layout: FlatLayout
     xp: Any
-    block: int | None             # the longest piece (None: whole runs)
+    executor: Any                 # the runtime's UpdateExecutor (bngraph.optim.executors)
     counters: FlatLayout          # one int64 per param, same order: the per-param step counters
     names: list                   # group index -> the names it owns (the default group last)
     group_of: dict                # name -> group index
-    pieces: list                  # group index -> [(dtype, slice, scratch slice)]: runs in blocks
+    runs: list                    # group index -> [(dtype, start, stop)]: its maximal contiguous runs
     counter_runs: list            # group index -> counters.runs(names)
     slots: dict = field(default_factory=dict)  # slot key -> FlatArrays (allocated on first need)
-    scratch: tuple = ()           # two {dtype: buffer}, one block long: the fused temporaries,
-                                  # reused by every piece (so they stay in cache)
-    kernel: Any = None            # a target's own fused update (bind(..., kernel=)), else the xp passes
-    lanes: list = field(default_factory=list)  # group index -> [pieces of one host thread, ...]:
-                                  # each lane a contiguous share of the group, with its own scratch
-                                  # (NumPy: the lanes run at once; [] or one lane: pieces, here)
-    lane_scratch: list = field(default_factory=list)  # lane -> its two scratch dicts
+    update: Any = None            # executor.prepare(self) (a fused optimizer only): runs each fused step
 
     def slot(self, key: str) -> FlatArrays:
         """The flat storage of slot ``key`` (zeros when first asked for)."""
@@ -65,10 +59,11 @@ class Binding:
         return self.slots[key]
 
 
-@dataclass
+@dataclass(slots=True)
 class Stretch:
-    """One contiguous stretch of one group's params (one dtype) in a fused step: what one launch
-    of a target's update kernel, or one call of the xp update, works on."""
+    """One contiguous run of one group's params (one dtype) in a fused step: what one launch of a
+    target's update kernel, or one call of the array-module update, works on (an executor may cut
+    it into pieces)."""
 
     group: int
     dtype: str
@@ -78,20 +73,21 @@ class Stretch:
     hp: dict                      # the group's hyperparameters
     t: int | None                 # this step's count (None: the optimizer keeps no counters)
     fresh: tuple                  # slot keys this step creates (SGD's first momentum buffer)
-    scratch: slice                # the piece of the scratch buffers that matches
 
 
-@dataclass
+@dataclass(slots=True)
 class FusedPlan:
-    """The next fused step (:meth:`FlatStepMixin.plan_fused`): per group its stretches, and the
-    per-param step counters it increments (int64 stretches)."""
+    """The next fused step (:meth:`FlatStepMixin.plan_fused`): per group its stretches
+    (``stretches[g][k]`` is ``binding.runs[g][k]``), the per-param step counters it increments
+    (int64 stretches), and the array-module update of one stretch or piece of one."""
 
     groups: list                  # [GroupPlan]
     stretches: dict               # group index -> [Stretch]
     counters: list
+    array_update: Callable = None  # (xp, p, g, slots, d, tmp, hp, t, fresh), d and tmp scratch like p
 
 
-@dataclass
+@dataclass(slots=True)
 class GroupPlan:
     """One group's share of the next fused step."""
 
@@ -104,35 +100,33 @@ class GroupPlan:
 class FlatStepMixin:
     """``bind``, ``step_flat`` and what they need; mixed into :class:`~bngraph.optim.Optimizer`."""
 
-    def bind(self, layout: FlatLayout, xp, *, block: int | None | str = "auto", kernel=None,
-             threads: int | str = "auto") -> None:
+    def bind(self, layout: FlatLayout, xp, *, executor=None, block: int | None | str = "auto",
+             threads: int | str = "auto", kernel=None) -> None:
         """Keep every slot in flat buffers of ``layout`` (one per dtype, from the array module
         ``xp``), with ``self.state[name][key]`` views into them; existing slots are copied in.
         Call it again for another model (another layout).
 
-        ``block``: ``step_flat`` updates each run in pieces of at most this many elements, so a
-        piece's arrays stay in the CPU's cache from one pass to the next; None: whole runs (one
-        kernel per pass on a device). "auto": :data:`NUMPY_BLOCK` for NumPy, else None.
+        ``executor``: how ``step_flat`` runs the fused update (:mod:`bngraph.optim.executors`), the
+        runtime's choice (``runtime.update_executor``: NumPy's cache-sized pieces on host-thread
+        lanes, the CUDA target's kernel). Without it, the one registered for arrays of ``xp``,
+        configured by ``block`` and ``threads``; or with ``kernel``, that kernel per stretch:
+
+        ``block``: pieces of at most this many elements, so a piece's arrays stay in the CPU's
+        cache from one pass to the next; None: whole runs; "auto": the executor's default (NumPy:
+        :data:`bngraph.backends.numpy_target.update.NUMPY_BLOCK`; other modules: whole runs).
+
+        ``threads``: NumPy splits a group's update into up to this many contiguous lanes on host
+        threads (:class:`bngraph.backends.numpy_target.update.HostLanes`); other modules: one.
 
         ``kernel``: a target's fused update, ``kernel(opt, p, g, slots, hp, t, fresh)`` on one
-        stretch (the CUDA target: one kernel launch reading lr and t from device memory); it
-        replaces the whole-buffer ``xp`` passes of ``_kernel``, with the same bookkeeping.
-
-        ``threads``: on NumPy, a group's update is split into up to this many contiguous lanes
-        that run at once on host threads (NumPy releases the GIL; every element gets the same
-        operations, so the numbers do not change); "auto": :func:`bngraph.hostthreads.default_threads`
-        for NumPy (the thread budget, where the BLAS threads do not spin on the cores), 1 otherwise. Groups too short to pay
-        for a thread stay on one (:data:`bngraph.hostthreads.MIN_LANE`)."""
-        numpy = xp is sys.modules.get("numpy")
-        if block == "auto":
-            block = NUMPY_BLOCK if numpy else None
-        if threads == "auto":
-            threads = hostthreads.default_threads() if numpy else 1
+        stretch, in place of the array-module passes (:class:`~bngraph.optim.executors.KernelLaunches`)."""
+        if executor is None:
+            executor = executors.for_arrays(xp, block, threads, kernel)
+        elif (block, threads, kernel) != ("auto", "auto", None):
+            raise TypeError("bind: block=, threads= and kernel= choose an executor; with executor= given, "
+                            "configure that executor instead")
         self._flush_plan()
-        self._bound, self.state = self._binding(layout, xp, self.state, block)
-        self._bound.kernel = kernel
-        if numpy and kernel is None and self._fusable():
-            self._bound.lanes, self._bound.lane_scratch = _lanes(self._bound, int(threads))
+        self._bound, self.state = self._binding(layout, xp, self.state, executor)
 
     @property
     def layout(self) -> FlatLayout | None:
@@ -153,9 +147,9 @@ class FlatStepMixin:
         """Slot keys that live in flat buffers: those of any group's hyperparameters."""
         return {k for hp in self._effective for k in self._slot_keys(hp)}
 
-    def _binding(self, layout: FlatLayout, xp, state: dict, block) -> tuple:
-        """A new binding and ``state`` moved into it; everything is checked before anything is
-        allocated, and nothing of ``self`` changes (load_state_dict relies on that)."""
+    def _binding(self, layout: FlatLayout, xp, state: dict, executor) -> tuple:
+        """A new binding (run by ``executor``) and ``state`` moved into it; everything is checked
+        before anything is allocated, and nothing of ``self`` changes (load_state_dict relies on that)."""
         names = layout.names
         groups = assign_groups(self._specs, names)
         reserved = self._reserved()
@@ -176,13 +170,10 @@ class FlatStepMixin:
                                      f"(state loaded from a different model?)")
         owned = [[n for n, i in zip(names, groups) if i == k] for k in range(len(self._specs) + 1)]
         counters = FlatLayout([(n, (), "int64") for n in names])
-        pieces = [[(dt, slice(start, stop), slice(0, stop - start))
-                   for dt, start, stop in layout.runs(o, block)] for o in owned]
-        b = Binding(layout, xp, block, counters, owned, dict(zip(names, groups)), pieces,
-                    [counters.runs(o) for o in owned])
+        b = Binding(layout, xp, executor, counters, owned, dict(zip(names, groups)),
+                    [layout.runs(o) for o in owned], [counters.runs(o) for o in owned])
         if self._fusable():
-            b.scratch = tuple({dt: xp.empty(min(n, block or n), dtype=dt)
-                               for dt, n in layout.totals.items()} for _ in range(2))
+            b.update = executor.prepare(b)
         for key in reserved:
             b.slot(key)
         moved = {}
@@ -216,7 +207,8 @@ class FlatStepMixin:
 
     @property
     def binding(self) -> Binding | None:
-        """What ``bind`` set up (the layout, the slots' flat buffers, the pieces), None before."""
+        """What ``bind`` set up (the layout, the groups' runs, the slots' flat buffers, the
+        executor and what it prepared: ``binding.update``), None before."""
         return self._bound
 
     @property
@@ -237,34 +229,14 @@ class FlatStepMixin:
         if plan is None:
             self.step(P.views, G.views)
             return
-        b = self._bound
-        for gp in plan.groups:
-            lanes = b.lanes[gp.index] if b.lanes else ()
-            if len(lanes) > 1:  # host threads, one contiguous lane each, every piece with its own scratch
-                hp, t = self._effective[gp.index], None if gp.t is None else gp.t + 1
-                keys = [k for k in self._slot_keys(hp) if k != COUNTER]
-
-                def lane(i, gp=gp, hp=hp, keys=keys, t=t, lanes=lanes):
-                    D, T = b.lane_scratch[i]
-                    for dt, cut, scut in lanes[i]:
-                        self._kernel(b.xp, P.buffers[dt][cut], G.buffers[dt][cut],
-                                     {k: b.slots[k].buffers[dt][cut] for k in keys}, D[dt][scut],
-                                     T[dt][scut], hp, t, gp.fresh)
-                hostthreads.run_lanes(lane, list(range(len(lanes))))
-                continue
-            for s in plan.stretches[gp.index]:
-                if b.kernel is not None:
-                    b.kernel(self, s.p, s.g, s.slots, s.hp, s.t, s.fresh)
-                else:
-                    D, T = b.scratch
-                    self._kernel(b.xp, s.p, s.g, s.slots, D[s.dtype][s.scratch], T[s.dtype][s.scratch], s.hp,
-                                 s.t, s.fresh)
+        self._bound.update.run(self, plan)  # the runtime's executor: how the stretches are updated
         self.commit_fused(plan)
 
     def plan_fused(self, P: FlatArrays, G: FlatArrays) -> FusedPlan | None:
         """The next fused step as data, nothing changed: per group, the stretches of the flat
-        buffers it updates (``binding.pieces``) with their slots, hyperparameters, step count and
-        fresh slots, and the step counters it increments; None when the next step cannot be fused
+        buffers it updates (``binding.runs``) with their slots, hyperparameters, step count and
+        fresh slots, the step counters it increments, and the array-module update of a stretch
+        (``array_update``); None when the next step cannot be fused
         (not a built-in, or per-parameter state that is not uniform: then ``step`` does it).
         A hyperparameter the params' dtype cannot hold is a ValueError here. A target that runs
         the update itself (the CUDA guarded step) launches the stretches, then :meth:`commit_fused`."""
@@ -285,13 +257,13 @@ class FlatStepMixin:
             hp = self._effective[gp.index]
             keys = [k for k in self._slot_keys(hp) if k != COUNTER]
             t = None if gp.t is None else gp.t + 1
-            stretches[gp.index] = [Stretch(gp.index, dt, P.buffers[dt][cut], G.buffers[dt][cut],
-                                           {k: b.slots[k].buffers[dt][cut] for k in keys}, hp, t, gp.fresh, scut)
-                                   for dt, cut, scut in b.pieces[gp.index]]
+            stretches[gp.index] = [Stretch(gp.index, dt, P.buffers[dt][start:stop], G.buffers[dt][start:stop],
+                                           {k: b.slots[k].buffers[dt][start:stop] for k in keys}, hp, t, gp.fresh)
+                                   for dt, start, stop in b.runs[gp.index]]  # where it lies: binding.runs
             if gp.t is not None:
                 counters += [b.slots[COUNTER].buffers["int64"][start:stop]
                              for _, start, stop in b.counter_runs[gp.index]]
-        return FusedPlan(groups, stretches, counters)
+        return FusedPlan(groups, stretches, counters, self._kernel)
 
     def commit_fused(self, plan: FusedPlan, counters: bool = True) -> None:
         """The bookkeeping of the fused step ``plan`` once its update has run: the step counters
@@ -393,32 +365,3 @@ class FlatStepMixin:
             return self._steps.get(self._active_name, 0) + 1
         return int(counter)
 
-
-def _lanes(b: Binding, threads: int) -> tuple:
-    """Each group's runs split into contiguous lanes of nearly equal length for host threads
-    (each lane cut into pieces of at most ``b.block``), and every lane's scratch:
-    ``(lanes, lane_scratch)``; ``([], [])`` when no group is long enough for two lanes."""
-    lanes, longest = [], 0
-    for names in b.names:
-        runs = b.layout.runs(names)
-        n = sum(stop - start for _, start, stop in runs)
-        k = hostthreads.lanes_for(n, threads)
-        bounds = [lo for lo, _ in hostthreads.split(0, n, k)][1:] + [n]  # where each lane ends
-        group, lane, done = [[] for _ in range(k)], 0, 0
-        for dt, start, stop in runs:
-            while start < stop:
-                end = min(stop, start + bounds[lane] - done, start + (b.block or stop))
-                group[lane].append((dt, slice(start, end), slice(0, end - start)))
-                longest = max(longest, end - start)
-                done += end - start
-                start = end
-                if done == bounds[lane] and lane < k - 1:
-                    lane += 1
-        lanes.append(group)
-    n_lanes = max((len(g) for g in lanes), default=0)
-    if n_lanes <= 1:
-        return [], []
-    # lane 0 uses the binding's own scratch (min(buffer, block) long: never shorter than a piece)
-    scratch = [b.scratch] + [tuple({dt: b.xp.empty(longest, dtype=dt) for dt in b.layout.totals}
-                                   for _ in range(2)) for _ in range(n_lanes - 1)]
-    return lanes, scratch

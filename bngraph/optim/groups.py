@@ -9,6 +9,7 @@ hyperparameter (``opt.lr = x``) changes it for every group that does not set its
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 
@@ -33,7 +34,7 @@ def group_spec(opt, spec, index: int, defaults: dict) -> dict:
         raise ValueError(f"{where}: unknown keys {unknown}; a group sets 'params' and any of "
                          f"{', '.join(names)}")
     try:
-        checked = opt._check({**defaults, **overrides})
+        checked = opt.check_hyper({**defaults, **overrides})
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     return {"params": patterns, **{k: checked[k] for k in overrides}}
@@ -52,3 +53,15 @@ def assign_groups(specs: list, names) -> list:
         raise ValueError(f"parameter group {i} ({specs[i]['params']}) matches no parameter "
                          f"that an earlier group does not own; the parameters are {list(names)}")
     return owner
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """What an optimizer keeps for some params under given hyperparameters and groups
+    (:meth:`bngraph.optim.Optimizer.slot_plan`): what a state dict of it may hold."""
+
+    hyper: list           # each group's hyperparameters, validated; the default group last
+    owner: dict           # param name -> the index of the group that owns it
+    keeps: dict           # param name -> the slots its group keeps for it
+    lazy: dict            # param name -> those of them that update creates when they are missing
+    reserved: frozenset   # the slots of any group (those that live in the flat buffers)

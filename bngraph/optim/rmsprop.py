@@ -54,8 +54,8 @@ class RMSprop(Optimizer):
         super().__init__(lr=lr, alpha=alpha, eps=eps, momentum=momentum,
                          weight_decay=weight_decay, centered=centered, groups=groups)
 
-    def _check(self, hp: dict) -> dict:
-        hp = super()._check(hp)
+    def check_hyper(self, hp: dict) -> dict:
+        hp = super().check_hyper(hp)
         hp["alpha"] = number("alpha", hp["alpha"])
         if not 0.0 <= hp["alpha"] <= 1.0:
             raise ValueError(f"Invalid alpha value: {hp['alpha']} (must be in [0, 1])")

@@ -52,8 +52,8 @@ class SGD(Optimizer):
         super().__init__(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                          weight_decay=weight_decay, groups=groups)
 
-    def _check(self, hp: dict) -> dict:
-        hp = super()._check(hp)
+    def check_hyper(self, hp: dict) -> dict:
+        hp = super().check_hyper(hp)
         hp["momentum"] = check_nonneg("momentum", hp["momentum"])
         hp["dampening"] = number("dampening", hp["dampening"])
         hp["weight_decay"] = check_nonneg("weight_decay", hp["weight_decay"])

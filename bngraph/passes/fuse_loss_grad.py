@@ -2,10 +2,10 @@
 
     loss(x, y[, w]); loss_grad(x, y[, w], dL) -> loss_and_grad(x, y[, w], dL)   # same options
 
-The fused ops are defined here, beside the pass that makes them: one per loss with a gradient op
-(``softmax_cross_entropy_and_grad``, ``nll_and_grad``, ``mse_and_grad``, ``sigmoid_bce_and_grad``).
-Each has the loss's attributes, reads the gradient's inputs and returns ``(loss, dx)``; its shape
-rule and reference semantics are the two ops' own, so it computes exactly what the pair does.
+The fused ops are rows of the op table (:data:`bngraph.ops.LOSS_AND_GRAD`: one per loss with a
+gradient op, ``softmax_cross_entropy_and_grad``, ``nll_and_grad``, ``mse_and_grad``,
+``sigmoid_bce_and_grad``); this pass only rewrites. Each has the loss's attributes, reads the
+gradient's inputs and returns ``(loss, dx)``, computing exactly what the pair does.
 
 Autodiff never makes them. The CUDA target runs this pass on every program before it lowers
 (``CudaRenderer.passes``), so a loss and its gradient become one single-block kernel, and the
@@ -15,35 +15,8 @@ separate statements either way), but lowers the fused ops all the same, loss the
 """
 from __future__ import annotations
 
-from ..ops import LOSS_OPS, OPS, OpDef, register
+from ..ops import LOSS_AND_GRAD
 from .base import PassResult, Uses, graph_pass, make_node
-
-# loss op -> (its gradient op, the fused op)
-LOSS_AND_GRAD = {loss: (f"{loss}_grad", f"{loss}_and_grad") for loss in LOSS_OPS if f"{loss}_grad" in OPS}
-
-
-def _fused_op(loss: str) -> OpDef:
-    """``<loss>_and_grad``: the loss (on the inputs but dL) and its gradient (on all of them)."""
-    lo, (grad, name) = OPS[loss], LOSS_AND_GRAD[loss]
-    gr = OPS[grad]
-
-    def infer(where, types, attrs):
-        return (*lo.infer(where, types[:-1], attrs), *gr.infer(where, types, attrs))
-
-    def ref(ins, attrs):
-        return (*lo.ref(ins[:-1], attrs), *gr.ref(ins, attrs))
-
-    def check_values(where, values, attrs):
-        if lo.check_values is not None:
-            lo.check_values(where, values[:-1], attrs)
-
-    return OpDef(name, f"(L, dx) = ({loss}, {grad}) of the same inputs in one node (fuse_loss_grad)", infer, ref,
-                 attrs=dict(lo.attrs), optional_attrs=dict(lo.optional_attrs), kind="backward",
-                 check_values=check_values)
-
-
-for _loss in LOSS_AND_GRAD:
-    register(_fused_op(_loss))
 
 VALID_WHEN = (
     "always: the same two computations in one node. Only when the gradient reads exactly the loss's "

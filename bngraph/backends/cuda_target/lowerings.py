@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ...ir import BATCH
-from ...ops import loss_options
-from ...passes.fuse_loss_grad import LOSS_AND_GRAD
+from ...ops import LOSS_AND_GRAD, loss_options
 from ..cstyle import CStyleLanguage
 from ..lowering import Lowering
 

@@ -163,8 +163,8 @@ class FusedUpdate:
                  *slot_args(self.record, p, slots), rt.asarray(h, np.float64), np.int64(p.size))
 
 
-def make_kernel(launch, runtime, opt):
-    """A :class:`FusedUpdate` for ``opt.bind(..., kernel=)``, or None when ``opt`` has no record.
-    (``launch``, the model's own kernels, is not needed: a record's kernel is a module of its own.)"""
+def make_kernel(runtime, opt):
+    """A :class:`FusedUpdate` for ``opt.bind(..., kernel=)``, or None when ``opt`` has no record
+    (a record's kernel is a module of its own, compiled by ``runtime``)."""
     rec = record_of(opt)
     return None if rec is None else FusedUpdate(rec, runtime)

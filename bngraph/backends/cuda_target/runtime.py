@@ -56,11 +56,11 @@ class CudaRuntime(PartsRuntime):
 
     def optimizer_kernel(self, executable: Executable, optimizer):
         """One launch per stretch of the flat buffer for a built-in optimizer (None otherwise)."""
-        return make_kernel(executable.launch, self, optimizer)
+        return make_kernel(self, optimizer)
 
-    def guarded_step(self, model, optimizer, graphs: bool = False):
+    def guarded_step(self, context, optimizer, graphs: bool = False):
         """The step checked on the device (:class:`~.step.GuardedStep`) for a built-in optimizer."""
-        return GuardedStep.make(model, optimizer, graphs)
+        return GuardedStep.make(context, optimizer, graphs)
 
 
 # ---- the GPU's parts: NVRTC, CuPy memory on one stream, kernels and cuBLAS on that stream --------

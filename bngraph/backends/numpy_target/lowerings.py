@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Callable
 
-from ...ops import loss_options
-from ...passes.fuse_loss_grad import LOSS_AND_GRAD
+from ...ops import LOSS_AND_GRAD, loss_options
 from ..lowering import Lowering
 
 # --------------------------------------------------------------------------------------------

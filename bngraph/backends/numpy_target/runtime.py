@@ -6,6 +6,7 @@ from __future__ import annotations
 from ... import hostthreads
 from ..base import Executable, Rendered, exec_source
 from ..device import HostMemory, PartsRuntime
+from .update import HostLanes
 
 
 class NumpyRuntime(PartsRuntime):
@@ -22,6 +23,10 @@ class NumpyRuntime(PartsRuntime):
             module.rows = hostthreads.rows  # batch-norm units in lanes on host threads when long
         # B shares arrays where the plan does (Plan.slots): Executable.buffers allocates through the plan
         return Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans}, module=module)
+
+    def update_executor(self, executable: Executable, optimizer) -> HostLanes:
+        """A fused optimizer step in cache-sized pieces, on host-thread lanes (:mod:`.update`)."""
+        return HostLanes()
 
 
 def load_module(sources: dict, graph_name: str):
