@@ -20,6 +20,7 @@ import bngraph as bg
 from bngraph import optim
 from bngraph.optim.records import (ADAM_RECORD, RMSPROP_RECORD, SGD_RECORD, G, H, If, Let, OptimizerRecord, P,
                                    Set, Slot, local, maximum, slot, sqrt)
+from test_arch_tables import square_op  # noqa: F401  (the fixture registering the new op)
 
 ROOT = Path(__file__).parent.parent
 
@@ -211,3 +212,39 @@ def test_the_step_the_loop_and_the_optimizers_touch_no_other_objects_private_att
     files += [ROOT / "bngraph" / "backends" / "cuda_target" / f for f in ("step.py", "optimizers.py")]
     found = [a for f in files for a in _private_accesses(f)]
     assert found == [], found
+
+
+# ---- the new op and the new optimizer together --------------------------------------------------
+
+@pytest.mark.parametrize("target", ["numpy", "emulator", "emulator-graph"])
+def test_a_new_op_and_a_new_optimizer_defined_in_tests_train_together(square_op, target):
+    """The op of tests/test_arch_tables.py (op-table entry + one row per target) and the record
+    above, in one model: the float64 reference is the interpreter's gradients and the update
+    written out by hand."""
+    from test_arch_tables import square_graph
+
+    X, y = data(40)
+    kw = {} if target == "numpy" else {"target": "cuda", "device": "emulator",
+                                       "cuda_graph": target == "emulator-graph"}
+    model = bg.compile(square_graph(), dtype="float64", seed=3, **kw)
+    prog = bg.compile(square_graph(), dtype="float64", seed=3).programs["train_step"]
+    assert "square" in {n.op for n in prog.nodes}
+    params = {k: np.array(model.runtime.to_numpy(v)) for k, v in model.params.items()}
+    state = {k: np.array(model.runtime.to_numpy(v)) for k, v in model.state.items()}
+    acc = {k: np.zeros_like(v) for k, v in params.items()}
+    lr, eps, wd = 0.05, 1e-10, 1e-2
+    opt = AdagradMax(lr=lr, eps=eps, weight_decay=wd)
+    for start in range(0, 40, 8):
+        xb, yb = X[start:start + 8], y[start:start + 8]
+        out = bg.interpret(prog, {"x": xb.T, "y": yb}, {**params, **state})
+        for k in params:
+            d = out[f"grad.{k}"] + wd * params[k]
+            acc[k] += d * d
+            params[k] = params[k] - lr * d / (np.sqrt(acc[k]) + eps)
+        state = {k: out[f"state.{k}"] for k in state}
+        loss = model.train_step(xb, yb, opt)
+        np.testing.assert_allclose(loss, out["loss"], rtol=1e-12)
+    for k, v in params.items():
+        np.testing.assert_allclose(model.runtime.to_numpy(model.params[k]), v, rtol=1e-11, atol=1e-13, err_msg=k)
+    for k, v in state.items():
+        np.testing.assert_allclose(model.runtime.to_numpy(model.state[k]), v, rtol=1e-11, atol=1e-13, err_msg=k)
