@@ -240,3 +240,30 @@ def test_a_batch_sized_param_built_by_hand_is_refused_by_the_verifier():
     params = [Value(p.name, TensorType(p.type.dtype, ("m",)), p.kind) if p.name == "fc1.b" else p for p in g.params]
     with pytest.raises(bg.IRError, match=r"param %fc1.b: f32\[m\] has the batch dimension m"):
         bg.compile(g.rebuild(params=params))
+
+
+# ---- a slot that appears mid-run, on the CUDA target's guarded step -----------------------------
+
+@pytest.mark.parametrize("kw", TARGETS[1:])
+@pytest.mark.parametrize("make, name, value", [
+    pytest.param(lambda: bg.optim.Adam(lr=1e-2), "amsgrad", True, id="amsgrad"),
+    pytest.param(lambda: bg.optim.AdamW(lr=1e-2), "amsgrad", True, id="adamw-amsgrad"),
+    pytest.param(lambda: bg.optim.SGD(lr=0.05), "momentum", 0.9, id="momentum"),
+    pytest.param(lambda: bg.optim.RMSprop(lr=1e-3), "centered", True, id="centered"),
+    pytest.param(lambda: bg.optim.RMSprop(lr=1e-3), "momentum", 0.5, id="rmsprop-momentum")])
+def test_a_slot_turned_on_mid_run_is_read_by_the_device_update(kw, make, name, value):
+    """A hyperparameter that adds a slot mid-run (amsgrad, momentum from 0, centered): the guarded
+    step's launch tables must pass the new slot, not the stand-in they had for it (it passed the
+    params themselves, and AMSGrad's running max was written into them: a silent wrong result)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(48, 4)), rng.integers(0, 3, 48)
+    params = {}
+    for target, extra in (("numpy", {}), ("cuda", kw)):
+        model = bg.compile(bg.mlp([4, 6, 3]), dtype="float64", seed=1, **extra)
+        opt = make()
+        model.fit(X, y, optimizer=opt, epochs=1, batch_size=8, verbose=False)
+        setattr(opt, name, value)
+        model.fit(X, y, optimizer=opt, epochs=3, batch_size=8, verbose=False)
+        params[target] = {k: np.array(model.runtime.to_numpy(v)) for k, v in model.params.items()}
+    for k, v in params["numpy"].items():
+        np.testing.assert_allclose(params["cuda"][k], v, rtol=1e-12, atol=1e-14, err_msg=k)

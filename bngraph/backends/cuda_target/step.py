@@ -132,9 +132,11 @@ class GuardedStep:
         return self.steps.replays
 
     def _entry(self, m: int, calls: list) -> FixedStep:
-        signature = (self.optimizer.binding, len(calls))  # a binding's slots keep their addresses
+        # a binding's slots keep their addresses, but a slot can appear (amsgrad or momentum turned on):
+        # the launches then pass another array, so the slots each launch reads are part of the key
+        signature = (self.optimizer.binding, tuple(tuple(s.slots) for s, _, _ in calls))
         if self._signature is None or signature[0] is not self._signature[0] or signature[1] != self._signature[1]:
-            self.steps.entries.clear()  # a new binding (slots elsewhere): every table and graph is stale
+            self.steps.entries.clear()  # a new binding or new slots: every table and graph is stale
             self._signature = signature
         return self.steps.entry(m)
 
