@@ -23,7 +23,7 @@ submitted and not read yet; only :class:`TrainingStep` settles, so nobody else w
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -52,6 +52,7 @@ class StepContext:
     host_feeds: Callable          # (X, y) -> the same as contiguous host arrays
     run: Callable                 # (program, feeds, m) -> its outputs, run on these buffers
     owner: Any = None             # the TrainingStep whose count ``step`` reads
+    _outputs: tuple = field(default=(None, ()), init=False, repr=False, compare=False)  # (updated, outputs)
 
     @property
     def step(self) -> int:
@@ -61,7 +62,11 @@ class StepContext:
     @property
     def outputs(self) -> tuple:
         """The program outputs a step commits: ``state.<name>`` of each updated state."""
-        return tuple(f"state.{k}" for k in self.updated)
+        updated, outputs = self._outputs  # made once per ``updated`` (read every step)
+        if updated is not self.updated:
+            outputs = tuple(f"state.{k}" for k in self.updated)
+            self._outputs = (self.updated, outputs)
+        return outputs
 
     def bind(self, optimizer) -> None:
         """Bind an Optimizer to the model's flat layout, its fused steps run the runtime's way
@@ -94,6 +99,7 @@ class HostStep:
         self.optimizer = None  # set by the owner before each submit
         self.graphs = GraphedPrograms(context.executable) if capture else None  # train_step per batch size
         self._unread, self._diverged = [], None
+        self._keys = (None, None)  # (ctx.outputs, {"loss", *ctx.outputs}): what run checks the program returned
 
     @property
     def pending(self) -> int:
@@ -109,6 +115,18 @@ class HostStep:
         except TrainingDiverged as e:
             self._diverged = e  # raised by read, after the losses of the steps before it
 
+    def run_read(self, X, y) -> float | None:
+        """``submit(X, y)`` and ``read()`` of one step when nothing is unread: its loss, or its
+        TrainingDiverged (``losses`` empty), without queueing the loss to read it back; None, and
+        nothing run, when something is unread (then submit and read)."""
+        if self._unread or self._diverged is not None:
+            return None
+        try:
+            return self.run(X, y, self.optimizer)
+        except TrainingDiverged as e:
+            e.losses = []
+            raise
+
     def read(self) -> list:
         losses, self._unread = self._unread, []
         e, self._diverged = self._diverged, None
@@ -122,53 +140,58 @@ class HostStep:
         buffers; its outputs, the loss, the gradients and the new running statistics are checked
         before the update; an optimizer that is not a built-in updates a snapshot it is rolled back
         to; the state is committed last."""
-        ctx = self.context
-        n = ctx.step + 1
-        feeds, m = ctx.feeds(X, y), X.shape[0]
+        ctx = self.context  # this step's number, ctx.step + 1, is only needed to say what went wrong
+        outputs, required = self._keys
+        if outputs is not ctx.outputs:  # made once (ctx.outputs is kept while ctx.updated is)
+            outputs = ctx.outputs
+            required = frozenset(("loss", *outputs))
+            self._keys = (outputs, required)
         if self.graphs is not None:
-            out = self.graphs.run("train_step", feeds, ctx.params.views, ctx.state, ctx.grads.views, m)
+            out = self.graphs.run("train_step", ctx.feeds(X, y), ctx.params.views, ctx.state, ctx.grads.views,
+                                  X.shape[0])
         else:
-            out = ctx.run("train_step", feeds, m)
-        if not {"loss", *ctx.outputs} <= out.keys():
-            missing = [k for k in ("loss", *ctx.outputs) if k not in out]
+            out = ctx.run("train_step", ctx.feeds(X, y), X.shape[0])
+        if not required <= out.keys():
+            missing = [k for k in ("loss", *outputs) if k not in out]
             raise ProgramError(f"the generated train_step returned no {', '.join(missing)} (it returned "
                                f"{', '.join(out) or 'nothing'}); nothing was updated")
         loss = ctx.runtime.to_float(out["loss"])
         if not np.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss} at step {n}; nothing was updated")
+            raise TrainingDiverged(f"loss is {loss} at step {ctx.step + 1}; nothing was updated")
         bad = ctx.first_nonfinite(ctx.grads)
         if bad is not None:
-            raise TrainingDiverged(f"the gradient of {bad} contains NaN or inf at step {n}; nothing was updated")
-        new_state = [out[k] for k in ctx.outputs]
+            raise TrainingDiverged(f"the gradient of {bad} contains NaN or inf at step {ctx.step + 1}; "
+                                   f"nothing was updated")
+        new_state = [out[k] for k in outputs]
         if new_state:  # one small reduction and host read for all running statistics (their sum is NaN/inf
             xp = ctx.runtime.xp  # when one of them is; a sum that overflows counts as divergence too)
             if not math.isfinite(ctx.runtime.to_float(xp.sum(xp.concatenate(new_state)))):
                 bad = next((k for k, v in zip(ctx.updated, new_state) if not ctx.runtime.all_finite(v)),
                            "running statistics (their sum overflows)")
-                raise TrainingDiverged(f"the new {bad} contains NaN or inf at step {n} (a batch variance "
+                raise TrainingDiverged(f"the new {bad} contains NaN or inf at step {ctx.step + 1} (a batch variance "
                                        f"overflowed?); nothing was updated")
-        self.update(optimizer, n)
+        self.update(optimizer)
         for k, new in zip(ctx.updated, new_state):
             ctx.state[k][...] = new
         return loss
 
-    def update(self, optimizer, n: int) -> None:
+    def update(self, optimizer, n: int | None = None) -> None:
         """The optimizer's update of the flat params, then their finite check.
 
         A built-in (``optimizer.fused``) cannot fail halfway on checked inputs, so it runs without
         a copy: the few percent a copy of every param would cost each step are not spent. If it
         overflows (finite gradients, an absurd lr) the params are lost: TrainingDiverged says so.
         Anything else runs on a snapshot it is rolled back to (:mod:`bngraph.snapshot`)."""
-        ctx = self.context
+        ctx = self.context  # n: this step's number (None: ctx.step + 1, the count not having moved yet)
         if not (isinstance(optimizer, Optimizer) and optimizer.fused):
-            update_on_snapshot(ctx, optimizer, n)
+            update_on_snapshot(ctx, optimizer, ctx.step + 1 if n is None else n)
             return
         if optimizer.layout is not ctx.layout:
             ctx.bind(optimizer)
         optimizer.step_flat(ctx.params, ctx.grads)  # whole-buffer passes
         bad = ctx.first_nonfinite(ctx.params)
         if bad is not None:
-            raise TrainingDiverged(f"the update at step {n} made {bad} NaN or inf "
+            raise TrainingDiverged(f"the update at step {ctx.step + 1 if n is None else n} made {bad} NaN or inf "
                                    f"({ctx.update_cause(optimizer, bad)}); the parameters are no longer "
                                    f"usable: reload a checkpoint")
 
@@ -202,7 +225,13 @@ class TrainingStep:
 
     def run(self, X, y, optimizer) -> float:
         """One step on checked data, read at once: its loss, or TrainingDiverged (nothing changed)."""
-        self.submit(X, y, optimizer)
+        impl = self._implementation(optimizer)
+        if impl is self.host and (self.guarded is None or not self.guarded.pending):
+            loss = impl.run_read(X, y)  # submit and collect in one, when nothing else is unread
+            if loss is not None:
+                self._settled += 1
+                return loss
+        impl.submit(X, y)
         return self.collect()[-1]
 
     def submit(self, X, y, optimizer) -> bool:

@@ -311,8 +311,10 @@ class Optimizer(FlatStepMixin):
         """Whether ``step_flat`` may run ``_kernel`` on whole runs: the class has one, and neither
         ``update`` (which the kernel mirrors) nor ``step`` is overridden below its definer."""
         cls = type(self)
-        owner = next((c for c in cls.__mro__ if "_kernel" in c.__dict__), None)
-        return owner is not None and cls.update is owner.update and cls.step is Optimizer.step
+        for owner in cls.__mro__:  # (a loop, not next() over a generator: asked twice every step)
+            if "_kernel" in owner.__dict__:
+                return cls.update is owner.update and cls.step is Optimizer.step
+        return False
 
     # -- saving and resuming -------------------------------------------------------------------
     def __getstate__(self) -> dict:

@@ -97,8 +97,24 @@ class GroupPlan:
     new: bool                     # some params have no state entry yet (step() makes one, even empty)
 
 
+@dataclass(slots=True)
+class _CachedPlan:
+    """The last fused plan and what it was made from (:meth:`FlatStepMixin.plan_fused` reuses it
+    while all of these are the same objects)."""
+
+    plan: FusedPlan
+    groups: list                  # the optimizer's _plan it was made for
+    binding: Binding
+    P: Any
+    G: Any
+    effective: list               # the optimizer's _effective (each group's hyperparameters)
+    per_group: tuple              # ((GroupPlan, (Stretch, ...)), ...): what each step updates (t, fresh)
+
+
 class FlatStepMixin:
     """``bind``, ``step_flat`` and what they need; mixed into :class:`~bngraph.optim.Optimizer`."""
+
+    _fused = None  # _CachedPlan of the last plan_fused (dropped with the plan: _flush_plan)
 
     def bind(self, layout: FlatLayout, xp, *, executor=None, block: int | None | str = "auto",
              threads: int | str = "auto", kernel=None) -> None:
@@ -239,17 +255,31 @@ class FlatStepMixin:
         (``array_update``); None when the next step cannot be fused
         (not a built-in, or per-parameter state that is not uniform: then ``step`` does it).
         A hyperparameter the params' dtype cannot hold is a ValueError here. A target that runs
-        the update itself (the CUDA guarded step) launches the stretches, then :meth:`commit_fused`."""
+        the update itself (the CUDA guarded step) launches the stretches, then :meth:`commit_fused`.
+        While nothing it was made from changes (the groups' plan, the binding, ``P`` and ``G``, the
+        groups' hyperparameter dicts), the next call returns the same plan, its stretches' ``t``
+        and ``fresh`` those of the next step."""
         b = self._bound
         if b is None:
             raise ValueError("plan_fused: bind(layout, xp) first")
+        groups = self._plan
+        c = self._fused
+        if (groups is not None and c is not None and c.groups is groups and c.binding is b and c.P is P
+                and c.G is G and c.effective is self._effective):
+            # the plan of the last step, its stretches reused (hp: the group's live dict, which an lr
+            # schedule sets in place); only this step's count and fresh slots are new
+            for gp, stretches in c.per_group:
+                t = None if gp.t is None else gp.t + 1
+                for s in stretches:
+                    s.t, s.fresh = t, gp.fresh
+            return c.plan
         for what, X in (("params", P), ("grads", G)):
             if X.layout is not b.layout and X.layout != b.layout:
                 raise ValueError(f"step_flat: the {what} are not in the layout this optimizer is "
                                  f"bound to; call bind(layout, xp) for the new model first")
-        if self._plan is None:  # the hyperparameters may have changed since the last step
+        if groups is None:  # the hyperparameters may have changed since the last step
             self._check_representable(b)
-        groups = self._plan if self._plan is not None else self._make_plan()
+            groups = self._make_plan()
         if groups is None:
             return None
         stretches, counters = {}, []
@@ -263,7 +293,13 @@ class FlatStepMixin:
             if gp.t is not None:
                 counters += [b.slots[COUNTER].buffers["int64"][start:stop]
                              for _, start, stop in b.counter_runs[gp.index]]
-        return FusedPlan(groups, stretches, counters, self._kernel)
+        plan = FusedPlan(groups, stretches, counters, self._kernel)
+        # kept for the next steps while nothing it captured changes: the groups' plan (a new list
+        # whenever it is dropped or restored: _flush_plan, load_state_dict, restore_host_state), the
+        # binding (bind, load_state_dict), the flat params and grads, the groups' hyperparameters
+        self._fused = _CachedPlan(plan, groups, b, P, G, self._effective,
+                                  tuple((gp, tuple(stretches[gp.index])) for gp in groups))
+        return plan
 
     def commit_fused(self, plan: FusedPlan, counters: bool = True) -> None:
         """The bookkeeping of the fused step ``plan`` once its update has run: the step counters
@@ -282,7 +318,8 @@ class FlatStepMixin:
                     for key in gp.fresh:
                         slots[key] = b.slots[key].views[name]
                 gp.fresh, gp.new = (), False
-        self._plan = plan.groups
+        if self._plan is not plan.groups:
+            self._plan = plan.groups
         self.step_count += 1
 
     def _check_representable(self, b: Binding) -> None:
@@ -347,6 +384,7 @@ class FlatStepMixin:
     def _flush_plan(self) -> None:
         """Drop the plan (the state is about to change), keeping the counts it carried."""
         plan, self._plan = self._plan, None
+        self._fused = None
         if plan and self._steps is not None:
             for gp in plan:
                 if gp.t is not None:

@@ -15,6 +15,7 @@ NumPy does with a Python float. ``If`` branches on a hyperparameter (``H.amsgrad
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -149,7 +150,15 @@ class OptimizerRecord:
 
     def values(self, hp: dict, t, fresh) -> dict:
         """Every entry of the vector by name, as Python values."""
-        return {**hp, **self.fixed, "t": t, **{f"fresh:{s.name}": s.name in fresh for s in self.slots}}
+        v = {**hp, **self.fixed, "t": t}
+        for key, name in self._fresh_keys:
+            v[key] = name in fresh
+        return v
+
+    @cached_property
+    def _fresh_keys(self) -> tuple:
+        """``(("fresh:<slot>", slot), ...)``: made once (``values`` runs every step)."""
+        return tuple((f"fresh:{s.name}", s.name) for s in self.slots)
 
     def vector(self, hp: dict, t, fresh) -> np.ndarray:
         """The hyperparameter vector ``h`` of one launch (float64, in ``hyper``'s order)."""
