@@ -76,18 +76,11 @@ class Renderer(ABC):
         """{program name: graph} -> :class:`Rendered`; ``docs`` gives each program's docstring."""
 
 
-class Runtime(ABC):
-    """Runs one target's code on one device. ``xp`` is the array module the arrays belong to."""
+class ArrayMemory(ABC):
+    """Arrays of one device through an array module ``xp``: what a runtime and a runtime's
+    allocator (:class:`bngraph.backends.device.Allocator`) both offer, with defaults written once."""
 
-    target = "?"
     xp = None
-
-    def __init__(self, device=None):
-        self.device = device
-
-    @abstractmethod
-    def load(self, rendered: Rendered) -> "Executable":
-        """Compile/load rendered sources: an :class:`Executable` with one entry per program."""
 
     @abstractmethod
     def asarray(self, a, dtype):
@@ -95,14 +88,14 @@ class Runtime(ABC):
 
     @abstractmethod
     def to_numpy(self, a):
-        """An array of this runtime -> a NumPy array on the host."""
+        """An array of this device -> a NumPy array on the host."""
 
     def empty(self, shape, dtype):
-        """An uninitialized array of this runtime (the plan's buffers, the flat params)."""
+        """An uninitialized array of this device (the plan's buffers, the flat params)."""
         return self.xp.empty(shape, dtype=dtype)
 
     def zeros(self, shape, dtype):
-        """A zero-filled array of this runtime."""
+        """A zero-filled array of this device."""
         return self.xp.zeros(shape, dtype=dtype)
 
     def to_float(self, a) -> float:
@@ -124,7 +117,22 @@ class Runtime(ABC):
 
     def pointer(self, a) -> int:
         """The address of ``a``'s first element (what a kernel argument or a pointer table holds)."""
-        raise NotImplementedError(f"the {self.target} runtime has no raw pointers")
+        target = getattr(self, "target", None)
+        raise NotImplementedError(f"the {target} runtime has no raw pointers" if target else
+                                  f"{type(self).__name__} has no raw pointers")
+
+
+class Runtime(ArrayMemory):
+    """Runs one target's code on one device. ``xp`` is the array module the arrays belong to."""
+
+    target = "?"
+
+    def __init__(self, device=None):
+        self.device = device
+
+    @abstractmethod
+    def load(self, rendered: Rendered) -> "Executable":
+        """Compile/load rendered sources: an :class:`Executable` with one entry per program."""
 
     # ---- optional abilities: the defaults say "not on this runtime" ----------------------------
     captures = False  # True when capture/replay work: then bg.compile(..., cuda_graph=True) is allowed

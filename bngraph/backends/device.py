@@ -19,42 +19,13 @@ from typing import Callable
 
 import numpy as np
 
-from .base import Runtime
+from .base import ArrayMemory, Runtime
 
 
-class Allocator(ABC):
-    """The memory of one device. ``xp`` is the array module its arrays belong to."""
-
-    xp = None
-
-    @abstractmethod
-    def asarray(self, a, dtype):
-        """A host (NumPy) array -> an array of this memory, in ``dtype`` (a copy or not)."""
-
-    @abstractmethod
-    def to_numpy(self, a):
-        """An array of this memory -> a NumPy array on the host."""
-
-    def empty(self, shape, dtype):
-        return self.xp.empty(shape, dtype=dtype)
-
-    def zeros(self, shape, dtype):
-        return self.xp.zeros(shape, dtype=dtype)
-
-    def to_float(self, a) -> float:
-        return float(self.to_numpy(a))
-
-    def all_finite(self, a) -> bool:
-        return bool(self.to_numpy(self.xp.isfinite(self.xp.sum(a))))
-
-    def synchronize(self) -> None:
-        """Wait until queued work is done (nothing to wait for on a synchronous device)."""
-
-    def write(self, dst, host) -> None:
-        dst[...] = self.asarray(host, dst.dtype)
-
-    def pointer(self, a) -> int:
-        raise NotImplementedError(f"{type(self).__name__} has no raw pointers")
+class Allocator(ArrayMemory):
+    """The memory of one device (its array module ``xp``, allocation, host copies, the reductions a
+    step reads): :class:`~bngraph.backends.base.ArrayMemory`'s methods, which a :class:`PartsRuntime`
+    hands on."""
 
 
 class HostMemory(Allocator):
