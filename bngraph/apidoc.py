@@ -35,7 +35,7 @@ SECTIONS = [
     ("bngraph.passes.base", "bngraph.passes.base", ["make_node", "need"]),
     ("bngraph.init", "bngraph.init", ["init_values"]),
     ("bngraph.export", "bngraph.export", ["InferenceModel"]),
-    ("bngraph.backends", "bngraph.backends", ["Renderer", "Runtime", "Executable", "Rendered", "Lowering",
+    ("bngraph.backends", "bngraph.backends", ["Renderer", "Runtime", "ArrayMemory", "Executable", "Rendered", "Lowering",
                                               "unregister_target"]),
     ("bngraph.errors", "bngraph.errors", ["ModelSizeError", "ProgramError"]),
 ]

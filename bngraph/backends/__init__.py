@@ -3,7 +3,7 @@
 ``get_target(name)`` returns a registered :class:`Target`; ``Target.runtime(device)`` makes a
 runtime for one device. The NumPy and CUDA targets are built in.
 """
-from .base import TARGETS, Executable, Rendered, Renderer, Runtime, Target, get_target, register_target, unregister_target
+from .base import TARGETS, ArrayMemory, Executable, Rendered, Renderer, Runtime, Target, get_target, register_target, unregister_target
 from .lowering import Lowering, LoweringError, Plan, plan_program
 from .cuda_target import TARGET as CUDA_TARGET
 from .numpy_target import TARGET as NUMPY_TARGET
@@ -11,5 +11,5 @@ from .numpy_target import TARGET as NUMPY_TARGET
 register_target(NUMPY_TARGET)
 register_target(CUDA_TARGET)  # renders anywhere; runs on a GPU through CuPy, or on the CPU emulator
 
-__all__ = ["Executable", "Lowering", "LoweringError", "Plan", "Rendered", "Renderer", "Runtime", "TARGETS", "Target",
-           "get_target", "plan_program", "register_target", "unregister_target"]
+__all__ = ["ArrayMemory", "Executable", "Lowering", "LoweringError", "Plan", "Rendered", "Renderer", "Runtime",
+           "TARGETS", "Target", "get_target", "plan_program", "register_target", "unregister_target"]
