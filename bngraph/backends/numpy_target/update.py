@@ -55,20 +55,14 @@ class Lanes(Prepared):
                          for _ in range(max((len(g) for g in self.lanes), default=1) - 1)]
 
     def run(self, opt, plan) -> None:
-        xp, update, (D, T) = self.xp, plan.array_update, self.scratch[0]
+        update = plan.array_update
         for gp in plan.groups:
             stretches, lanes = plan.stretches[gp.index], self.lanes[gp.index]
             if len(lanes) > 1:
                 hostthreads.run_lanes(lambda i: self.lane(update, stretches, lanes[i], self.scratch[i]),
                                       list(range(len(lanes))))
-                continue
-            for k, sub, scut in lanes[0]:  # self.lane(update, stretches, lanes[0], self.scratch[0]), inlined
-                s = stretches[k]
-                if sub is None:
-                    update(xp, s.p, s.g, s.slots, D[s.dtype][scut], T[s.dtype][scut], s.hp, s.t, s.fresh)
-                else:
-                    update(xp, s.p[sub], s.g[sub], {key: a[sub] for key, a in s.slots.items()},
-                           D[s.dtype][scut], T[s.dtype][scut], s.hp, s.t, s.fresh)
+            else:
+                self.lane(update, stretches, lanes[0], self.scratch[0])
 
     def lane(self, update, stretches, pieces, scratch) -> None:
         """One lane's pieces of a group's ``stretches``, with the lane's ``scratch``, in order."""
