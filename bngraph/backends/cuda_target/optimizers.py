@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...optim.base import Optimizer
-from ...optim.records import Bin, Cond, Fn, If, Let, Num, OptimizerRecord, Ref, Set, is_scalar
+from ...optim.records import Bin, Cond, If, Let, Num, OptimizerRecord, Ref, Set, is_scalar
 from ..base import template_env
 
 BLOCK = 256
