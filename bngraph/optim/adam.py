@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..flat import array_namespace
 from .base import Optimizer, check_nonneg, flag, number
 from .records import ADAM_RECORD, ADAMW_RECORD
-from .render_numpy import numpy_update
+from .recorded import RecordUpdate
 
 
 def adam_update(xp, p, g, m, v, vmax, d, tmp, lr, t, *, beta1, beta2, eps, weight_decay,
@@ -40,7 +40,7 @@ def adam_update(xp, p, g, m, v, vmax, d, tmp, lr, t, *, beta1, beta2, eps, weigh
     xp.subtract(p, tmp, out=p)
 
 
-class Adam(Optimizer):
+class Adam(RecordUpdate, Optimizer):
     """Adam (optionally AMSGrad), PyTorch's ``torch.optim.Adam`` with ``betas=(beta1, beta2)``.
 
     Per parameter, with its own step count ``t`` and ``d = g + weight_decay*p`` (L2, coupled):
@@ -72,14 +72,8 @@ class Adam(Optimizer):
         hp["amsgrad"] = flag("amsgrad", hp["amsgrad"])
         return hp
 
-    def _slot_keys(self, hp: dict) -> tuple:
-        return self.record.slot_keys(hp)
-
     def _lazy_slots(self, hp: dict) -> tuple:
         return ("max_exp_avg_sq",) if hp["amsgrad"] else ()  # step and the moments appear together
-
-    def _kernel(self, xp, p, g, slots, d, tmp, hp, t, fresh) -> None:
-        numpy_update(self.record)(xp, p, g, slots, d, tmp, self.record.values(hp, t, fresh))
 
     def update(self, p, g, slots: dict) -> None:
         xp, hp = array_namespace(p), self._active

@@ -309,11 +309,13 @@ class Optimizer(FlatStepMixin):
 
     def _fusable(self) -> bool:
         """Whether ``step_flat`` may run ``_kernel`` on whole runs: the class has one, and neither
-        ``update`` (which the kernel mirrors) nor ``step`` is overridden below its definer."""
+        ``update`` (which the kernel mirrors) nor ``step`` is overridden below the class that
+        pairs them (the nearest that defines ``_kernel`` or names its ``record``)."""
         cls = type(self)
         for owner in cls.__mro__:  # (a loop, not next() over a generator: asked twice every step)
-            if "_kernel" in owner.__dict__:
-                return cls.update is owner.update and cls.step is Optimizer.step
+            if "_kernel" in owner.__dict__ or "record" in owner.__dict__:
+                return (cls.update is owner.update and cls.step is Optimizer.step
+                        and callable(getattr(owner, "_kernel", None)))
         return False
 
     # -- saving and resuming -------------------------------------------------------------------

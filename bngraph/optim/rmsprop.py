@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..flat import array_namespace
 from .base import Optimizer, check_nonneg, flag, number
 from .records import RMSPROP_RECORD
-from .render_numpy import numpy_update
+from .recorded import RecordUpdate
 
 
 def rmsprop_update(xp, p, g, sq, ga, buf, d, tmp, lr, *, alpha, eps, momentum, weight_decay,
@@ -40,7 +40,7 @@ def rmsprop_update(xp, p, g, sq, ga, buf, d, tmp, lr, *, alpha, eps, momentum, w
     xp.subtract(p, tmp, out=p)
 
 
-class RMSprop(Optimizer):
+class RMSprop(RecordUpdate, Optimizer):
     """RMSprop, PyTorch's ``torch.optim.RMSprop`` (default ``lr=1e-2`` as in PyTorch).
 
     With ``d = g + weight_decay*p``: ``s = alpha*s + (1-alpha)*d**2``; ``denom = sqrt(s) + eps``
@@ -65,12 +65,6 @@ class RMSprop(Optimizer):
         return hp
 
     record = RMSPROP_RECORD  # the fused update, its kernel and its vector: rendered from the record
-
-    def _slot_keys(self, hp: dict) -> tuple:
-        return self.record.slot_keys(hp)
-
-    def _kernel(self, xp, p, g, slots, d, tmp, hp, t, fresh) -> None:
-        numpy_update(self.record)(xp, p, g, slots, d, tmp, self.record.values(hp, t, fresh))
 
     def update(self, p, g, slots: dict) -> None:
         # the reference: the hand-written rmsprop_update (the rendered update is tested against it)

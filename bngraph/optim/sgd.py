@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..flat import array_namespace
 from .base import Optimizer, check_nonneg, flag, number
 from .records import SGD_RECORD
-from .render_numpy import numpy_update
+from .recorded import RecordUpdate
 
 
 def sgd_update(xp, p, g, buf, d, tmp, lr, fresh, *, momentum, dampening, nesterov,
@@ -38,7 +38,7 @@ def sgd_update(xp, p, g, buf, d, tmp, lr, fresh, *, momentum, dampening, nestero
     xp.subtract(p, tmp, out=p)
 
 
-class SGD(Optimizer):
+class SGD(RecordUpdate, Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum and L2 weight decay.
 
     PyTorch's ``torch.optim.SGD``: with ``d = g + weight_decay*p``,
@@ -64,12 +64,6 @@ class SGD(Optimizer):
         return hp
 
     record = SGD_RECORD  # the fused update, its kernel and its vector: rendered from the record
-
-    def _slot_keys(self, hp: dict) -> tuple:
-        return self.record.slot_keys(hp)
-
-    def _kernel(self, xp, p, g, slots, d, tmp, hp, t, fresh) -> None:
-        numpy_update(self.record)(xp, p, g, slots, d, tmp, self.record.values(hp, t, fresh))
 
     def update(self, p, g, slots: dict) -> None:
         # the reference: the hand-written sgd_update (the rendered update is tested against it)
