@@ -160,3 +160,15 @@ def random_values(g: bg.Graph, rng: np.random.Generator, m: int = 6):
             a = np.abs(a) + 0.5
         values[v.name] = a.astype(np.dtype(bg.ir.DTYPES[v.type.dtype]))
     return feeds, values
+
+
+@pytest.fixture
+def sigint_default():
+    """SIGINT with Python's default handler (KeyboardInterrupt), as in a terminal, for the Ctrl-C
+    tests: pytest started in the background by a shell script inherits SIGINT ignored, and then
+    os.kill(pid, SIGINT) would do nothing. The handler before is restored after the test."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

@@ -57,16 +57,6 @@ def test_save_writes_an_atomic_checkpoint_after_every_epoch(tmp_path, capsys, mo
     assert (fit["seed"], fit["batch_size"], fit["shuffle"], fit["n"]) == (2, 100, True, 1295)
 
 
-@pytest.fixture
-def sigint_default():
-    """SIGINT with Python's default handler (KeyboardInterrupt), as in a terminal, for the Ctrl-C
-    tests: pytest started in the background by a shell script inherits SIGINT ignored, and then
-    the os.kill below would do nothing. The handler before is restored after the test."""
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, before)
-
-
 @pytest.mark.parametrize("stop_after", [17, 26, 1])  # mid-epoch 2, the end of epoch 2, the first step
 def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatch, straight, stop_after,
                                                      sigint_default):

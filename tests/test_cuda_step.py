@@ -175,7 +175,7 @@ def test_a_user_optimizer_is_checked_on_the_host():
     assert model.trainer.guarded is None and model.step == 6
 
 
-def test_ctrl_c_among_unread_steps_stops_after_a_whole_step(monkeypatch):
+def test_ctrl_c_among_unread_steps_stops_after_a_whole_step(monkeypatch, sigint_default):
     import os
     import signal
 

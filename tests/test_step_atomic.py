@@ -309,7 +309,7 @@ class CtrlC(bg.optim.SGD):
                 os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_in_fit_stops_between_steps_and_resumes_exactly(tmp_path):
+def test_ctrl_c_in_fit_stops_between_steps_and_resumes_exactly(tmp_path, sigint_default):
     X, y = data(37)
     straight = bg.compile(bg.mlp([4, 6, 3]), dtype="float64")
     straight.fit(X, y, optimizer=bg.optim.SGD(lr=0.05, momentum=0.9), epochs=3, batch_size=8, verbose=False)
@@ -328,7 +328,7 @@ def test_ctrl_c_in_fit_stops_between_steps_and_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(resumed.params[k], v, err_msg=k)
 
 
-def test_a_second_ctrl_c_interrupts_at_once():
+def test_a_second_ctrl_c_interrupts_at_once(sigint_default):
     X, y = data(37)
     model = bg.compile(bg.mlp([4, 6, 3]), dtype="float64")
     opt = CtrlC(at=[3], times=2)
@@ -339,7 +339,7 @@ def test_a_second_ctrl_c_interrupts_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_resuming_with_another_batch_size_restarts_the_interrupted_epoch(capsys):
+def test_resuming_with_another_batch_size_restarts_the_interrupted_epoch(capsys, sigint_default):
     X, y = data(37)
     model = bg.compile(bg.mlp([4, 6, 3]), dtype="float64")
     with pytest.raises(StepBoundaryInterrupt):
