@@ -58,7 +58,8 @@ def save(model, path) -> str:
     arrays.update({f"state/{k}": rt.to_numpy(v) for k, v in model.state.items()})
     m = meta(model)
     if model.optimizer is not None and hasattr(model.optimizer, "state_dict"):
-        sd = model.optimizer.state_dict()
+        with rt.queue():  # any copy it makes on the model's stream
+            sd = model.optimizer.state_dict()
         m["optimizer"] = {k: v for k, v in sd.items() if k != "slots"}
         for p, slots in sd.get("slots", {}).items():
             for s, a in slots.items():
@@ -234,8 +235,9 @@ def restore(model, m, arrays, optimizer, path):
         raise CheckpointError(f"{path}: {re.sub('set_(params|state): ', '', msg, count=1)}") from None
     _check_fit_position(path, m.get("fit"), model)
     _check_optimizer_state(path, m, arrays, model, optimizer)
-    optimizer = _restore_optimizer(m, arrays, optimizer, path)
-    write()
+    with model.runtime.queue():  # the optimizer's slots are copied in on the model's stream
+        optimizer = _restore_optimizer(m, arrays, optimizer, path)
+        write()
     model.step, model.epoch = int(m["step"]), int(m["epoch"])
     model.fit_state = m.get("fit")
     model.cli_run = m.get("cli")  # the command line's settings of the run, if it made it

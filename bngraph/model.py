@@ -60,12 +60,13 @@ class Model:
         # mapped through the passes (a folded bias moves into its running mean)
         values = self.report.remap({**init_values(self.source_graph, seed), **self._start_values(graph, weights)})
         self.layout = FlatLayout([(p.name, p.type.shape, DTYPES[p.type.dtype]) for p in self.graph.params])
-        self._P = self.layout.allocate(self.runtime.xp)  # params: one flat buffer per dtype, a view per param
-        self._G = self.layout.allocate(self.runtime.xp)  # their gradients, in the same layout
-        for k, view in self._P.views.items():
-            view[...] = self.runtime.asarray(values[k], self.dtype)
-        self._S = {s.name: self.runtime.asarray(np.array(values[s.name], self.dtype), self.dtype)
-                   for s in self.graph.state}
+        with self.runtime.queue():  # the runtime's queue (the model's own stream on a GPU), not the thread's
+            self._P = self.layout.allocate(self.runtime.xp)  # params: one flat buffer per dtype, a view per param
+            self._G = self.layout.allocate(self.runtime.xp)  # their gradients, in the same layout
+            for k, view in self._P.views.items():
+                view[...] = self.runtime.asarray(values[k], self.dtype)
+            self._S = {s.name: self.runtime.asarray(np.array(values[s.name], self.dtype), self.dtype)
+                       for s in self.graph.state}
         self.optimizer = None
         self.epoch = 0  # epochs completed by fit
         self.fit_state = None  # fit's seed, batch size and place in an epoch (bngraph.training), saved in checkpoints
@@ -150,9 +151,10 @@ class Model:
                    if values is not None]
 
         def write():
-            for values, live in checked:
-                for k, a in values.items():
-                    live[k][...] = self.runtime.asarray(a, self.dtype)
+            with self.runtime.queue():
+                for values, live in checked:
+                    for k, a in values.items():
+                        live[k][...] = self.runtime.asarray(a, self.dtype)
         return write
 
     def set_params(self, values: dict):

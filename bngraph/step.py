@@ -225,20 +225,22 @@ class TrainingStep:
 
     def run(self, X, y, optimizer) -> float:
         """One step on checked data, read at once: its loss, or TrainingDiverged (nothing changed)."""
-        impl = self._implementation(optimizer)
-        if impl is self.host and (self.guarded is None or not self.guarded.pending):
-            loss = impl.run_read(X, y)  # submit and collect in one, when nothing else is unread
-            if loss is not None:
-                self._settled += 1
-                return loss
-        impl.submit(X, y)
-        return self.collect()[-1]
+        with self.context.runtime.queue():  # every array operation of the step in the model's queue
+            impl = self._implementation(optimizer)
+            if impl is self.host and (self.guarded is None or not self.guarded.pending):
+                loss = impl.run_read(X, y)  # submit and collect in one, when nothing else is unread
+                if loss is not None:
+                    self._settled += 1
+                    return loss
+            impl.submit(X, y)
+            return self.collect()[-1]
 
     def submit(self, X, y, optimizer) -> bool:
         """One step on checked data, enqueued; True when the losses must be collected before the
         next one (always for a host-checked step)."""
-        impl = self._implementation(optimizer)
-        impl.submit(X, y)
+        with self.context.runtime.queue():
+            impl = self._implementation(optimizer)
+            impl.submit(X, y)
         return impl is self.host or impl.pending >= impl.CAPACITY
 
     def collect(self) -> list:
@@ -248,7 +250,8 @@ class TrainingStep:
         try:
             for impl in (self.host, self.guarded):
                 if impl is not None:
-                    more = impl.read()
+                    with self.context.runtime.queue():
+                        more = impl.read()
                     self._settled += len(more)
                     got += more
         except TrainingDiverged as e:

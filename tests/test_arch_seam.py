@@ -293,6 +293,12 @@ def test_the_gpu_parts_with_a_stand_in_for_cupy():
         def __init__(self):
             self.log = []
 
+        def __enter__(self):
+            self.log.append("enter")
+
+        def __exit__(self, *exc):
+            self.log.append("exit")
+
         def begin_capture(self):
             self.log.append("begin")
 
@@ -307,8 +313,9 @@ def test_the_gpu_parts_with_a_stand_in_for_cupy():
         def __init__(self, name, calls):
             self.name, self.calls = name, calls
 
-        def __call__(self, grid, block, args):
+        def __call__(self, grid, block, args, stream=None):
             self.calls.append((self.name, grid, block, args))
+            assert stream is launcher.stream  # every launch names the launcher's stream
 
     class RawModule:
         made = 0
@@ -343,7 +350,7 @@ def test_the_gpu_parts_with_a_stand_in_for_cupy():
 
     with pytest.raises(RuntimeError, match="boom"):
         launcher.capture(fails)
-    assert stream.log == ["begin", "end", "begin", "end"]  # the stream is never left capturing
+    assert stream.log == ["begin", "enter", "exit", "end"] * 2  # never left capturing; fn runs on the stream
     memory = cuda_runtime.CupyMemory(cp, stream)
     assert memory.xp is cp
     memory.synchronize()

@@ -24,6 +24,7 @@ graph's outputs by key.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -109,6 +110,11 @@ class ArrayMemory(ABC):
 
     def synchronize(self):
         """Wait until queued work is done (nothing to wait for on a synchronous device)."""
+
+    def queue(self):
+        """A context under which this thread's array-module work (``xp`` calls, copies, ``a[...] =``)
+        goes in this device's queue, whichever queue the thread had (a GPU: the model's stream)."""
+        return nullcontext()
 
     def write(self, dst, host) -> None:
         """Copy the host (NumPy) array ``host`` into the device array ``dst`` (same shape), in
@@ -206,12 +212,14 @@ class Executable:
         return self.call(program, feeds, P, S, G, self.buffers(program, m))
 
     def call(self, program: str, feeds: dict, P: dict, S: dict, G: dict | None, buffers: dict) -> dict:
-        """Run ``program`` with the batch-sized ``buffers`` given (the plan's, at the feeds' size)."""
+        """Run ``program`` with the batch-sized ``buffers`` given (the plan's, at the feeds' size),
+        in the runtime's queue (a driver's copies too, not only its launches)."""
         plan = self.plans[program]
         args = [feeds[v.name] for v in plan.inputs]
-        if plan.has_grads:
-            return self.functions[program](*args, P, S, G, buffers)
-        return self.functions[program](*args, P, S, buffers)
+        with self.runtime.queue():
+            if plan.has_grads:
+                return self.functions[program](*args, P, S, G, buffers)
+            return self.functions[program](*args, P, S, buffers)
 
 
 @dataclass
@@ -288,8 +296,9 @@ class GraphedPrograms:
         if replays is None:
             return self.executable.run(program, feeds, P, S, G, m)
         entry = replays.entry(m)
-        for k, v in feeds.items():
-            entry.inputs[k][...] = v
+        with self.executable.runtime.queue():
+            for k, v in feeds.items():
+                entry.inputs[k][...] = v
 
         def step():
             entry.out = self.executable.call(program, entry.inputs, P, S, G, entry.buffers)

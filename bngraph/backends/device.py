@@ -126,6 +126,9 @@ class PartsRuntime(Runtime):
     def synchronize(self) -> None:
         self.memory.synchronize()
 
+    def queue(self):
+        return self.memory.queue()
+
     def write(self, dst, host) -> None:
         self.memory.write(dst, host)
 

@@ -87,8 +87,9 @@ def gpu_runtime(device=None) -> CudaRuntime:
         raise IRError(f"cuda device {device!r} does not exist: {count} GPU(s) found (devices 0..{count - 1}), "
                       f"or device='emulator' for the CPU emulator")
     cp.cuda.Device(index).use()
+    # the model's own stream, named by every operation (never made the thread's current stream: a
+    # second model, or another thread, would then send this one's work elsewhere)
     stream = cp.cuda.Stream(non_blocking=True)
-    stream.use()  # every CuPy operation of this thread (copies, optimizers) goes on this stream
     return CudaRuntime(index, NvrtcCompiler(cp), CupyMemory(cp, stream), GpuLauncher(stream, Cublas(cp, stream)))
 
 
@@ -110,19 +111,36 @@ class NvrtcCompiler(Compiler):
 
 
 class CupyMemory(Allocator):
-    """CuPy arrays on one GPU; copies to the host wait for ``stream``, copies to the device do not."""
+    """CuPy arrays on one GPU, every operation that enqueues work on ``stream`` (the model's, named
+    each time: never the thread's current stream); copies to the host wait for it, to the device not."""
 
     def __init__(self, cp, stream):
         self.cp = self.xp = cp
         self.stream = stream
 
+    def queue(self):
+        return self.stream  # ``with stream:`` makes it the current stream for the block, then restores
+
     def asarray(self, a, dtype):
-        return self.cp.asarray(np.ascontiguousarray(a, dtype=dtype))
+        with self.stream:
+            return self.cp.asarray(np.ascontiguousarray(a, dtype=dtype))
+
+    def empty(self, shape, dtype):
+        with self.stream:  # CuPy's memory pool keeps each stream's blocks apart
+            return self.cp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        with self.stream:
+            return self.cp.zeros(shape, dtype=dtype)
 
     def to_numpy(self, a):
         out = a.get(stream=self.stream)
         self.stream.synchronize()
         return out
+
+    def all_finite(self, a) -> bool:
+        with self.stream:
+            return super().all_finite(a)
 
     def write(self, dst, host) -> None:
         """An asynchronous copy on the stream: from pageable memory the driver stages the bytes
@@ -137,8 +155,8 @@ class CupyMemory(Allocator):
 
 
 class GpuLauncher(Launcher):
-    """Kernels (``RawModule`` functions, looked up once each) and cuBLAS on one stream; what they
-    launch is captured into a CUDA graph by stream capture."""
+    """Kernels (``RawModule`` functions, looked up once each) and cuBLAS on one stream, each launch
+    naming it; what they launch is captured into a CUDA graph by capture on that stream."""
 
     captures = True
 
@@ -147,23 +165,26 @@ class GpuLauncher(Launcher):
 
     def bind(self, binary):
         kernels: dict = {}
+        stream = self.stream
 
         def launch(name, grid, block, *args):
             k = kernels.get(name)
             if k is None:
                 k = kernels[name] = binary.get_function(name)
-            k(grid, block, args)
+            k(grid, block, args, stream=stream)
 
         return launch
 
     def gemm(self, ta, tb, M, N, K, A, B, C):
-        return self.blas.gemm(ta, tb, M, N, K, A, B, C)
+        return self.blas.gemm(ta, tb, M, N, K, A, B, C)  # the handle is bound to the stream
 
     def capture(self, fn):
-        """A CUDA graph of what ``fn`` launches on the stream (nothing runs yet)."""
+        """A CUDA graph of what ``fn`` launches on the stream (nothing runs yet); CuPy work inside
+        ``fn`` (a driver's copies) goes on the stream too, so the graph holds it."""
         self.stream.begin_capture()
         try:
-            fn()
+            with self.stream:
+                fn()
         finally:
             graph = self.stream.end_capture()  # always end: a failed capture must not leave the stream capturing
         return graph
@@ -213,7 +234,8 @@ class Cublas:
         self.handle = ctypes.c_void_p()
         self._check("cublasCreate_v2", self.lib.cublasCreate_v2(ctypes.byref(self.handle)))
         self._check("cublasSetStream_v2", self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream.ptr)))
-        self.workspace = cp.empty(self.WORKSPACE, dtype=cp.uint8)
+        with stream:
+            self.workspace = cp.empty(self.WORKSPACE, dtype=cp.uint8)
         self._check("cublasSetWorkspace_v2", self.lib.cublasSetWorkspace_v2(
             self.handle, ctypes.c_void_p(self.workspace.data.ptr), ctypes.c_size_t(self.WORKSPACE)))
         self._check("cublasSetMathMode", self.lib.cublasSetMathMode(self.handle, 0))  # CUBLAS_DEFAULT_MATH: no TF32
