@@ -348,6 +348,18 @@ extern "C" __global__ void evaluate__loss(const real* __restrict__ logits, const
 // status (unsigned 64-bit words): {flags, first bad step, first bad gradient element, first bad state
 // entry, first param element the update made NaN/inf}. Flags: 1 loss, 2 gradient, 4 new state,
 // 8 update. header (double): {global step number, slot of this step's loss in `losses`}.
+//
+// No thread's decision depends on what other threads of its own launch did, so the status is the
+// same whatever the interleaving of a real grid (tests/test_cuda_guard_threads.py runs the kernels
+// on real threads). A step is skipped when an EARLIER step flagged: `first bad step` is written once,
+// from 0 to the flagged step's number (atomicCAS), so a launch reads 0 or its own step's number there
+// unless an earlier step flagged, and that word never changes during the launch. Within a step the
+// guard's threads OR in every flag they find and atomicMin the indices (each thread scans its
+// elements in increasing order and reports its first bad one), so the status holds every flag of
+// the step and the lowest bad indices; the host names the most telling one: the loss, then a
+// gradient, then a statistic (step.py, the NumPy target's order). The optimizer kernels run whole
+// unless the guard flagged (its flags are settled before they start): all of the step's update,
+// the lowest param element it made NaN/inf, as the NumPy target's update and finite check.
 #define STATUS_FLAGS 0
 #define STATUS_STEP 1
 #define STATUS_GRAD 2
@@ -357,6 +369,21 @@ extern "C" __global__ void evaluate__loss(const real* __restrict__ logits, const
 __device__ __forceinline__ void flag_step(unsigned long long* status, unsigned long long bit, double step) {
     atomicOr(&status[STATUS_FLAGS], bit);
     atomicCAS(&status[STATUS_STEP], 0ULL, (unsigned long long)step);
+}
+
+// A status word other threads of this launch may be writing, read once (relaxed, not torn).
+__device__ __forceinline__ unsigned long long status_word(const unsigned long long* status, int k) {
+#ifdef __CUDA_ARCH__
+    return *(const volatile unsigned long long*)&status[k];
+#else
+    return __atomic_load_n(&status[k], __ATOMIC_RELAXED);  // the host compiler: the emulator, the thread test
+#endif
+}
+
+// Did a step before `step` flag? (Then this one changes nothing.) Read at the launch's start.
+__device__ __forceinline__ bool earlier_step_flagged(const unsigned long long* status, double step) {
+    const unsigned long long s = status_word(status, STATUS_STEP);
+    return s != 0ULL && s != (unsigned long long)step;
 }
 
 __device__ __forceinline__ bool finite_real(real v) {
@@ -369,17 +396,16 @@ extern "C" __global__ void step_guard(unsigned long long* __restrict__ status, c
                                       const real* __restrict__ loss, real* __restrict__ losses,
                                       const long long* __restrict__ checks, int n_checked) {
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
-    if (first == 0) {
-        losses[(long long)header[1]] = *loss;
-        if (!finite_real(*loss) && status[STATUS_FLAGS] == 0) flag_step(status, 1ULL, header[0]);
-    }
-    if (status[STATUS_FLAGS] != 0) return;  // an earlier step diverged: nothing more to check
+    const double step = header[0];
+    if (first == 0) losses[(long long)header[1]] = *loss;
+    if (earlier_step_flagged(status, step)) return;  // nothing more to check: the step changes nothing
+    if (first == 0 && !finite_real(*loss)) flag_step(status, 1ULL, step);
     for (int e = 0; e < n_checked; ++e) {
         const real* x = (const real*)checks[2 * e];
         const long long n = checks[2 * e + 1];
         for (long long i = first; i < n; i += stride) {
-            if (!finite_real(x[i])) {
-                flag_step(status, e == 0 ? 2ULL : 4ULL, header[0]);
+            if (!finite_real(x[i])) {  // this thread's first bad element of x: the lowest wins
+                flag_step(status, e == 0 ? 2ULL : 4ULL, step);
                 atomicMin((long long*)&status[e == 0 ? STATUS_GRAD : STATUS_STATE], e == 0 ? i : (long long)e);
                 break;
             }
