@@ -140,6 +140,10 @@ class Runtime(ArrayMemory):
     def load(self, rendered: Rendered) -> "Executable":
         """Compile/load rendered sources: an :class:`Executable` with one entry per program."""
 
+    def close(self) -> None:
+        """Release what the runtime holds outside Python's memory (the CUDA target's cuBLAS handle;
+        also done when it is collected). Nothing by default; closing twice is harmless."""
+
     # ---- optional abilities: the defaults say "not on this runtime" ----------------------------
     captures = False  # True when capture/replay work: then bg.compile(..., cuda_graph=True) is allowed
 

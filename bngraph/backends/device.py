@@ -80,6 +80,9 @@ class Launcher(ABC):
     def gemm(self, ta, tb, M, N, K, A, B, C):
         """Row-major ``C (M, N) = op(A) @ op(B)`` (``ta``, ``tb``: transpose flags); returns C."""
 
+    def close(self) -> None:
+        """Release what the launcher holds (a library handle); again does nothing."""
+
     def capture(self, fn):
         raise NotImplementedError(f"{type(self).__name__} does not capture graphs")
 
@@ -134,6 +137,10 @@ class PartsRuntime(Runtime):
 
     def pointer(self, a) -> int:
         return self.memory.pointer(a)
+
+    def close(self) -> None:
+        if self.launcher is not None:
+            self.launcher.close()
 
     def capture(self, fn):
         if not self.captures:

@@ -7,12 +7,13 @@ from .renderer import CudaRenderer
 
 
 def make_runtime(device=None):
-    """``device="emulator"``: the CPU emulator; anything else: a GPU through CuPy (imported here,
-    lazily, so that rendering never needs it)."""
-    if device == "emulator":
+    """``device="emulator"``: the CPU emulator (IEEE); ``"emulator-gpu-math"``: the emulator with
+    the GPU build's numerics (FMA contraction, float32 flush-to-zero); anything else: a GPU through
+    CuPy (imported here, lazily, so that rendering never needs it)."""
+    if device in ("emulator", "emulator-gpu-math"):
         from .emulator import emulator_runtime
 
-        return emulator_runtime()
+        return emulator_runtime(device)
     from .runtime import gpu_runtime
 
     return gpu_runtime(device)

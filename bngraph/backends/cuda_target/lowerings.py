@@ -26,7 +26,8 @@ from ..lowering import Lowering
 class CudaLanguage(CStyleLanguage):
     """CUDA C: the shared C-style math with CUDA's types (``real`` is a typedef of float or
     double). The intrinsics keep their overloaded names (``exp`` on a double is the double
-    ``exp``): no fast math, so the emulator's ``std::`` functions give the GPU's numbers."""
+    ``exp``): no fast-math intrinsics, so the emulator's ``std::`` functions are within a few ulps
+    of the GPU's (docs/cuda.md, Numerics)."""
 
     types = {"f32": "float", "f64": "double"}
 

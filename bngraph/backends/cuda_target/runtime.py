@@ -21,6 +21,8 @@ import ctypes
 import glob
 import hashlib
 import os
+import re
+import weakref
 
 import numpy as np
 
@@ -95,6 +97,13 @@ def gpu_runtime(device=None) -> CudaRuntime:
 
 _MODULES: dict = {}  # source hash -> cupy.RawModule (NVRTC compiles once per source; CuPy also caches on disk)
 
+# The GPU build's numerics, stated rather than left to defaults: a*b+c contracted into FMA (NVRTC's
+# default, kept for speed), float32 denormals flushed to zero (CuPy appends -ftz=true after the
+# caller's options to every compile, cupy/cuda/compiler.py, so it cannot be turned off here),
+# IEEE round-to-nearest division and square root. device="emulator-gpu-math" compiles the same way
+# (emulator.MODES); device="emulator" is IEEE. docs/cuda.md#numerics says what holds where.
+NVRTC_OPTIONS = ("--std=c++14", "--fmad=true", "--ftz=true", "--prec-div=true", "--prec-sqrt=true")
+
 
 class NvrtcCompiler(Compiler):
     """The .cu text compiled by NVRTC (``cupy.RawModule``), once per text."""
@@ -106,7 +115,7 @@ class NvrtcCompiler(Compiler):
         key = hashlib.sha256(source.encode()).hexdigest()
         raw = _MODULES.get(key)
         if raw is None:
-            raw = _MODULES[key] = self.cp.RawModule(code=source, options=("--std=c++14",))
+            raw = _MODULES[key] = self.cp.RawModule(code=source, options=NVRTC_OPTIONS)
         return raw
 
 
@@ -178,6 +187,9 @@ class GpuLauncher(Launcher):
     def gemm(self, ta, tb, M, N, K, A, B, C):
         return self.blas.gemm(ta, tb, M, N, K, A, B, C)  # the handle is bound to the stream
 
+    def close(self) -> None:
+        self.blas.close()
+
     def capture(self, fn):
         """A CUDA graph of what ``fn`` launches on the stream (nothing runs yet); CuPy work inside
         ``fn`` (a driver's copies) goes on the stream too, so the graph holds it."""
@@ -198,30 +210,93 @@ class GpuLauncher(Launcher):
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 
 
-def _load_cublas():
-    names = ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
-    for name in names:
+CUDA_MAJOR = 13  # what the ``cuda`` extra installs (cupy-cuda13x[ctk]); used when CuPy cannot say
+
+
+def cuda_major(cp) -> int:
+    """The CUDA major version CuPy was built for (its CUDA runtime: 13000 -> 13)."""
+    try:
+        return int(cp.cuda.runtime.runtimeGetVersion()) // 1000
+    except Exception:  # noqa: BLE001 (a CuPy that cannot say: the extra's version)
+        return CUDA_MAJOR
+
+
+def _named_major(path: str):
+    m = re.search(r"libcublas\.so\.(\d+)", os.path.basename(path or ""))
+    return int(m.group(1)) if m else None
+
+
+def _lib_major(lib, path: str):
+    """The major version of a loaded cuBLAS (``cublasGetProperty(MAJOR_VERSION)``; cuBLAS 13 is
+    CUDA 13's), else the one its file name says, else None."""
+    try:
+        value = ctypes.c_int()
+        if lib.cublasGetProperty(0, ctypes.byref(value)) == 0:
+            return value.value
+    except (AttributeError, OSError, TypeError):
+        pass
+    return _named_major(path)
+
+
+def _load_cublas(cp):
+    """cuBLAS for the CUDA major version CuPy was built for, never another: through
+    ``cuda.pathfinder`` (a CuPy dependency: NVIDIA's wheels, conda, the system) when it imports,
+    else by that version's soname, else from the toolkit folders; one clear error otherwise."""
+    major = cuda_major(cp)
+    found: list[str] = []  # what was found and refused, for the error
+
+    def accept(path, load):
         try:
-            return ctypes.CDLL(name)
+            lib = load()
         except OSError:
-            pass
+            return None
+        got = _lib_major(lib, path)
+        if got == major:
+            return lib
+        found.append(f"{path} (CUDA {got if got is not None else '?'})")
+        return None
+
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+    except ImportError:
+        load_nvidia_dynamic_lib = None
+    if load_nvidia_dynamic_lib is not None:
+        try:
+            path = load_nvidia_dynamic_lib("cublas").abs_path
+        except Exception as e:  # noqa: BLE001 (DynamicLibNotFoundError and kin: look elsewhere)
+            found.append(f"cuda.pathfinder: {e}")
+        else:
+            if path and (lib := accept(path, lambda: ctypes.CDLL(path))) is not None:
+                return lib
+    for name in (f"libcublas.so.{major}", "libcublas.so"):
+        if (lib := accept(name, lambda: ctypes.CDLL(name))) is not None:
+            return lib
     roots = [os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
     try:
-        import cupy
-
-        roots.append(cupy.cuda.get_cuda_path() or "")
+        roots.append(cp.cuda.get_cuda_path() or "")
     except Exception:  # noqa: BLE001 (any failure only means one place fewer to look)
         pass
     import site
 
     roots += [os.path.join(p, "nvidia") for p in site.getsitepackages()]
     for root in filter(None, roots):
-        for path in sorted(glob.glob(os.path.join(root, "**", "libcublas.so*"), recursive=True), reverse=True):
-            try:
-                return ctypes.CDLL(path)
-            except OSError:
-                pass
-    raise IRError("the cuda target could not load cuBLAS (libcublas.so.13): is the CUDA toolkit installed?")
+        for path in sorted(glob.glob(os.path.join(root, "**", "libcublas.so.*"), recursive=True), reverse=True):
+            if _named_major(path) != major:
+                found.append(f"{path} (CUDA {_named_major(path)})")
+            elif (lib := accept(path, lambda: ctypes.CDLL(path))) is not None:
+                return lib
+    raise IRError(f"the cuda target needs cuBLAS for CUDA {major} (libcublas.so.{major}: CuPy was built for "
+                  f"CUDA {major}), found {'; '.join(dict.fromkeys(found)) or 'no cuBLAS'}: install it with "
+                  f"pip install 'bngraph[cuda]' (cupy-cuda13x[ctk]) or the CUDA {major} toolkit")
+
+
+def _destroy(lib, handle: int, workspace) -> None:
+    """``cublasDestroy_v2(handle)``, once, from :meth:`Cublas.close` or when the Cublas is
+    collected; the workspace is freed only after it (the finalizer holds it until then)."""
+    try:
+        lib.cublasDestroy_v2(ctypes.c_void_p(handle))
+    except Exception:  # noqa: BLE001 (a library already unloaded: nothing left to free)
+        pass
 
 
 class Cublas:
@@ -230,17 +305,26 @@ class Cublas:
     WORKSPACE = 32 << 20
 
     def __init__(self, cp, stream):
-        self.lib = _load_cublas()
+        self.lib = _load_cublas(cp)
         self.handle = ctypes.c_void_p()
         self._check("cublasCreate_v2", self.lib.cublasCreate_v2(ctypes.byref(self.handle)))
-        self._check("cublasSetStream_v2", self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream.ptr)))
         with stream:
             self.workspace = cp.empty(self.WORKSPACE, dtype=cp.uint8)
+        # destroyed by close() or when collected, never at interpreter exit (the process frees it
+        # then, and CUDA may already be torn down): atexit=False
+        self._finalizer = weakref.finalize(self, _destroy, self.lib, self.handle.value, self.workspace)
+        self._finalizer.atexit = False
+        self._check("cublasSetStream_v2", self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream.ptr)))
         self._check("cublasSetWorkspace_v2", self.lib.cublasSetWorkspace_v2(
             self.handle, ctypes.c_void_p(self.workspace.data.ptr), ctypes.c_size_t(self.WORKSPACE)))
         self._check("cublasSetMathMode", self.lib.cublasSetMathMode(self.handle, 0))  # CUBLAS_DEFAULT_MATH: no TF32
         self.one = {np.dtype("float32"): ctypes.c_float(1.0), np.dtype("float64"): ctypes.c_double(1.0)}
         self.zero = {np.dtype("float32"): ctypes.c_float(0.0), np.dtype("float64"): ctypes.c_double(0.0)}
+
+    def close(self) -> None:
+        """Destroy the handle now (once: a second close, or the collection after it, does nothing)."""
+        self._finalizer()
+        self.handle = None
 
     @staticmethod
     def _check(what, status):
@@ -250,6 +334,8 @@ class Cublas:
     def gemm(self, ta, tb, M, N, K, A, B, C):
         """Row-major ``C (M, N) = op(A) @ op(B)``: column-major ``C^T = op(B)^T op(A)^T``, so B goes
         first, m and n swap, and the leading dimensions are the row lengths; transposes are flags."""
+        if self.handle is None:
+            raise RuntimeError("cuBLAS used after close(): the model's runtime was closed")
         dt = C.dtype
         fn = self.lib.cublasSgemm_v2 if dt == np.float32 else self.lib.cublasDgemm_v2
         status = fn(self.handle, CUBLAS_OP_T if tb else CUBLAS_OP_N, CUBLAS_OP_T if ta else CUBLAS_OP_N,
