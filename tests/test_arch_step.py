@@ -93,13 +93,13 @@ def test_a_new_optimizer_record_trains_on_every_target_like_the_float64_referenc
         assert model.trainer.guarded.replays == (11 if target == "emulator-graph" else 0)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_new_records_kernel_equals_its_numpy_update_bit_for_bit(dtype):
-    """The same params, gradients and schedule through the record's CUDA kernel (emulated) and its
-    rendered NumPy passes: identical bits, params and every slot, with a parameter group."""
+def record_kernel_against_numpy(dtype, device, compare):
+    """Five steps of the same params, gradients and schedule through the record's CUDA kernel on
+    ``device`` (an emulator) and through its rendered NumPy passes, with a parameter group;
+    ``compare(kernel's buffer, NumPy's buffer, step)`` after each. Returns (kernel's, NumPy's) optimizer."""
     from bngraph.flat import FlatLayout
 
-    model = bg.compile(bg.mlp([4, 5, 3]), target="cuda", device="emulator", dtype=dtype)
+    model = bg.compile(bg.mlp([4, 5, 3]), target="cuda", device=device, dtype=dtype)
     layout = FlatLayout([(k, v.shape, dtype) for k, v in model.params.items()])
     rng = np.random.default_rng(0)
     P1, P2, G = layout.allocate(np), layout.allocate(np), layout.allocate(np)
@@ -107,15 +107,24 @@ def test_the_new_records_kernel_equals_its_numpy_update_bit_for_bit(dtype):
         P1.views[k][...] = rng.standard_normal(layout.segments[k].shape)
     P2.buffers[dtype][...] = P1.buffers[dtype]
     make = lambda: AdagradMax(lr=0.05, track_peak=True, groups=[{"params": "out.*", "weight_decay": 0.1}])  # noqa: E731
-    device, host = make(), make()
-    device.bind(layout, np, kernel=model.executable.optimizer_kernel(device))
+    device_opt, host = make(), make()
+    device_opt.bind(layout, np, kernel=model.executable.optimizer_kernel(device_opt))
     host.bind(layout, np)
     for step in range(5):
         G.buffers[dtype][...] = rng.standard_normal(G.buffers[dtype].shape)
-        device.lr = host.lr = 0.05 / (1 + step)
-        device.step_flat(P1, G)
+        device_opt.lr = host.lr = 0.05 / (1 + step)
+        device_opt.step_flat(P1, G)
         host.step_flat(P2, G)
-        np.testing.assert_array_equal(P1.buffers[dtype], P2.buffers[dtype], err_msg=f"step {step}")
+        compare(P1.buffers[dtype], P2.buffers[dtype], step)
+    return device_opt, host
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_new_records_kernel_equals_its_numpy_update_bit_for_bit(dtype):
+    """The record's CUDA kernel (emulated, IEEE) and its rendered NumPy passes: identical bits,
+    params and every slot."""
+    device, host = record_kernel_against_numpy(
+        dtype, "emulator", lambda a, b, step: np.testing.assert_array_equal(a, b, err_msg=f"step {step}"))
     for name, slots in host.state_dict()["slots"].items():
         for key, v in slots.items():
             np.testing.assert_array_equal(device.state[name][key], v, err_msg=f"{name}.{key}")

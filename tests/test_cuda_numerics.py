@@ -27,7 +27,7 @@ import pytest
 import bngraph as bg
 from bngraph.backends.cuda_target import emulator
 from bngraph.backends.cuda_target.emulator import _c_arg, compile_kernels
-from test_arch_step import AdagradMax
+from test_arch_step import record_kernel_against_numpy
 from test_cuda_target import PROGRAMS, _compare_programs, _feeds, layered_graph
 
 GPU_MATH = "emulator-gpu-math"
@@ -180,24 +180,8 @@ def test_gpu_math_programs_agree_with_the_numpy_target_float32(loss, act):
 def test_the_records_kernel_in_gpu_math_agrees_with_its_numpy_update(dtype):
     """tests/test_arch_step.py's bit-for-bit check of a record's kernel, in the GPU numerics: each
     step is at most 16 rounding steps per element (decay, the peak, the update), five steps."""
-    from bngraph.flat import FlatLayout
+    def within_bound(a, b, step):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=0, atol=bound(dtype, 16 * (step + 1), scale), err_msg=f"step {step}")
 
-    model = bg.compile(bg.mlp([4, 5, 3]), target="cuda", device=GPU_MATH, dtype=dtype)
-    layout = FlatLayout([(k, v.shape, dtype) for k, v in model.params.items()])
-    rng = np.random.default_rng(0)
-    P1, P2, G = layout.allocate(np), layout.allocate(np), layout.allocate(np)
-    for k in layout.names:
-        P1.views[k][...] = rng.standard_normal(layout.segments[k].shape)
-    P2.buffers[dtype][...] = P1.buffers[dtype]
-    make = lambda: AdagradMax(lr=0.05, track_peak=True, groups=[{"params": "out.*", "weight_decay": 0.1}])  # noqa: E731
-    device, host = make(), make()
-    device.bind(layout, np, kernel=model.executable.optimizer_kernel(device))
-    host.bind(layout, np)
-    for step in range(5):
-        G.buffers[dtype][...] = rng.standard_normal(G.buffers[dtype].shape)
-        device.lr = host.lr = 0.05 / (1 + step)
-        device.step_flat(P1, G)
-        host.step_flat(P2, G)
-        scale = max(1.0, float(np.abs(P2.buffers[dtype]).max()))
-        np.testing.assert_allclose(P1.buffers[dtype], P2.buffers[dtype], rtol=0,
-                                   atol=bound(dtype, 16 * (step + 1), scale), err_msg=f"step {step}")
+    record_kernel_against_numpy(dtype, GPU_MATH, within_bound)
