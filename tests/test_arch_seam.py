@@ -355,3 +355,32 @@ def test_the_gpu_parts_with_a_stand_in_for_cupy():
     assert memory.xp is cp
     memory.synchronize()
     assert stream.log[-1] == "sync"
+
+
+def test_a_launcher_that_cannot_capture_says_so_and_its_runtime_does_not_capture():
+    """The Launcher defaults: a launcher without capture/replay (a third party's) raises for both,
+    and a runtime built on it reports captures=False and refuses through the Runtime's message."""
+    from bngraph.backends.device import Launcher
+
+    class Plain(Launcher):
+        def bind(self, binary):
+            return lambda name, grid, block, *args: None
+
+        def gemm(self, ta, tb, M, N, K, A, B, C):
+            return C
+
+    launcher = Plain()
+    for call in (lambda: launcher.capture(lambda: None), lambda: launcher.replay(None)):
+        with pytest.raises(NotImplementedError, match="Plain does not capture graphs"):
+            call()
+
+    class Built(PartsRuntime):
+        target = "built"
+
+        def load(self, rendered):
+            raise NotImplementedError
+
+    rt = Built(None, HostMemory(), None, launcher)
+    assert rt.captures is False
+    with pytest.raises(NotImplementedError, match="the built runtime does not capture graphs"):
+        rt.capture(lambda: None)
