@@ -1,6 +1,9 @@
 """Running the ``bngraph`` command in-process, for the command-line tests."""
 from __future__ import annotations
 
+import numpy as np
+
+from bngraph.checkpoint import read as read_checkpoint
 from bngraph.cli import main
 
 
@@ -12,3 +15,12 @@ def run(argv, capsys):
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_same_checkpoint(a, b):
+    """Two checkpoint files hold the same step, epoch and arrays, bit for bit."""
+    (ma, xa), (mb, xb) = read_checkpoint(a), read_checkpoint(b)
+    assert (ma["step"], ma["epoch"]) == (mb["step"], mb["epoch"])
+    assert xa.keys() == xb.keys()
+    for k in xa:
+        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)

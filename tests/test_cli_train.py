@@ -15,21 +15,13 @@ import pytest
 import bngraph.checkpoint as checkpoint_mod
 from bngraph.checkpoint import read as read_checkpoint
 from bngraph.cli import build_parser, main
-from cli_support import run
+from cli_support import assert_same_checkpoint, run
 from bngraph.step import TrainingStep
 
 ROOT = Path(__file__).parent.parent
 SMALL = str(Path(__file__).parent / "models" / "small.py")
 BASE = ["--batch-size", "100", "--seed", "2", "--quiet"]  # 1295 training rows: 13 steps per epoch
 
-
-
-def assert_same_checkpoint(a, b):
-    (ma, xa), (mb, xb) = read_checkpoint(a), read_checkpoint(b)
-    assert (ma["step"], ma["epoch"]) == (mb["step"], mb["epoch"])
-    assert xa.keys() == xb.keys()
-    for k in xa:
-        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,17 @@ def load(X, values):
         X[n][...] = v
 
 
+def step_both(ref, ref_params, opt, P, G, grads, k):
+    """Step ``k``: the reference (``ref.step`` on dicts) and the fused step (``opt.step_flat`` on
+    the flat ``P``/``G``) with the same ``grads``, then the same bits and the same state."""
+    ref.step(ref_params, grads)
+    load(G, grads)
+    opt.step_flat(P, G)
+    for n in ref_params:
+        assert_bitwise(P[n], ref_params[n], f"{n} after step {k}")
+    assert_same_state(opt.state_dict(), ref.state_dict())
+
+
 def no_fallback(*args, **kw):
     raise AssertionError("step_flat fell back to the per-parameter step()")
 
@@ -73,12 +84,7 @@ def test_fused_equals_reference_bitwise(cfg, dtype, block):
     for k, grads in enumerate(make_grads(dtype, nsteps=8)):
         if k == 5:                            # an lr schedule: lr is data, read at every step
             ref.lr = opt.lr = ref.lr * 0.3
-        ref.step(ref_params, grads)
-        load(G, grads)
-        opt.step_flat(P, G)
-        for n in SHAPES:
-            assert_bitwise(P[n], ref_params[n], f"{n} after step {k}")
-        assert_same_state(opt.state_dict(), ref.state_dict())
+        step_both(ref, ref_params, opt, P, G, grads, k)
         assert opt.step_count == ref.step_count == k + 1
 
 
@@ -335,12 +341,7 @@ def test_an_executor_given_to_bind_runs_the_plan_the_optimizer_describes(how):
             assert opt.binding.executor is executor
         plan = opt.plan_fused(P, G)
         assert [len(plan.stretches[gp.index]) for gp in plan.groups] == [len(P.layout.runs(P.layout.names))]
-        ref.step(ref_params, grads)
-        load(G, grads)
-        opt.step_flat(P, G)
-        for n in SHAPES:
-            assert_bitwise(P[n], ref_params[n], f"{n} after step {k}")
-        assert_same_state(opt.state_dict(), ref.state_dict())
+        step_both(ref, ref_params, opt, P, G, grads, k)
     if how.startswith("launches"):
         assert calls and max(calls) == (block or P.layout.totals["float32"])
 

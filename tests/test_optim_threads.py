@@ -9,7 +9,7 @@ import pytest
 from bngraph import hostthreads, optim
 from bngraph.backends.numpy_target.update import HostLanes
 from test_optim import CONFIGS, _id
-from test_optim_flat import assert_bitwise, assert_same_state, flat_copy, load, no_fallback
+from test_optim_flat import flat_copy, no_fallback, step_both
 
 SHAPES = {"fc1.W": ((40, 30), np.float32), "bn1.gamma": ((40,), np.float32), "bn1.beta": ((40,), np.float32),
           "fc2.W": ((17, 40), np.float64), "out.W": ((9, 17), np.float32), "out.b": ((9,), np.float64)}
@@ -88,12 +88,7 @@ def test_threaded_fused_step_equals_reference_bitwise(small_lanes, cfg):
     rng = np.random.default_rng(1)
     for k in range(6):
         grads = {n: rng.standard_normal(s).astype(t) for n, (s, t) in SHAPES.items()}
-        ref.step(ref_params, grads)
-        load(G, grads)
-        opt.step_flat(P, G)
-        for n in SHAPES:
-            assert_bitwise(P[n], ref_params[n], f"{n} after step {k}")
-        assert_same_state(opt.state_dict(), ref.state_dict())
+        step_both(ref, ref_params, opt, P, G, grads, k)
 
 
 def test_an_error_in_a_lane_is_raised_after_all_lanes_finished():

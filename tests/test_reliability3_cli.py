@@ -26,7 +26,7 @@ import pytest
 import bngraph as bg
 from bngraph.checkpoint import read as read_checkpoint
 from bngraph.cli import main
-from cli_support import run
+from cli_support import assert_same_checkpoint, run
 from interop_support import need
 
 MODELS = Path(__file__).parent / "models"
@@ -41,14 +41,6 @@ def one_line_error(code, err, pattern):
     assert len(lines) == 1 and lines[0].startswith("bngraph: error: "), err
     assert "Traceback" not in err
     assert re.search(pattern, lines[0]), lines[0]
-
-
-def assert_same_checkpoint(a, b):
-    (ma, xa), (mb, xb) = read_checkpoint(a), read_checkpoint(b)
-    assert (ma["step"], ma["epoch"]) == (mb["step"], mb["epoch"])
-    assert xa.keys() == xb.keys()
-    for k in xa:
-        np.testing.assert_array_equal(xa[k], xb[k], err_msg=k)
 
 
 def files_under(root) -> set:
