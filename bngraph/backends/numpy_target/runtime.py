@@ -35,4 +35,3 @@ def load_module(sources: dict, graph_name: str):
     return exec_source(fname, src, f"bngraph_generated_{graph_name}")
 
 
-NumpyExecutable = Executable  # the old name: its buffer sharing is now the plan's, for every target
