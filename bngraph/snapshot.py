@@ -1,17 +1,18 @@
-"""The update of an optimizer that is not a built-in, all or nothing (:class:`bngraph.step.HostStep`).
+"""An optimizer's update on a snapshot, all or nothing (:class:`bngraph.step.HostStep`).
 
-A built-in optimizer's fused update cannot fail halfway on checked inputs, so it runs on the live
-params without a copy (a copy of every param each step would cost a few percent). Anything else
--- your ``update`` or ``step``, a protocol object -- may raise or write NaN/inf halfway through
-the params, so it runs here on a snapshot: the flat params are copied and, when it has
-``state_dict``/``load_state_dict``, its state taken; if it raises (a KeyboardInterrupt included) or
-leaves a param NaN/inf, both are restored. Arrays move only through the array module of the
+A built-in optimizer's fused update runs on the live params without a copy when the step is
+proved not to overflow (:mod:`bngraph.optim.bounds`; a copy of params and slots every step would
+cost the CPU step ~15%). Anything else -- a built-in's step that is not proved, your ``update`` or
+``step``, a protocol object -- may raise or write NaN/inf halfway through, so it runs here on a
+snapshot: the flat params are copied and, when it has ``state_dict``/``load_state_dict``, its
+state taken (its slots copied); if it raises (a KeyboardInterrupt included) or leaves a param, or
+a slot of a bound Optimizer, NaN/inf, both are restored. Arrays move only through the array module of the
 params (``copy_array``), never through NumPy directly.
 """
 from __future__ import annotations
 
 from .errors import TrainingDiverged
-from .optim.base import copy_array
+from .optim.base import copy_array, update_message
 
 
 def update_on_snapshot(ctx, optimizer, n: int):
@@ -31,10 +32,11 @@ def update_on_snapshot(ctx, optimizer, n: int):
             params = dict(P.views)
             optimizer.step(params, dict(G.views))
             _copy_rebound(params, P.views)
-        bad = ctx.first_nonfinite(P)
+        bad, slot = ctx.first_nonfinite(P), None
+        if bad is None:
+            slot, bad = ctx.first_nonfinite_slot(optimizer) or (None, None)
         if bad is not None:
-            raise TrainingDiverged(f"the update at step {n} made {bad} NaN or inf "
-                                   f"({ctx.update_cause(optimizer, bad)}); nothing was updated")
+            raise TrainingDiverged(update_message(n, bad, slot, ctx.dtype, lambda: ctx.update_cause(optimizer, bad)))
     except BaseException:
         for dt, b in saved.items():
             P.buffers[dt][...] = b

@@ -31,7 +31,8 @@ import numpy as np
 from .backends.base import GraphedPrograms
 from .errors import ProgramError, TrainingDiverged
 from .flat import FlatArrays, FlatLayout
-from .optim.base import Optimizer, update_cause
+from .optim.base import COUNTER, Optimizer, update_cause
+from .optim.bounds import prove
 from .snapshot import update_on_snapshot
 
 
@@ -74,13 +75,34 @@ class StepContext:
         per stretch on the CUDA target)."""
         optimizer.bind(self.layout, self.runtime.xp, executor=self.executable.update_executor(optimizer))
 
-    def first_nonfinite(self, flat: FlatArrays) -> str | None:
-        """The first name whose array in ``flat`` holds NaN or inf, else None: one reduction per
-        dtype buffer; the per-name search runs only when that finds something."""
+    def bounds(self, flat: FlatArrays) -> dict:
+        """dtype -> an upper bound of ``|x|`` over that buffer of ``flat``, ``math.inf`` where it holds
+        NaN or inf: one reduction per dtype buffer (the finite check, and the update's proof's input)."""
         rt = self.runtime
-        if all(rt.all_finite(b) for b in flat.buffers.values()):
+        return {dt: rt.abs_bound(b) for dt, b in flat.buffers.items()}
+
+    def first_nonfinite(self, flat: FlatArrays, bounds: dict | None = None) -> str | None:
+        """The first name whose array in ``flat`` holds NaN or inf, else None: one reduction per
+        dtype buffer (or ``bounds``, already made); the per-name search runs only when that finds something."""
+        rt = self.runtime
+        if all(math.isfinite(v) for v in (self.bounds(flat) if bounds is None else bounds).values()):
             return None
-        return next((name for name, v in flat.views.items() if not rt.all_finite(v)), "?")
+        return next((name for name, v in flat.views.items() if not math.isfinite(rt.abs_bound(v))), "?")
+
+    def first_nonfinite_slot(self, optimizer) -> tuple | None:
+        """``(slot, param)`` for the first slot of a bound Optimizer holding NaN or inf (the slots in
+        its record's order, as the CUDA target reports them), else None."""
+        b = optimizer.binding if isinstance(optimizer, Optimizer) else None
+        if b is None:
+            return None
+        record = getattr(type(optimizer), "record", None)
+        order = [s.name for s in getattr(record, "slots", ())]
+        for key in sorted(b.slots, key=lambda k: (order.index(k) if k in order else len(order), k)):
+            if key != COUNTER:
+                bad = self.first_nonfinite(b.slots[key])
+                if bad is not None:
+                    return key, bad
+        return None
 
     def update_cause(self, optimizer, name: str) -> str:
         """Why the update made param ``name`` NaN/inf (its slots, eps=0 over a zero gradient, or lr)."""
@@ -158,7 +180,8 @@ class HostStep:
         loss = ctx.runtime.to_float(out["loss"])
         if not np.isfinite(loss):
             raise TrainingDiverged(f"loss is {loss} at step {ctx.step + 1}; nothing was updated")
-        bad = ctx.first_nonfinite(ctx.grads)
+        g_bound = ctx.bounds(ctx.grads)
+        bad = ctx.first_nonfinite(ctx.grads, g_bound)
         if bad is not None:
             raise TrainingDiverged(f"the gradient of {bad} contains NaN or inf at step {ctx.step + 1}; "
                                    f"nothing was updated")
@@ -170,30 +193,36 @@ class HostStep:
                            "running statistics (their sum overflows)")
                 raise TrainingDiverged(f"the new {bad} contains NaN or inf at step {ctx.step + 1} (a batch variance "
                                        f"overflowed?); nothing was updated")
-        self.update(optimizer)
+        self.update(optimizer, g_bound)
         for k, new in zip(ctx.updated, new_state):
             ctx.state[k][...] = new
         return loss
 
-    def update(self, optimizer, n: int | None = None) -> None:
-        """The optimizer's update of the flat params, then their finite check.
+    def update(self, optimizer, g_bound: dict) -> None:
+        """The optimizer's update of the flat params, all or nothing (``g_bound``: the gradients'
+        bounds, :meth:`StepContext.bounds`).
 
-        A built-in (``optimizer.fused``) cannot fail halfway on checked inputs, so it runs without
-        a copy: the few percent a copy of every param would cost each step are not spent. If it
-        overflows (finite gradients, an absurd lr) the params are lost: TrainingDiverged says so.
-        Anything else runs on a snapshot it is rolled back to (:mod:`bngraph.snapshot`)."""
-        ctx = self.context  # n: this step's number (None: ctx.step + 1, the count not having moved yet)
-        if not (isinstance(optimizer, Optimizer) and optimizer.fused):
-            update_on_snapshot(ctx, optimizer, ctx.step + 1 if n is None else n)
+        A built-in (``optimizer.fused``) runs in place, without a copy, when the step is proved not
+        to overflow (:func:`bngraph.optim.bounds.prove`, from the params' bounds measured here, the
+        gradients' and the slots' tracked intervals); anything else, and a built-in's step that is
+        not proved, runs on a snapshot of params and slots it is rolled back to when it makes a
+        param or slot NaN/inf (:mod:`bngraph.snapshot`)."""
+        ctx = self.context
+        if isinstance(optimizer, Optimizer) and optimizer.fused:
+            if optimizer.layout is not ctx.layout:
+                ctx.bind(optimizer)
+            verdict = prove(optimizer, ctx.params, ctx.grads, ctx.bounds(ctx.params), g_bound, ctx.runtime)
+            if verdict.proved:
+                optimizer.step_flat(ctx.params, ctx.grads)  # whole-buffer passes
+                optimizer.binding.intervals = verdict.slots
+                return
+            try:
+                update_on_snapshot(ctx, optimizer, ctx.step + 1)
+            finally:  # the slots moved without a proof (or were restored): measure them next time
+                if optimizer.binding is not None:
+                    optimizer.binding.intervals = None
             return
-        if optimizer.layout is not ctx.layout:
-            ctx.bind(optimizer)
-        optimizer.step_flat(ctx.params, ctx.grads)  # whole-buffer passes
-        bad = ctx.first_nonfinite(ctx.params)
-        if bad is not None:
-            raise TrainingDiverged(f"the update at step {ctx.step + 1 if n is None else n} made {bad} NaN or inf "
-                                   f"({ctx.update_cause(optimizer, bad)}); the parameters are no longer "
-                                   f"usable: reload a checkpoint")
+        update_on_snapshot(ctx, optimizer, ctx.step + 1)
 
 
 class TrainingStep:

@@ -135,11 +135,14 @@ def test_a_divergence_in_the_new_record_is_named_on_the_device_as_on_the_host():
     msgs = []
     for kw in ({}, {"target": "cuda", "device": "emulator"}):
         model = bg.compile(bg.mlp([4, 6, 3], batchnorm=False), **kw)
+        before = {k: np.array(v) for k, v in model.params.items()}
         with pytest.raises(bg.TrainingDiverged) as e:
             model.train_step(X[:8], y[:8], AdagradMax(lr=3e38, eps=0.0, weight_decay=100.0))
         msgs.append(str(e.value))
         assert model.step == 0
-    assert msgs[0] == msgs[1] and "no longer usable" in msgs[0]
+        for k, v in before.items():  # a record's update is all or nothing too: checked before it is stored
+            np.testing.assert_array_equal(np.array(model.params[k]), v, err_msg=k)
+    assert msgs[0] == msgs[1] and msgs[0].endswith("nothing was updated")
 
 
 def test_the_vector_is_the_records_order_and_the_slots_its_conditions():

@@ -376,7 +376,7 @@ def test_a_model_stopped_before_a_bad_update_can_be_saved_and_loaded(tmp_path):
     assert_same_model(model, bg.load(tmp_path / "stopped.npz"))
 
 
-def test_a_model_with_overflowed_params_is_not_saved(tmp_path):
+def test_a_model_whose_update_would_overflow_keeps_its_params_and_saves(tmp_path):
     X, y = data(40)
     model = bg.compile(bg.mlp([4, 5, 3], batchnorm=False))
     model.fit(X, y, optimizer=bg.optim.SGD(lr=0.1), epochs=1, batch_size=8, verbose=False)
@@ -385,11 +385,10 @@ def test_a_model_with_overflowed_params_is_not_saved(tmp_path):
     with np.errstate(all="ignore"):
         hist = model.fit(X, y, optimizer=bg.optim.SGD(lr=3e38, weight_decay=100.0), epochs=2, batch_size=8,
                          verbose=False)  # lr*(g + 100*p) overflows float32
-    assert "no longer usable" in hist.stop_reason
-    with pytest.raises(bg.CheckpointError, match="contain NaN or inf"):
-        model.save(tmp_path / "good.npz")
+    assert "step 6 made" in hist.stop_reason and hist.stop_reason.endswith("nothing was updated")
+    model.save(tmp_path / "after.npz")  # nothing changed: the stop leaves the model as the good checkpoint
+    assert_same_model(model, bg.load(tmp_path / "good.npz"))
     assert (tmp_path / "good.npz").read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["good.npz"]
 
 
 def test_loading_into_an_optimizer_with_the_same_hyperparameters_warns_nothing(tmp_path):

@@ -78,7 +78,8 @@ thread_local pthread_barrier_t* bngraph_block_barrier;
 typedef unsigned long long u64;
 extern "C" void step_guard(u64*, const double*, const double*, double*, const long long*, int);
 extern "C" void step_commit(const u64*, const long long*, int, const long long*, int);
-extern "C" void optim_sgd(u64*, const double*, long long, double*, const double*, double*, const double*, long long);
+extern "C" void optim_sgd(u64*, const double*, long long, double*, const double*, double*, const double*, long long,
+                          int);
 
 static std::mt19937_64 rng;
 
@@ -127,7 +128,7 @@ struct World {
     double h[6] = {0.1, 0, 0, 0, 0, 0};
     World() { std::memcpy(status, CLEAR, sizeof status); }
 
-    // One guarded step: guard, two optimizer launches (two stretches of the params), commit.
+    // One guarded step: guard, the optimizer's two stretches (checked, then stored), commit.
     void step(double number, unsigned grid, unsigned block) {
         header[0] = number;
         header[1] = number - 10;
@@ -136,10 +137,13 @@ struct World {
                                (long long)s2.data(), (long long)live2.data(), NS2};
         long long counts[2] = {(long long)counter.data(), 3};
         launch(grid, block, [&] { step_guard(status, header, &loss, losses, checks, 3); });
-        launch(grid, block, [&] { optim_sgd(status, header, 0, params.data(), grads.data(), mom.data(), h, NP1); });
-        launch(grid, block, [&] {
-            optim_sgd(status, header, NP1, params.data() + NP1, grads.data() + NP1, mom.data() + NP1, h, NP2);
-        });
+        for (int mode = 0; mode < 2; ++mode) {  // every stretch checked, then stored (step.py's order)
+            launch(grid, block, [&] { optim_sgd(status, header, 0, params.data(), grads.data(), mom.data(), h, NP1,
+                                                mode); });
+            launch(grid, block, [&] {
+                optim_sgd(status, header, NP1, params.data() + NP1, grads.data() + NP1, mom.data() + NP1, h, NP2, mode);
+            });
+        }
         launch(grid, block, [&] { step_commit(status, copies, 2, counts, 1); });
     }
 };
@@ -184,11 +188,10 @@ int main(int argc, char** argv) {
             if (both) poison(w.s1, 3, NaN);
             poison(w.s2, 2, Inf);
             want[0] = 4; want[1] = 10; want[3] = both ? 1 : 2;
-        } else if (scenario == "update") {  // finite checks, the update overflows at some params (both stretches)
-            w.h[0] = 1e300;
+        } else if (scenario == "update") {  // finite checks, the update would overflow at some params (both
+            w.h[0] = 1e300;                     // stretches): checked before anything is stored, it changes nothing
             long long lo = poison(w.grads, 1 + (int)(rng() % 30), 1e300);
-            want[0] = 8; want[1] = 10; want[4] = (u64)lo;
-            updates = true;
+            want[0] = 8; want[1] = 10; want[4] = (u64)lo;  // which = 0 (the param) in the top bits
         } else if (scenario == "earlier") {  // step 9 flagged (unread): step 10, all bad, changes nothing
             u64 before[5] = {2, 9, 5, (u64)INT64_MAX, (u64)INT64_MAX};
             std::memcpy(w.status, before, sizeof before);
@@ -206,7 +209,7 @@ int main(int argc, char** argv) {
         w.step(10, grid, block);
         bool params_changed = w.params != p0, state_changed = w.live1 != l1;
         bool ok = params_changed == updates && state_changed == commits && w.counter[0] == (commits ? 8 : 7);
-        if (updates) {  // every param updated, as the NumPy target's whole-buffer update
+        if (updates) {  // every param updated, as the NumPy target's whole-buffer update (the clean step)
             for (int i = 0; i < NG; ++i) ok = ok && w.params[i] == p0[i] - w.h[0] * w.grads[i];
         }
         // one more step, everything bad again: after a flag it changes nothing, the status included

@@ -156,28 +156,92 @@ def test_an_lr_that_float32_cannot_hold_is_refused_with_nothing_changed(kw, lr):
         f64.train_step(X, y, bg.optim.SGD(lr=lr))
 
 
+def _opt_state(opt):
+    d = opt.state_dict()
+    return d["step"], {n: {k: np.array(a) for k, a in slots.items()} for n, slots in d["slots"].items()}
+
+
+def _same_opt_state(a, b):
+    assert a[0] == b[0] and a[1].keys() == b[1].keys()
+    for n in a[1]:
+        assert a[1][n].keys() == b[1][n].keys(), n
+        for k in a[1][n]:
+            np.testing.assert_array_equal(a[1][n][k], b[1][n][k], err_msg=f"{n}.{k}")
+
+
+# (optimizer, the absurd setting its update overflows with, what overflows)
+OVERFLOWS = [
+    (lambda: bg.optim.SGD(lr=0.1), {"lr": 3e38, "weight_decay": 100.0},
+     r"made (fc1|out)\.\w+ NaN or inf \(finite loss and gradients: is the learning rate \(lr=3e\+38\) too large"),
+    (lambda: bg.optim.Adam(lr=1e-2), {"weight_decay": 1e25},   # (g + 1e25*p)**2: exp_avg_sq overflows
+     r"made the optimizer's 'exp_avg_sq' of (fc1|out|bn1)\.\w+ NaN or inf"),
+    (lambda: bg.optim.RMSprop(lr=1e-2, momentum=0.5), {"weight_decay": 1e25},
+     r"made the optimizer's 'square_avg' of (fc1|out|bn1)\.\w+ NaN or inf"),
+]
+
+
 @pytest.mark.parametrize("kw", TARGETS)
 @pytest.mark.parametrize("how", ["train_step", "fit"])
-def test_an_update_that_overflows_float32_is_training_diverged_at_that_step(kw, how):
-    """The guard of every target's fused update (the CUDA target: the flag its update kernel sets
-    in the guarded step): one step, nothing after it, and the overflow is reported."""
+@pytest.mark.parametrize("case", range(len(OVERFLOWS)), ids=["sgd-param", "adam-slot", "rmsprop-slot"])
+def test_an_update_that_overflows_float32_is_training_diverged_with_nothing_changed(kw, how, case):
+    """Issue 15, item 10, on every target: after two good steps an absurd setting makes the update
+    overflow a param or a slot in float32. The step is TrainingDiverged at that step and changes
+    nothing: params, running statistics, the optimizer's slots and counts, the step count. The
+    model saves, and with the setting undone it trains on exactly like a model that never took the
+    failed step."""
+    make, absurd, match = OVERFLOWS[case]
     X, y = _data()
-    model = bg.compile(bg.mlp([4, 5, 3]), **kw)
-    _, state = _snapshot(model)
-    opt = bg.optim.SGD(lr=3e38, weight_decay=100.0)  # lr*(g + 100*p) overflows float32 (gamma = 1: 3e40)
-    match = (r"the update at step 1 made (fc1|out)\.\w+ NaN or inf \(finite loss and gradients: is the learning "
-             r"rate \(lr=3e\+38\) too large for float32\?\)")
+    model, twin = (bg.compile(bg.mlp([4, 5, 3]), **kw) for _ in range(2))
+    opt, twin_opt = make(), make()
+    for _ in range(2):
+        model.train_step(X, y, opt)
+        twin.train_step(X, y, twin_opt)
+    params, state = _snapshot(model)
+    slots = _opt_state(opt)
+    sane = {k: getattr(opt, k) for k in absurd}
+    for k, v in absurd.items():
+        setattr(opt, k, v)
     if how == "train_step":
-        with pytest.raises(bg.TrainingDiverged, match=match):
+        with pytest.raises(bg.TrainingDiverged, match="the update at step 3 " + match[:0]) as e:
             model.train_step(X, y, opt)
+        assert re.search(match, str(e.value)) and str(e.value).endswith("nothing was updated"), str(e.value)
     else:
         hist = model.fit(X, y, optimizer=opt, epochs=1, batch_size=16, verbose=False)
         assert hist.stop_reason is not None and re.search(match, hist.stop_reason), hist.stop_reason
-    assert model.step == 0
-    for k, v in _snapshot(model)[1].items():  # the running statistics are committed after the update
-        np.testing.assert_array_equal(v, state[k], err_msg=k)
-    with pytest.raises(Exception, match="NaN or inf"):
-        model.save("never-written.npz")
+    assert model.step == 2
+    after = _snapshot(model)
+    for k in params:
+        np.testing.assert_array_equal(after[0][k], params[k], err_msg=k)
+    for k in state:
+        np.testing.assert_array_equal(after[1][k], state[k], err_msg=k)
+    _same_opt_state(_opt_state(opt), slots)
+    for k, v in sane.items():
+        setattr(opt, k, v)
+    model.train_step(X, y, opt)
+    twin.train_step(X, y, twin_opt)
+    for k, v in _snapshot(twin)[0].items():
+        np.testing.assert_array_equal(_snapshot(model)[0][k], v, err_msg=k)
+    _same_opt_state(_opt_state(opt), _opt_state(twin_opt))
+
+
+def test_the_proof_keeps_ordinary_steps_in_place_and_sends_unproved_ones_to_a_snapshot(monkeypatch):
+    """The step proves ordinary updates (no copy: the snapshot is never taken) and takes the
+    snapshot for one it cannot prove: eps=0 while a slot ``exp_avg_sq`` may be 0 (the first step;
+    later every entry is positive, measured, and the division is proved), centered RMSprop's
+    ``sqrt(square_avg - grad_avg**2)`` (always)."""
+    import bngraph.step as step_mod
+    taken = []
+    real = step_mod.update_on_snapshot
+    monkeypatch.setattr(step_mod, "update_on_snapshot", lambda *a: (taken.append(1), real(*a)))
+    X, y = _data()
+    for opt, copies in [(bg.optim.Adam(lr=1e-3), 0), (bg.optim.SGD(lr=0.1, momentum=0.9, nesterov=True), 0),
+                        (bg.optim.AdamW(lr=1e-3, amsgrad=True), 0), (bg.optim.RMSprop(lr=1e-3), 0),
+                        (bg.optim.Adam(lr=1e-3, eps=0.0), 1), (bg.optim.RMSprop(lr=1e-3, centered=True), 3)]:
+        taken.clear()
+        model = bg.compile(bg.mlp([4, 5, 3]))
+        for _ in range(3):
+            model.train_step(X, y, opt)
+        assert len(taken) == copies, opt
 
 
 @pytest.mark.parametrize("kw", TARGETS)

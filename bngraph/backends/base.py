@@ -23,6 +23,8 @@ graph's outputs by key.
 """
 from __future__ import annotations
 
+import math
+
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -107,6 +109,23 @@ class ArrayMemory(ABC):
         """True when ``a`` holds no NaN or inf: one reduction (a sum: NaN and inf propagate, and an
         overflowing sum counts as divergence too), one host read."""
         return bool(self.to_numpy(self.xp.isfinite(self.xp.sum(a))))
+
+    def abs_bound(self, a) -> float:
+        """An upper bound of ``|x|`` over ``a`` (0.0 when empty), ``math.inf`` when ``a`` holds NaN
+        or inf: the finite check of a flat buffer that also bounds it for the update's proof
+        (:mod:`bngraph.optim.bounds`). Here the exact largest magnitude; a runtime may return a
+        cheaper bound (the NumPy one: from one BLAS dot)."""
+        if a.size == 0:
+            return 0.0
+        m = self.to_float(self.xp.max(self.xp.abs(a)))
+        return m if math.isfinite(m) else math.inf
+
+    def value_range(self, a) -> tuple:
+        """``(min, max)`` of ``a`` exactly ((0.0, 0.0) when empty; NaN where it holds NaN): a slot's
+        interval, measured when it is not known from the last step (:mod:`bngraph.optim.bounds`)."""
+        if a.size == 0:
+            return 0.0, 0.0
+        return self.to_float(self.xp.min(a)), self.to_float(self.xp.max(a))
 
     def synchronize(self):
         """Wait until queued work is done (nothing to wait for on a synchronous device)."""

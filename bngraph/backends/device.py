@@ -14,12 +14,17 @@ NumPy memory and NumPy's matmul on the CPU (the emulator).
 """
 from __future__ import annotations
 
+import math
+
 from abc import ABC, abstractmethod
 from typing import Callable
 
 import numpy as np
 
 from .base import ArrayMemory, Runtime
+
+
+_DOT_PIECE = 1 << 22  # HostMemory.abs_bound's pieces
 
 
 class Allocator(ArrayMemory):
@@ -57,6 +62,31 @@ class HostMemory(Allocator):
         # 0.49 ms for one buffer, no gain: the pass is bound by memory, not by the core.)
         with np.errstate(over="ignore", invalid="ignore"):
             return bool(np.isfinite(np.sum(a)))
+
+    def abs_bound(self, a) -> float:
+        # a BLAS dot of each piece of the buffer with itself: |x| <= sqrt(sum of the squares of its
+        # piece), and NaN/inf propagate. Faster than np.sum (0.39 against 0.56 ms for 2.9 M float32
+        # on 2 BLAS threads). Pieces of at most 2**22 elements keep the rounding of a sum of squares
+        # below a relative (n+1)*u <= 1/4 even in float32, so 2*sqrt covers it; the floor covers
+        # squares that underflow to 0. When the squares overflow (|x| beyond ~1.8e19 in float32),
+        # the exact pass instead.
+        x = a.reshape(-1)
+        if x.size == 0:
+            return 0.0
+        s = 0.0
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            for i in range(0, x.size, _DOT_PIECE):
+                piece = x[i:i + _DOT_PIECE]
+                d = float(np.dot(piece, piece))
+                if not d <= s:  # larger, or NaN/inf: then the exact pass decides
+                    s = d
+                    if not math.isfinite(d):
+                        break
+        if math.isfinite(s):
+            return 2.0 * math.sqrt(s) + 2.0 * math.sqrt(float(np.finfo(a.dtype).tiny))
+        with np.errstate(invalid="ignore"):
+            m = float(np.max(np.abs(a)))
+        return m if math.isfinite(m) else math.inf
 
 
 class Compiler(ABC):
@@ -125,6 +155,12 @@ class PartsRuntime(Runtime):
 
     def all_finite(self, a) -> bool:
         return self.memory.all_finite(a)
+
+    def abs_bound(self, a) -> float:
+        return self.memory.abs_bound(a)
+
+    def value_range(self, a) -> tuple:
+        return self.memory.value_range(a)
 
     def synchronize(self) -> None:
         self.memory.synchronize()

@@ -56,6 +56,17 @@ def check_lr(value: Any) -> float:
     return value
 
 
+def update_message(step: int, name: str, slot: str | None, dtype, cause) -> str:
+    """The TrainingDiverged message of an update that would have made param ``name`` (or its
+    optimizer ``slot``) NaN/inf at ``step`` and was not applied; ``cause()``: the param's clause
+    (:func:`update_cause`)."""
+    if slot is None:
+        return f"the update at step {step} made {name} NaN or inf ({cause()}); nothing was updated"
+    return (f"the update at step {step} made the optimizer's {slot!r} of {name} NaN or inf (finite loss and "
+            f"gradients: a gradient too large to square in {np.dtype(dtype).name}, or hyperparameters too "
+            f"large for it?); nothing was updated")
+
+
 def update_cause(optimizer, name: str, grad, dtype, to_host=np.asarray) -> str:
     """Why an update with a finite loss and finite gradients left param ``name`` NaN/inf: the
     clause a TrainingDiverged message gives (looked for only after it happened). ``grad``: the

@@ -51,6 +51,8 @@ class Binding:
     counter_runs: list            # group index -> counters.runs(names)
     slots: dict = field(default_factory=dict)  # slot key -> FlatArrays (allocated on first need)
     update: Any = None            # executor.prepare(self) (a fused optimizer only): runs each fused step
+    intervals: dict | None = None  # (slot key, dtype) -> (lo, hi) of its values after the last proved
+    #                                fused step (bngraph.optim.bounds); None: unknown, measure them
 
     def slot(self, key: str) -> FlatArrays:
         """The flat storage of slot ``key`` (zeros when first asked for)."""
@@ -230,8 +232,8 @@ class FlatStepMixin:
     @property
     def fused(self) -> bool:
         """True when ``step_flat`` runs the class's fused update (a built-in whose ``update`` and
-        ``step`` are not overridden): it cannot fail halfway on finite inputs, and a target may run
-        it itself (:meth:`plan_fused`)."""
+        ``step`` are not overridden): its record can be proved not to overflow
+        (:mod:`bngraph.optim.bounds`), and a target may run it itself (:meth:`plan_fused`)."""
         return self._fusable()
 
     def step_flat(self, P: FlatArrays, G: FlatArrays) -> None:
@@ -349,6 +351,8 @@ class FlatStepMixin:
         """Back to a :meth:`host_state` snapshot (the device arrays are the caller's to keep as they were)."""
         plan, self.step_count, steps, state = snapshot
         self._plan = None if plan is None else [replace(gp) for gp in plan]
+        if self._bound is not None:
+            self._bound.intervals = None
         self._steps = None if steps is None else dict(steps)
         self.state = {name: dict(slots) for name, slots in state.items()}
 
@@ -385,6 +389,8 @@ class FlatStepMixin:
         """Drop the plan (the state is about to change), keeping the counts it carried."""
         plan, self._plan = self._plan, None
         self._fused = None
+        if self._bound is not None:
+            self._bound.intervals = None  # the slots' values are about to change outside a fused step
         if plan and self._steps is not None:
             for gp in plan:
                 if gp.t is not None:

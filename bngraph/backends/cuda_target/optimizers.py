@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from ...optim.base import Optimizer
-from ...optim.records import Bin, Cond, If, Let, Num, OptimizerRecord, Ref, Set, is_scalar
+from ...optim.records import Bin, Cond, If, Let, Num, OptimizerRecord, Ref, Set, is_scalar, walk
 from ..base import template_env
 
 BLOCK = 256
+MODE_CHECK, MODE_COMMIT, MODE_STORE = np.int32(0), np.int32(1), np.int32(2)  # optim.cu.j2's modes
 STATUS_CLEAR = (0, 0, 2**63 - 1, 2**63 - 1, 2**63 - 1)  # step.cu.j2's status before any flag
 CTYPES = {"float32": "float", "float64": "double"}
 
@@ -53,7 +54,15 @@ def render_kernel(record: OptimizerRecord) -> str:
     body = r.block(record.body, 2)
     return template_env("cuda").get_template("optim.cu.j2").module.kernel(
         name=record.name, slots=[s.name for s in record.slots], hyper=list(record.hyper),
-        scalars=list(r.scalars.items()), locals=[f"l_{n}" for n in sorted(r.locals)], body=body)
+        scalars=list(r.scalars.items()), locals=[f"l_{n}" for n in sorted(r.locals)],
+        targets=[(t, "p" if t == "p" else f"s_{t}") for t in targets(record)], body=body)
+
+
+def targets(record: OptimizerRecord) -> list:
+    """The arrays the update writes, in the order of ``which`` in the status: ``p``, then the slots
+    in the record's order."""
+    written = {s.target for s in walk(record.body) if isinstance(s, Set)}
+    return [t for t in ("p", *(s.name for s in record.slots)) if t in written]
 
 
 def module_source(record: OptimizerRecord, dtype) -> str:
@@ -78,8 +87,8 @@ class _Kernel:
                 out.append(f"{pad}}}" + (" else {" if s.orelse else ""))
                 if s.orelse:
                     out += self.block(s.orelse, depth + 1) + [f"{pad}}}"]
-            elif isinstance(s, Set):
-                out.append(f"{pad}{self.array(s.target)} = {self.expr(s.expr)};")
+            elif isinstance(s, Set):  # into its register; stored after the element's checks
+                out.append(f"{pad}n_{s.target} = {self.expr(s.expr)}; w_{s.target} = true;")
             elif isinstance(s, Let):
                 self.locals.add(s.name)
                 out.append(f"{pad}l_{s.name} = {self.expr(s.expr)};")
@@ -92,7 +101,7 @@ class _Kernel:
         return f"{self.h(c.name)} != 0" if c.op == "flag" else f"{self.h(c.name)} {c.op} {c.value!r}"
 
     def array(self, name: str) -> str:
-        return f"{name}[i]" if name in ("p", "g") else f"s_{name}[i]"
+        return "g[i]" if name == "g" else f"n_{name}"  # p and the slots: their registers
 
     def expr(self, e) -> str:
         if is_scalar(e):
@@ -160,7 +169,7 @@ class FusedUpdate:
             self.header = rt.asarray(np.zeros(2), np.float64)
         h = self.record.vector(hp, t, fresh)
         k.launch(k.name, grid_for(p.size), (BLOCK,), self.status, self.header, np.int64(0), p, g,
-                 *slot_args(self.record, p, slots), rt.asarray(h, np.float64), np.int64(p.size))
+                 *slot_args(self.record, p, slots), rt.asarray(h, np.float64), np.int64(p.size), MODE_STORE)
 
 
 def make_kernel(runtime, opt):

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import TrainingDiverged
+from ...optim.base import update_message
 from ..base import FixedStep, Replays
-from .optimizers import BLOCK, STATUS_CLEAR, RecordKernels, grid_for, launch_args, record_of
+from .optimizers import (BLOCK, MODE_CHECK, MODE_COMMIT, STATUS_CLEAR, RecordKernels, grid_for, launch_args,
+                         record_of, targets)
 
 FLAG_LOSS, FLAG_GRAD, FLAG_STATE, FLAG_UPDATE = 1, 2, 4, 8
 
@@ -167,8 +169,9 @@ class GuardedStep:
         t, header = entry.tables, self.hyper[0]
         n_checks, n_copies, n_counts = t.n
         self.launch("step_guard", t.grid, (BLOCK,), self.status, header, out["loss"], self.losses, t.checks, n_checks)
-        for name, grid, offset, args in t.launches:
-            self.update.launch(name, grid, (BLOCK,), self.status, header, offset, *args)
+        for mode in (MODE_CHECK, MODE_COMMIT):  # every new value checked before any is stored
+            for name, grid, offset, args in t.launches:
+                self.update.launch(name, grid, (BLOCK,), self.status, header, offset, *args, mode)
         self.launch("step_commit", t.grid, (BLOCK,), self.status, t.copies, n_copies, t.counts, n_counts)
 
     # ---- the host's one read -----------------------------------------------------------------
@@ -213,6 +216,7 @@ class GuardedStep:
             name = ctx.updated[int(status[3]) - 1]
             return (f"the new {name} contains NaN or inf at step {step} (a batch variance overflowed?); nothing was "
                     f"updated")
-        name = ctx.layout.name_at(int(status[4]))
-        return (f"the update at step {step} made {name} NaN or inf ({ctx.update_cause(self.optimizer, name)}); "
-                f"the parameters are no longer usable: reload a checkpoint")
+        which, element = divmod(int(status[4]), 1 << 56)  # optim.cu.j2's check_update
+        name, array = ctx.layout.name_at(element), targets(self.record)[which]
+        return update_message(step, name, None if array == "p" else array, ctx.dtype,
+                              lambda: ctx.update_cause(self.optimizer, name))
