@@ -48,9 +48,9 @@ def cmd_emit(args) -> int:
         paths = {os.path.join(args.out, name): src for name, src in files.items()}
         refuse_same_files([("MODEL", model_path(args.model)), *(("--out", path) for path in paths)])
         for path in paths:
-            check_writable(path, "--out")
+            check_writable(path, "--out", make_folder=True)  # --out DIR: made if missing
         for path, src in paths.items():
-            write_text(path, src)
+            write_text(path, src, make_folder=True)
             print(path)
     else:
         for name, src in files.items():

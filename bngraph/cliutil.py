@@ -69,9 +69,10 @@ def _line_in(e: BaseException, path: str) -> str:
     return f":{line}" if line else ""
 
 
-def write_text(path: str, text: str):
-    """``text`` written to ``path`` atomically (a temporary file, then a rename)."""
-    atomic_write(path, lambda f: f.write(text), binary=False)
+def write_text(path: str, text: str, make_folder: bool = False):
+    """``text`` written to ``path`` atomically (a temporary file, then a rename); its folder must
+    exist unless ``make_folder`` (``--out DIR``)."""
+    atomic_write(path, lambda f: f.write(text), binary=False, make_folder=make_folder)
 
 
 def same_file(a, b) -> bool:

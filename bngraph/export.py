@@ -74,11 +74,11 @@ class InferenceModel:
         paths = []
         for name, src in self.sources.items():
             path = os.path.join(folder, inference_file_name(name))
-            atomic_write(path, lambda f, src=src: f.write(src), binary=False)
+            atomic_write(path, lambda f, src=src: f.write(src), binary=False, make_folder=True)
             paths.append(path)
         arrays = {**self.params, **self.state}
         path = os.path.join(folder, f"{self.graph.name}_inference_params.npz")
-        atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays), make_folder=True)
         return [*paths, path]
 
 

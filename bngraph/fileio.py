@@ -83,14 +83,18 @@ def _naming(e: OSError, path: str) -> OSError:
     return err
 
 
-def atomic_write(path, write, binary: bool = True) -> str:
+def atomic_write(path, write, binary: bool = True, make_folder: bool = False) -> str:
     """Call ``write(f)`` on a temporary file, then rename it to ``path``. Returns the path.
-    An OSError names ``path`` (not the temporary file)."""
+    An OSError names ``path`` (not the temporary file). The folder must exist, unless
+    ``make_folder`` (a writer whose destination is a folder: ``--out DIR``, ``save(folder)``)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     try:
-        os.makedirs(folder, exist_ok=True)
+        if make_folder:
+            os.makedirs(folder, exist_ok=True)
+        elif not os.path.isdir(folder):
+            raise FileNotFoundError(errno.ENOENT, _no_folder(folder))
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, "it is a folder")
         fd, tmp = tempfile.mkstemp(prefix=f"{base}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=folder)
@@ -117,15 +121,22 @@ def atomic_write(path, write, binary: bool = True) -> str:
     return path
 
 
-def check_writable(path, what: str = "") -> str:
+def _no_folder(folder: str) -> str:
+    return f"the folder {folder} does not exist (make it first)"
+
+
+def check_writable(path, what: str = "", make_folder: bool = False) -> str:
     """Raise an OSError naming ``path`` (and ``what``, e.g. '--save') if it could not be written
-    now: its folder (or the nearest existing ancestor) must be a writable folder, and the path
-    itself must not be a folder. Nothing is created."""
+    now: its folder must exist (``make_folder``: or the nearest existing ancestor, which
+    :func:`atomic_write` will make it in) and be writable, and the path itself must not be a
+    folder. Nothing is created."""
     path = os.fspath(path)
     label = f"{what} {path}" if what else path
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write {label}: it is a folder")
     folder = os.path.dirname(os.path.abspath(path))
+    if not make_folder and not os.path.exists(folder):
+        raise FileNotFoundError(f"cannot write {label}: {_no_folder(folder)}")
     probe = folder
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)

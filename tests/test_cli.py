@@ -46,6 +46,7 @@ def test_train_default_reaches_95_percent(capsys):
 
 def test_train_json_and_save(tmp_path, capsys):
     js, ck = tmp_path / "out" / "run.json", tmp_path / "run.npz"
+    js.parent.mkdir()  # a file's folder must exist (tests/test_usability.py)
     code, out, err = run(["train", "--epochs", "2", "--json", js, "--save", ck, "--quiet"], capsys)
     assert code == 0, err
     assert err == ""  # --quiet: only the final metrics

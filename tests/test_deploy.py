@@ -18,7 +18,7 @@ import sys
 sys.modules["bngraph"] = None  # importing bngraph now fails, installed or not
 import importlib, numpy as np
 mod = importlib.import_module(sys.argv[1])
-np.save(sys.argv[3], mod.predict(np.load(sys.argv[2])))
+np.save(sys.argv[3], mod.output(np.load(sys.argv[2])))
 """
 
 
@@ -138,3 +138,57 @@ def test_show_out_svg_with_graphviz(model_file, tmp_path):
     assert main(["show", model_file, "--out", str(tmp_path / "g.svg")]) == 0
     svg = (tmp_path / "g.svg").read_text()
     assert "<svg" in svg and "batchnorm + relu (fused)" in svg
+
+
+PREDICT_EVERYWHERE = """
+import sys, json
+sys.modules["bngraph"] = None
+import importlib, numpy as np
+mod = importlib.import_module(sys.argv[1])
+X = np.load(sys.argv[2])
+out = {"output": mod.output(X), "predict": mod.predict(X)}
+if hasattr(mod, "predict_proba"):
+    out["predict_proba"] = mod.predict_proba(X)
+np.savez(sys.argv[3], **out)
+"""
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "sigmoid_bce", "mse", "onnx-softmax"])
+def test_predict_means_what_model_predict_means_in_the_standalone_module(tmp_path, loss):
+    """Issue 18, item 5: one meaning of ``predict`` everywhere. The standalone module's ``predict`` is
+    ``model.predict`` (class indices, 0/1, values), ``output`` is ``model.forward`` and
+    ``predict_proba`` the probabilities where there are classes."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 5)).astype(np.float32)
+    width = {"sigmoid_bce": 1, "mse": 2}.get(loss, 3)
+    y = {"sigmoid_bce": rng.integers(0, 2, (40, 1)).astype(np.float32), "mse": rng.normal(size=(40, 2))}.get(
+        loss, rng.integers(0, 3, 40))
+    model = bg.compile(bg.mlp([5, 7, width], loss="softmax_cross_entropy" if loss == "onnx-softmax" else loss))
+    model.fit(X, y, optimizer=bg.optim.Adam(1e-2), epochs=2, batch_size=8, verbose=False)
+    source = tmp_path / "run.npz"
+    model.save(source)
+    if loss == "onnx-softmax":
+        pytest.importorskip("onnx")
+        source = tmp_path / "p.onnx"
+        bg.to_onnx(model, source, probabilities=True)
+    assert main(["emit", str(source), "--inference", "--standalone", "--out", str(tmp_path / "d")]) == 0
+    np.save(tmp_path / "X.npy", X)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", PREDICT_EVERYWHERE, "mlp", str(tmp_path / "X.npy"),
+                           str(tmp_path / "got.npz")], cwd=tmp_path / "d", env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got = dict(np.load(tmp_path / "got.npz"))
+    z = model.forward(X).astype(np.float64)
+    if loss == "mse":  # the values themselves (batch norm folded into the weights: float32 rounding apart)
+        assert "predict_proba" not in got
+        np.testing.assert_allclose(got["predict"], model.predict(X), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["output"], z, rtol=1e-5, atol=1e-6)
+        return
+    np.testing.assert_array_equal(got["predict"], model.predict(X))
+    if loss == "sigmoid_bce":
+        np.testing.assert_allclose(got["predict_proba"], 1 / (1 + np.exp(-z)), rtol=1e-5, atol=1e-6)
+        return
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(got["predict_proba"], p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["output"], p if loss == "onnx-softmax" else z, rtol=1e-5, atol=1e-6)

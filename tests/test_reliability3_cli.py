@@ -270,7 +270,7 @@ sys.modules["bngraph"] = None
 import importlib, numpy as np
 mod = importlib.import_module(sys.argv[1])
 assert mod.np is np and np.__file__ != mod.__file__
-np.save(sys.argv[3], mod.predict(np.load(sys.argv[2])))
+np.save(sys.argv[3], mod.output(np.load(sys.argv[2])))
 """
 
 
@@ -395,7 +395,8 @@ def test_every_writer_writes_only_its_destinations_and_each_reads_back(tmp_path,
     check("run.npz", "run.json")
     model = bg.load(dest / "run.npz")
     assert model.epoch == 2 and json.loads((dest / "run.json").read_text())["epochs"] == 2
-    # resume onto itself, a JSON in a new folder
+    # resume onto itself, a JSON in another folder (made first: a file's folder must exist)
+    (dest / "reports").mkdir()
     code, out, err = run(["train", "--resume", dest / "run.npz", "--epochs", "3", "--save", dest / "run.npz",
                           "--json", dest / "reports" / "r.json", "--quiet"], capsys)
     assert code == 0, err
@@ -428,6 +429,10 @@ def test_every_writer_writes_only_its_destinations_and_each_reads_back(tmp_path,
     assert (dest / "g.dot").read_text().startswith('digraph "net"')
     # the Python APIs: Model.save, InferenceModel.save, write_standalone, to_onnx
     model = bg.load(dest / "run.npz")
+    with pytest.raises(FileNotFoundError, match=r"the folder .*api does not exist \(make it first\)"):
+        model.save(dest / "api" / "m.npz")  # a file's folder is never made (issue 18, item 6)
+    check()
+    (dest / "api").mkdir()
     model.save(dest / "api" / "m.npz")
     check("api/m.npz")
     assert_same_checkpoint(dest / "run.npz", dest / "api" / "m.npz")

@@ -26,7 +26,7 @@ def emit_standalone(args) -> int:
     py, npz, why = standalone_paths(graph, args.out)
     refuse_same_files([("MODEL", model_path(args.model)), ("--out", py), ("--out", npz)])
     for path in (py, npz):
-        check_writable(path, "--out")
+        check_writable(path, "--out", make_folder=True)
     check_overwrite(py, npz, "--out")  # before anything is written
     if why:
         print(f"bngraph: note: {why}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 The module is the NumPy target's generated ``forward`` of the inference pipeline (batch norm folded
 into the weights), exactly as ``bngraph emit --inference`` prints it, followed by a small loader
-(``LOADER``): ``predict(X)`` takes rows of examples like ``model.forward`` and returns
-``(m, outputs)``. The weights are read with ``np.load(..., allow_pickle=False)``.
+(``LOADER``): ``output(X)`` takes rows of examples and returns ``(m, outputs)`` like
+``model.forward``; ``predict(X)`` what ``model.predict`` returns (class indices for a class loss);
+``predict_proba(X)`` class probabilities, where the loss or the ONNX head has classes. The
+weights are read with ``np.load(..., allow_pickle=False)``.
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ def load_params(path=WEIGHTS):
         return {{k: f[k].astype(DTYPE) for k in f.files}}
 
 
-def predict(X, params=None):
-    """The model's output for X of shape (m, {n_features}) (rows are examples): (m, outputs)."""
+def output(X, params=None):
+    """The model's output for X of shape (m, {n_features}) (rows are examples): (m, outputs), what
+    model.forward(X) returns{head_doc}."""
     global _PARAMS
     if params is None:
         if _PARAMS is None:
@@ -47,6 +50,11 @@ def predict(X, params=None):
     x = np.ascontiguousarray(X.T)  # the generated code works on (features, m)
     out = forward(x, params, {{}}, alloc_forward(X.shape[0]))["out"]
     return {head}
+
+
+def predict(X, params=None):
+    """{predict_doc} (what model.predict(X) returns)."""
+    return {predict}
 '''
 
 # The output as the source model gives it: the logits, or (an ONNX file ending in Softmax or
@@ -56,6 +64,28 @@ HEADS = {
     "softmax": "_softmax(np.array(out.T, dtype=np.float64)).astype(DTYPE)  # the ONNX model's Softmax",
     "log_softmax": "_log_softmax(np.array(out.T, dtype=np.float64)).astype(DTYPE)  # the ONNX model's LogSoftmax",
 }
+# What predict (and predict_proba) return, by the training graph's loss, or by an ONNX model's head:
+# (predict's docstring, its expression of out = output(X, params), predict_proba's expression or None).
+PREDICTIONS = {
+    "softmax_cross_entropy": ("Class indices, the largest logit", "out.argmax(axis=1)",
+                              "_softmax(np.array(out, dtype=np.float64)).astype(DTYPE)"),
+    "nll": ("Class indices, the largest log-probability", "out.argmax(axis=1)",
+            "np.exp(np.array(out, dtype=np.float64)).astype(DTYPE)"),
+    "sigmoid_bce": ("0/1, a logit above 0", "(out > 0).astype(np.int64)",
+                    "(1.0 / (1.0 + np.exp(-np.array(out, dtype=np.float64)))).astype(DTYPE)"),
+    "mse": ("The predicted values (the output)", "out", None),
+    "softmax": ("Class indices, the most probable", "out.argmax(axis=1)", "out"),
+    "log_softmax": ("Class indices, the most probable", "out.argmax(axis=1)",
+                    "np.exp(np.array(out, dtype=np.float64)).astype(DTYPE)"),
+    None: ("The output (no loss or head says what to predict)", "out", None),
+}
+PREDICT_PROBA = '''
+
+def predict_proba(X, params=None):
+    """Class probabilities (m, classes) (m, outputs for a sigmoid): the output made probabilities."""
+    out = output(X, params)
+    return {proba}
+'''
 HEAD_FUNCTIONS = '''
 
 def _log_softmax(z):
@@ -150,9 +180,17 @@ def standalone_sources(graph, values: dict, dtype="float32", module: str | None 
     (x,) = [v for v in g.inputs]
     if head not in HEADS:
         raise IRError(f"standalone code: unknown output head {head!r}; expected softmax or log_softmax")
-    src = src.rstrip("\n") + "\n" + LOADER.format(weights=f"{name}.npz", n_features=x.type.shape[0],
-                                                   head=HEADS[head])
-    if head is not None:
+    loss = graph.loss_node
+    doc, predict, proba = PREDICTIONS[head if head is not None or loss is None else loss.op]
+    src = src.rstrip("\n") + "\n" + LOADER.format(
+        weights=f"{name}.npz", n_features=x.type.shape[0], head=HEADS[head],
+        head_doc="" if head is None else f" (the ONNX model's {'Softmax' if head == 'softmax' else 'LogSoftmax'} "
+                                         f"applied)",
+        predict_doc=doc, predict=f"output(X, params)" if predict == "out" else predict.replace(
+            "out", "output(X, params)", 1))
+    if proba is not None:
+        src += PREDICT_PROBA.format(proba=proba)
+    if head is not None or proba is not None:
         src += HEAD_FUNCTIONS
     params = {p.name: np.asarray(folded[p.name]) for p in g.params}
     return name, src, params
@@ -199,8 +237,8 @@ def write_standalone(graph, values: dict, out_dir, dtype="float32", module: str 
     check_overwrite(py, npz, what)
     name, src, params = standalone_sources(graph, values, dtype, os.path.basename(py)[:-3], head, out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    atomic_write(npz, lambda f: np.savez(f, **params))
-    atomic_write(py, lambda f: f.write(src), binary=False)
+    atomic_write(npz, lambda f: np.savez(f, **params), make_folder=True)
+    atomic_write(py, lambda f: f.write(src), binary=False, make_folder=True)
     return [py, npz]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from ..flat import array_namespace
 from .flatstep import COUNTER, FlatStepMixin
 from .groups import SlotPlan, assign_groups, group_spec
+from .habits import TorchHabits, describe
 
 
 # ---- scalars (hyperparameters) -----------------------------------------------------------------
@@ -25,7 +26,7 @@ def number(name: str, value: Any) -> float:
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d array of any module
         value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise ValueError(f"{name} must be a number, got {describe(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
@@ -38,7 +39,7 @@ def flag(name: str, value: Any) -> bool:
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d array of any module
         value = value.item()
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise ValueError(f"{name} must be True or False, got {describe(value)}")
     return bool(value)
 
 
@@ -134,7 +135,7 @@ def astype(xp, a, dtype):
     return f(a, dtype) if f is not None else a.astype(dtype)
 
 
-class Optimizer(FlatStepMixin):
+class Optimizer(FlatStepMixin, TorchHabits):
     """Base class: hyperparameters (``lr`` first), parameter groups, a step counter and per-parameter
     slots.
 
