@@ -27,7 +27,7 @@ from bngraph.ops import OPS, OpDef, register
 from bngraph.passes import PASSES, fuse_loss_grad
 
 from conftest import random_values
-from passcheck import check_roundtrip
+from bngraph.passcheck import check_roundtrip
 from test_codegen import run_generated
 from test_cuda_target import _compare_programs, emulated
 from test_loss_variants import kernel_zoo

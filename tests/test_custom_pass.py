@@ -2,7 +2,7 @@
 
 The example pass ``drop_identity`` is taken from the doc itself, so the documented code is what is
 tested: two (and three) identities in a row, an identity that is a graph output, numbers and
-gradients unchanged (tests/passcheck.py). ``bg.compile`` takes a registered name or a ``Pass``
+gradients unchanged (bngraph.passcheck). ``bg.compile`` takes a registered name or a ``Pass``
 object, registered or not; a checkpoint names its passes, so loading one needs them registered.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import bngraph as bg
 from bngraph.passes import PASSES, PassResult, graph_pass, run_pipeline
 
 from docblocks import REPO, parse_blocks
-from passcheck import check_preserves
+from bngraph.passcheck import check_preserves
 
 
 @contextlib.contextmanager

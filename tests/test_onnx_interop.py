@@ -273,4 +273,4 @@ def test_a_missing_onnx_names_the_extra():
     code = ("import sys; sys.modules['onnx'] = None\nimport bngraph as bg\n"
             "try:\n    bg.from_onnx('m.onnx')\nexcept bg.MissingDependency as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install 'bngraph[onnx]'" in out and "bg.from_onnx" in out
+    assert "pip install 'onnx>=1.15' (in a checkout of bngraph: pip install '.[onnx]')" in out and "bg.from_onnx" in out

@@ -20,3 +20,17 @@ def test_every_template_folder_is_shipped():
     for path in (REPO / "templates").rglob("*.j2"):
         rel = path.relative_to(REPO / "templates")
         assert any(rel.match(p) for p in patterns), f"templates/{rel} is not matched by the package-data patterns"
+
+
+def test_the_package_says_it_is_typed():
+    """PEP 561: bngraph/py.typed is in the package and in its package data, so type checkers read
+    the hints of an installed bngraph (issue 18, item 8)."""
+    tomllib = pytest.importorskip("tomllib")
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in data["bngraph"] and (REPO / "bngraph" / "py.typed").is_file()
+
+
+def test_bg_optim_names_only_what_it_offers():
+    import bngraph as bg
+    leaked = {"Any", "Callable", "annotations"} & set(dir(bg.optim))
+    assert not leaked, f"bg.optim exposes typing helpers: {sorted(leaked)}"

@@ -1,4 +1,4 @@
-"""tests/passcheck.py can fail: each of its checks, shown catching a planted bug.
+"""bngraph.passcheck can fail: each of its checks, shown catching a planted bug.
 
 Every pass test leans on ``check_preserves``; a check that cannot fail would let a wrong pass
 through. Each test below builds a ``before`` graph, an ``after`` graph (or remap) with one
@@ -12,7 +12,7 @@ import pytest
 import bngraph as bg
 from bngraph.ir import Value
 from bngraph.passes import PASSES, compose
-from passcheck import check_preserves, folded_params, loss_gradients, random_feeds, random_values
+from bngraph.passcheck import check_preserves, folded_params, loss_gradients, random_feeds, random_values
 
 
 def _no_bn_mlp():
@@ -196,3 +196,25 @@ def test_a_param_removed_next_to_a_real_fold_is_still_checked():
     assert folded_params(g, wrong, random_values(g), res.remap) == {"fc1.W", "fc1.b", "bn1.gamma", "bn1.beta"}
     with pytest.raises(AssertionError, match="out.b was removed but its gradient is not zero"):
         check_preserves(g, wrong, compose([res.remap]))
+
+
+def test_a_float32_graph_is_checked_in_float64():
+    """Issue 18, item 7: ``check_preserves`` runs in float64 whatever the graph's dtype, so a
+    correct pass on a float32 graph passes at the default 1e-9 tolerance (checked in float32 it
+    would fail on rounding), while a planted error still fails; a failure is a PassCheckError."""
+    from bngraph.passcheck import PassCheckError
+    g = _eval_bn_graph_with_loss()
+    from bngraph.compiler import cast_graph
+    g32 = cast_graph(g, "float32")
+    res = PASSES["fold_bn_into_weights"].run(g32)
+    assert res.graph.dtype == "f32"
+    out = check_preserves(g32, res.graph, res.remap)
+    assert out["before"]["loss"].dtype == np.float64
+
+    def slightly_off(values):
+        out = res.remap(values)
+        out["fc1.W_folded"] = out["fc1.W_folded"] * (1 + 1e-6)
+        return out
+
+    with pytest.raises(PassCheckError, match="output loss"):
+        check_preserves(g32, res.graph, slightly_off)

@@ -1,5 +1,5 @@
 """The compiler passes and the pass manager: structure (golden IR text) and numbers (the reference
-interpreter in float64, through tests/passcheck.py).
+interpreter in float64, through bngraph.passcheck).
 
 Regenerate the golden files after an intended change, then read the diff:
     BNGRAPH_UPDATE_GOLDEN=1 python -m pytest tests/test_passes.py -k golden
@@ -19,7 +19,7 @@ import bngraph as bg
 from bngraph.ops import ACTIVATIONS, BN_OPS, LOSS_OPS
 from bngraph.passes import (INFERENCE_PIPELINE, PASSES, TRAINING_PIPELINE, Pass, PassError, PassResult,
                             run_pipeline, to_inference)
-from passcheck import Layer, build_graph, check_preserves, check_roundtrip, random_feeds, random_values
+from bngraph.passcheck import Layer, build_graph, check_preserves, check_roundtrip, random_feeds, random_values
 
 GOLDEN = Path(__file__).parent / "golden" / "passes"
 UPDATE = os.environ.get("BNGRAPH_UPDATE_GOLDEN") == "1"

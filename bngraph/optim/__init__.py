@@ -65,9 +65,7 @@ in this project a bare ``beta`` is the batch-norm shift parameter. The lecture's
 PyTorch, and so this module, start the buffer at the first gradient rather than at zero), and the
 lecture's RMSprop ``beta`` is ``alpha``.
 """
-from __future__ import annotations
-
-from typing import Any, Callable
+import typing as _typing  # (no bare Any, Callable or annotations among bg.optim's names)
 
 from .adam import Adam, AdamW, adam_update
 from .base import Optimizer
@@ -83,7 +81,7 @@ __all__ = ["Optimizer", "RecordOptimizer", "OptimizerRecord", "SGD", "RMSprop", 
 #: The built-in optimizer classes by class name (the ``"type"`` of their state dicts).
 TYPES: dict[str, type[Optimizer]] = {cls.__name__: cls for cls in (SGD, RMSprop, Adam, AdamW)}
 
-_FACTORIES: dict[str, Callable[..., Optimizer]] = {
+_FACTORIES: dict[str, _typing.Callable[..., Optimizer]] = {
     "sgd": SGD,
     "momentum": lambda **kw: SGD(**{"momentum": 0.9, **kw}),
     "rmsprop": RMSprop,
@@ -95,7 +93,7 @@ _FACTORIES: dict[str, Callable[..., Optimizer]] = {
 NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def make(name: str | Optimizer, lr: float | None = None, **kw: Any) -> Optimizer:
+def make(name: str | Optimizer, lr: float | None = None, **kw: _typing.Any) -> Optimizer:
     """An optimizer by name: ``"sgd"``, ``"momentum"`` (SGD with ``momentum=0.9``),
     ``"rmsprop"``, ``"adam"``, ``"adamw"`` (case-insensitive). ``lr=None`` keeps the class
     default; other keyword arguments go to the constructor. An optimizer object is returned

@@ -1,10 +1,11 @@
-"""Numeric checks for graph rewrites, reusable by any test that transforms a graph.
+"""Numeric checks for graph rewrites, for any test of a pass (yours too: it is installed with bngraph).
 
-    from passcheck import check_preserves, random_values, random_feeds, build_graph, Layer
+    from bngraph.passcheck import check_preserves, random_values, random_feeds, build_graph, Layer
 
-``check_preserves(before, after, remap)`` runs both graphs with the reference interpreter in the
-graphs' dtype (use float64 graphs) on random inputs and random parameters -- gamma, beta and the
-running statistics random too, running_var positive -- and asserts that
+``check_preserves(before, after, remap)`` runs both graphs with the reference interpreter in
+float64 (a float32 graph is checked as its float64 copy: a correct pass must not fail on float32
+rounding) on random inputs and random parameters -- gamma, beta and the running statistics random
+too, running_var positive -- and raises :class:`PassCheckError` (an AssertionError) unless
 
 * ``remap(values)`` did not mutate ``values`` and holds exactly the new graph's params and state;
 * every output is equal, except ``state.*`` outputs: those are compared after remapping the old
@@ -24,11 +25,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import bngraph as bg
-from bngraph.autodiff import grad_graph
-from bngraph.ir import DTYPES
-from bngraph.ops import BN_OPS
-from bngraph.passes import dce
+from .autodiff import grad_graph
+from .compiler import cast_graph
+from .dsl import Graph
+from .interpreter import interpret
+from .ir import DTYPES, IRError
+from .ops import BN_OPS, OPS
+from .parser import parse
+from .passes import dce
+from .verifier import verify
+
+
+class PassCheckError(AssertionError):
+    """A pass changed what the graph computes (or a remap is wrong): the message says what."""
+
+
+def _close(actual, desired, **kw) -> None:
+    """``np.testing.assert_allclose``, failing as a :class:`PassCheckError`."""
+    try:
+        np.testing.assert_allclose(actual, desired, **kw)
+    except AssertionError as e:
+        raise PassCheckError(str(e)) from None
+
+
+def _check(ok, message) -> None:
+    if not ok:
+        raise PassCheckError(message() if callable(message) else message)
 
 # ------------------------------------------------------------------------------------------------
 # Random values and feeds
@@ -92,22 +114,26 @@ def check_preserves(before, after, remap=None, *, batch: int = 6, seed: int = 0,
                     rtol: float = 1e-9, atol: float = 1e-10, grads: bool = True) -> dict:
     """Assert that ``after`` with ``remap(values)`` computes what ``before`` computes with
     ``values``. Returns ``{"before": outputs, "after": outputs}``."""
-    before, after = bg.as_graph(before), bg.as_graph(after)
+    before, after = cast_graph(before, "float64"), cast_graph(after, "float64")  # float32 rounding is no failure
+    if values is not None:
+        values = {k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v for k, v in values.items()}
+    if feeds is not None:
+        feeds = {k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v for k, v in feeds.items()}
     values = random_values(before, seed) if values is None else values
     feeds = random_feeds(before, batch, seed) if feeds is None else feeds
     snapshot = {k: np.array(v, copy=True) for k, v in values.items()}
     new_values = remap(values) if remap is not None else dict(values)
-    assert new_values is not values, "remap must return a new dict"
+    _check(new_values is not values, "remap must return a new dict")
     for k, v in snapshot.items():
-        assert k in values and np.array_equal(values[k], v), f"remap mutated the values dict at {k}"
+        _check(k in values and np.array_equal(values[k], v), f"remap mutated the values dict at {k}")
     want = {p.name for p in (*after.params, *after.state)}
-    assert set(new_values) == want, (
+    _check(set(new_values) == want, lambda: (
         f"remap should give exactly the new graph's params and state: missing {sorted(want - set(new_values))}, "
-        f"extra {sorted(set(new_values) - want)}")
+        f"extra {sorted(set(new_values) - want)}"))
 
-    old = bg.interpret(before, feeds, values)
-    new = bg.interpret(after, {v.name: feeds[v.name] for v in after.inputs}, new_values)
-    assert set(old) == set(new), f"outputs differ: before {sorted(old)}, after {sorted(new)}"
+    old = interpret(before, feeds, values)
+    new = interpret(after, {v.name: feeds[v.name] for v in after.inputs}, new_values)
+    _check(set(old) == set(new), lambda: f"outputs differ: before {sorted(old)}, after {sorted(new)}")
 
     state_keys = [k for k in old if k.startswith("state.")]
     carried = None
@@ -118,7 +144,7 @@ def check_preserves(before, after, remap=None, *, batch: int = 6, seed: int = 0,
         expected = old[k]
         if k.startswith("state.") and carried is not None:
             expected = carried[k[len("state."):]]
-        np.testing.assert_allclose(new[k], expected, rtol=rtol, atol=atol, err_msg=f"output {k}")
+        _close(new[k], expected, rtol=rtol, atol=atol, err_msg=f"output {k}")
 
     if grads and before.loss_node is not None:
         check_grads_preserved(before, after, values, new_values, feeds, remap, rtol=rtol, atol=atol)
@@ -132,9 +158,9 @@ def loss_gradients(g, values: dict, feeds: dict) -> dict:
     loss_only = dce.run(g.rebuild(outputs=[("loss", g.output("loss"))])).graph
     try:
         train = grad_graph(loss_only)
-    except bg.IRError as e:
-        raise AssertionError(f"cannot take the gradient of graph {g.name}: {e}") from e
-    out = bg.interpret(train, {v.name: feeds[v.name] for v in train.inputs},
+    except IRError as e:
+        raise PassCheckError(f"cannot take the gradient of graph {g.name}: {e}") from e
+    out = interpret(train, {v.name: feeds[v.name] for v in train.inputs},
                        {v.name: values[v.name] for v in (*train.params, *train.state)})
     return {p.name: out[f"grad.{p.name}"] if f"grad.{p.name}" in out else np.zeros(p.type.shape)
             for p in g.params}
@@ -169,17 +195,17 @@ def check_grads_preserved(before, after, values, new_values, feeds, remap=None, 
         key = f"grad.{p.name}"
         if p.name in after_params:
             if np.array_equal(values[p.name], new_values[p.name]):
-                np.testing.assert_allclose(new[p.name], old[p.name], rtol=rtol, atol=atol, err_msg=key)
+                _close(new[p.name], old[p.name], rtol=rtol, atol=atol, err_msg=key)
         elif p.name not in folded:
-            np.testing.assert_allclose(old[p.name], 0.0, atol=max(atol, 1e-9),
+            _close(old[p.name], 0.0, atol=max(atol, 1e-9),
                                        err_msg=f"{p.name} was removed but its gradient is not zero")
 
 
 def check_roundtrip(g, allow_dead: bool = False):
     """The printed IR parses back to an equal graph, and the graph verifies."""
-    bg.verify(g, allow_dead=allow_dead)
+    verify(g, allow_dead=allow_dead)
     text = str(g)
-    assert bg.parse(text) == g, f"parse(print(g)) != g for\n{text}"
+    _check(parse(text) == g, lambda: f"parse(print(g)) != g for\n{text}")
     return text
 
 
@@ -201,9 +227,9 @@ def build_graph(inputs: int, layers, outputs: int, *, loss: str = "softmax_cross
                 out_bn: bool = False, dtype: str = "f64", eps: float = 1e-5, momentum: float = 0.1,
                 name: str = "net"):
     """x -> [matmul (+bias) -> batchnorm? -> activation?] per layer -> matmul (+bias) -> batchnorm? -> loss."""
-    g = bg.Graph(name, dtype)
+    g = Graph(name, dtype)
     h = g.input("x", inputs)
-    y = g.labels("y", outputs) if bg.OPS[loss].class_labels else g.input("y", outputs)
+    y = g.labels("y", outputs) if OPS[loss].class_labels else g.input("y", outputs)
     for k, layer in enumerate(layers, start=1):
         h = g.matmul(h, layer.units, bias=layer.bias, name=f"fc{k}")
         if layer.bn:
