@@ -7,7 +7,8 @@
   tests/test_arch_step.py compare it bit for bit / to 1e-12 with the NumPy target).
 * ``device="emulator-gpu-math"`` compiles like the GPU: ``a*b+c`` is one rounding, float32
   denormals flush to zero (results and operands) inside the kernels only, and the NumPy-target
-  comparison holds within an error bound instead of bit for bit:
+  comparison holds within an error bound instead of bit for bit (float32 against the NumPy
+  target: this bound on top of the rounding bound of tests/roundoff.py):
 
       |gpu_math - ieee| <= ULPS_PER_OP * depth * u * scale
 
@@ -28,7 +29,7 @@ import bngraph as bg
 from bngraph.backends.cuda_target import emulator
 from bngraph.backends.cuda_target.emulator import _c_arg, compile_kernels
 from test_arch_step import record_kernel_against_numpy
-from test_cuda_target import PROGRAMS, _compare_programs, _feeds, layered_graph
+from test_cuda_target import PROGRAMS, _compare_float32, _compare_programs, _feeds, layered_graph
 
 GPU_MATH = "emulator-gpu-math"
 ULPS_PER_OP = 4
@@ -173,7 +174,21 @@ def test_gpu_math_programs_agree_with_the_numpy_target_float32(loss, act):
     depth = 128
     g = bg.mlp([5, 7, 6, 3], activation=act, loss=loss)
     gpu, _ = _compare_modes(g, "float32", depth)
-    _compare_programs(bg.compile(g, dtype="float32", seed=1), gpu, rtol=1e-4, atol=1e-5 + bound("float32", depth))
+    _compare_float32(bg.compile(g, dtype="float32", seed=1), gpu, extra=lambda scale: bound("float32", depth, scale))
+
+
+def test_the_float32_bound_catches_a_kernel_off_by_1e_4(monkeypatch):
+    """Where the program is well conditioned the bound is a few u per node (tighter than 1e-5):
+    one gradient off by a relative 1e-4 fails."""
+    g = bg.mlp([5, 7, 6, 3], loss="mse")
+    ref = bg.compile(g, dtype="float32", seed=1)
+    emu = bg.compile(g, target="cuda", device="emulator", dtype="float32", seed=1)
+    assert _compare_float32(ref, emu, sizes=(7, 9)) < 1
+    run = emu._run
+    off = lambda *a: {k: v * np.float32(1 + 1e-4) if k == "grad.fc1.W" else v for k, v in run(*a).items()}  # noqa: E731
+    monkeypatch.setattr(emu, "_run", off)
+    with pytest.raises(AssertionError, match=r"train_step grad\.fc1\.W m=7: kernels and NumPy differ by"):
+        _compare_float32(ref, emu, sizes=(7, 9))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

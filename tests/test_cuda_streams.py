@@ -6,7 +6,8 @@ with the stream it went on: the stream a kernel launch or a copy names, else the
 ``.use()``-d or entered with ``with stream:``). cuBLAS is a stand-in bound to the stream it is
 given. Two models built in one process (the second's stream made after the first's) train, run
 forward (one from another thread), and the log of each holds its own stream only; a step captured
-on a model's stream holds every kernel and matrix product of the step.
+on a model's stream holds every kernel and matrix product of the step. The stand-in takes only
+what CuPy takes (tests/test_cuda_cupy_api.py compares their signatures).
 """
 from __future__ import annotations
 
@@ -68,9 +69,9 @@ class FakeArray(np.ndarray):
     def data(self):
         return types.SimpleNamespace(ptr=self.ctypes.data)
 
-    def set(self, host, stream=None):
+    def set(self, arr, stream=None):
         self.fake.record(stream, "set")
-        np.copyto(self.view(np.ndarray), host)
+        np.copyto(self.view(np.ndarray), arr)
 
     def get(self, stream=None):
         self.fake.record(stream, "get")
@@ -115,7 +116,7 @@ class FakeCupy:
     def wrap(self, a):
         return np.asarray(a).view(FakeArray)
 
-    def new_stream(self, non_blocking=False):
+    def new_stream(self, null=False, non_blocking=False):
         self.streams += 1
         return Stream(self, f"s{self.streams}")
 
@@ -127,21 +128,32 @@ class FakeCupy:
             def __init__(self, name):
                 self.name = name
 
-            def __call__(self, grid, block, args, shared_mem=0, stream=None):
+            def __call__(self, grid, block, args, *, shared_mem=0, stream=None):
                 fake.record(stream, f"kernel {self.name}")
 
         class RawModule:
-            def __init__(self, code, options=()):
+            def __init__(self, code=None, *, options=()):
                 pass
 
             def get_function(self, name):
                 return Kernel(name)
 
-        def made(name):  # an allocation or copy from the host: on the current stream
-            def fn(*args, **kwargs):
+        def asarray(a, dtype=None):  # an allocation or copy from the host: on the current stream
+            fake.record(None, "array")
+            return fake.wrap(np.array(a, dtype=dtype))
+
+        def made(name):
+            def fn(shape, dtype=float):
                 fake.record(None, name)
-                return fake.wrap(np.zeros(*args, **kwargs) if name == "empty" else getattr(np, name)(*args, **kwargs))
+                return fake.wrap(np.zeros(shape, dtype=dtype))
             return fn
+
+        class Device:
+            def __init__(self, device=None):
+                pass
+
+            def use(self):
+                pass
 
         def numpy_function(name):
             attr = getattr(np, name)
@@ -154,10 +166,10 @@ class FakeCupy:
             return fn
 
         mod.RawModule = RawModule
-        mod.asarray, mod.empty, mod.zeros = made("array"), made("empty"), made("zeros")
+        mod.asarray, mod.empty, mod.zeros = asarray, made("empty"), made("zeros")
         mod.__getattr__ = numpy_function
         mod.cuda = types.SimpleNamespace(
-            Stream=self.new_stream, Device=lambda i: types.SimpleNamespace(use=lambda: None),
+            Stream=self.new_stream, Device=Device,
             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
         return mod
 

@@ -10,7 +10,13 @@ Shapes (units, classes) and the dtype are baked into each kernel, the batch size
 argument. The math of every elementwise expression, activation and pointwise loss comes from the
 C-style tables (:mod:`bngraph.backends.cstyle`) through the CUDA dialect :data:`CUDA`. A loss and
 its gradient over the same inputs arrive fused as one ``<loss>_and_grad`` node (the pass
-``fuse_loss_grad``, run by the renderer before it plans), lowered by one single-block kernel.
+``fuse_loss_grad``, run by the renderer before it plans), lowered by one kernel over the whole
+grid and a one-block kernel that adds up the blocks' partial sums (``_total``).
+
+A reduction over several blocks (a loss; batch norm, its gradient and a bias gradient on rows the
+driver cuts into segments) leaves its partial sums in ``scratch``, the model's own small device
+array, and a second kernel adds them up in a fixed order. A row's extra kernels are named in
+:attr:`KernelSpec.more`; the driver's lines for a node come from the row's ``host`` template.
 """
 from __future__ import annotations
 
@@ -97,21 +103,30 @@ class At:
 class KernelSpec:
     """``params``: the kernel's C parameters (before ``int m``); ``in_args``: the IR values passed
     for the inputs among them, in order; ``out_args``: the identifiers of the outputs written;
-    ``grid``: the launch grid (a Python expression of the driver); ``ctx``: template variables."""
+    ``grid``: the launch grid (a Python expression of the driver); ``ctx``: template variables;
+    ``more``: the node's other kernels, ``<kernel>_<key>``, by key: the names of the params each
+    takes (before ``scratch``), whose declarations (``sig[key]``) and driver arguments
+    (``call[key]``) the renderer gives both templates."""
 
     params: list
     in_args: list
     out_args: list
     grid: str
     ctx: dict = field(default_factory=dict)
+    more: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Kernel(Lowering):
-    """A row that lowers to one kernel: ``template`` (a ``.cu.j2`` file, or attrs -> file) and
-    ``spec(at) -> KernelSpec``."""
+    """A row that lowers to kernels: ``template`` (a ``.cu.j2`` file, or attrs -> file),
+    ``spec(at) -> KernelSpec`` and ``host``, the template of the driver's launch lines."""
 
     spec: Callable[[At], KernelSpec] | None = None
+    host: str | Callable[[dict], str] = "launch.py.j2"
+
+    def host_for(self, attrs: dict) -> str:
+        """The driver template for a node with these attributes."""
+        return self.host(attrs) if callable(self.host) else self.host
 
     def __post_init__(self):
         if self.spec is None:
@@ -206,7 +221,10 @@ def _log_softmax_grad(at):
                      f"for (int c = 0; c < {c}; ++c) {el('dx')} = (real)({el('dy')} - exp((acc_t){el('y')}) * s);"]}
 
 
-# ---- per unit (one block per row): batch norm, its gradient, the running statistics, sums ---------
+# ---- per unit (a block per row, or per segment of a row): batch norm, its gradient, sums ----------
+# The driver's segments(units, m) picks at run time: 1, a block per unit and the node's kernel; more,
+# rows cut into segments and the kernels <kernel>_partial (each segment's partial sums) and
+# <kernel>_combine (each unit's from its segments'), as docs/cuda.md describes.
 
 
 def _row_grid(at) -> str:
@@ -217,8 +235,11 @@ def _bn_forward_spec(at):
     n, ins = at.node, list(at.node.inputs)
     ctx = dict(rows=rows(at.ins[0]), eps=repr(n.attr["eps"]), act=node_act(n))
     if n.attr["mode"] == "train":
-        return KernelSpec([cin("z"), cin("gamma"), cin("beta"), cout("y"), cout("mean"), cout("var_out")],
-                          ins[:3], list(at.step.outs), _row_grid(at), ctx)
+        names = ["z", "gamma", "beta", "y", "mean", "var_out"]
+        return KernelSpec([cin(x) for x in names[:3]] + [cout(x) for x in names[3:]], ins[:3], list(at.step.outs),
+                          _row_grid(at), dict(ctx, combine_grid=f"{ctx['rows']} * segs"),
+                          more=dict(partial=["z"], combine=names))
+    # eval: one pass, no reduction: a block per segment of a row (segments())
     return KernelSpec([cin("z"), cin("gamma"), cin("beta"), cin("running_mean"), cin("running_var"), cout("y")],
                       ins[:5], list(at.step.outs), _row_grid(at), ctx)
 
@@ -233,10 +254,14 @@ def _bn_backward_spec(at):
     def dy(i, da="da[{}]", a="a[{}]"):  # dy = da*g'(a), from memory (or registers: dy_cached)
         return f"(acc_t){da.format(i)} * {act.derivative(a.format(i))}" if with_act else f"(acc_t){da.format(i)}"
 
+    units = rows(at.ins[0])
     return KernelSpec([cin(x) for x in names] + [cout("dz"), cout("dgamma"), cout("dbeta")],
                       list(n.inputs[:len(names)]), list(at.step.outs), _row_grid(at),
-                      dict(rows=rows(at.ins[0]), eps=repr(n.attr["eps"]), train=n.attr["mode"] == "train", act=act,
-                           fused_act=with_act, dy=dy, dy_cached=lambda k: dy(k, "dac[{}]", "ac[{}]")))
+                      dict(rows=units, eps=repr(n.attr["eps"]), train=n.attr["mode"] == "train", act=act,
+                           fused_act=with_act, dy=dy, dy_cached=lambda k: dy(k, "dac[{}]", "ac[{}]"),
+                           combine_grid=f"{units} * segs"),
+                      more=dict(partial=[x for x in names if x != "gamma"],
+                                combine=names + ["dz", "dgamma", "dbeta"]))
 
 
 def _running_update_spec(at):
@@ -248,11 +273,14 @@ def _running_update_spec(at):
 
 
 def _sum_batch_spec(at):
+    units = rows(at.ins[0])
     return KernelSpec([cin("x"), cout("s")], list(at.node.inputs[:1]), list(at.step.outs), _row_grid(at),
-                      dict(rows=rows(at.ins[0])))
+                      dict(rows=units, combine_grid=str(min(units, 65535))), more=dict(partial=["x"], combine=["s"]))
 
 
-# ---- losses: a loss, its gradient, or both (<loss>_and_grad) in one single-block kernel -----------
+# ---- losses: a loss, its gradient, or both (<loss>_and_grad): the batch cut into parts, a block each
+# (the driver's loss_parts); a weighted mean first sums the weights (<kernel>_weights); a summed loss
+# adds up the parts' sums in one block (<kernel>_total).
 
 # class losses: op -> the name of its scores in the kernels
 CLASS_LOSSES = {"softmax_cross_entropy": "logits", "nll": "logp"}
@@ -283,11 +311,19 @@ def _loss_spec(with_loss: bool, with_grad: bool) -> Callable[[At], KernelSpec]:
         params += ([cout("loss")] if with_loss else []) + ([cout(f"d{first}")] if with_grad else [])
         ctx = dict(with_loss=with_loss, with_grad=with_grad, dL=dL)
         if class_loss:
-            ctx.update(class_loss_context(base, n.attr, weighted, at.ins[0].shape[0], dL))
+            ctx.update(class_loss_context(base, n.attr, weighted, at.ins[0].shape[0], dL), items="m")
+            summed = with_loss and ctx["reduction"] != "none"
+            weighed = ctx["reduction"] == "mean" and (weighted or ctx["ignore_index"] is not None)
         else:
             loss_expr, grad_expr = CUDA.loss(base)
-            ctx.update(size=numel(at.ins[0]), loss_expr=loss_expr, grad_expr=grad_expr)
-        return KernelSpec(params, in_args, list(at.step.outs), "(1,)", ctx)
+            size = numel(at.ins[0])
+            ctx.update(size=size, items=size.replace("(long long)m", "m"), loss_expr=loss_expr, grad_expr=grad_expr)
+            summed, weighed = with_loss, False
+        more = dict(total=["loss"]) if summed else {}
+        if weighed:  # the total weight first: the mean and its gradient divide by it
+            more["weights"] = ["labels"] + (["weight"] if weighted else [])
+        return KernelSpec(params, in_args, list(at.step.outs), "(parts,)", dict(ctx, summed=summed, weighed=weighed),
+                          more)
 
     return spec
 
@@ -297,7 +333,7 @@ def _loss_rows() -> dict:
     for loss, (grad, fused) in LOSS_AND_GRAD.items():
         template = "class_loss.cu.j2" if loss in CLASS_LOSSES else "pointwise_loss.cu.j2"
         for op, with_loss, with_grad in ((loss, True, False), (grad, False, True), (fused, True, True)):
-            table[op] = Kernel(template, spec=_loss_spec(with_loss, with_grad))
+            table[op] = Kernel(template, spec=_loss_spec(with_loss, with_grad), host="launch_loss.py.j2")
     return table
 
 
@@ -339,8 +375,11 @@ def _gemm_context(at) -> dict:
 
 ACTIVATION = elementwise(_activation)
 BIAS_ADD = elementwise(_bias_add)
-BN_FORWARD = Kernel(lambda attrs: f"batchnorm_{attrs['mode']}.cu.j2", spec=_bn_forward_spec)
-BN_BACKWARD = Kernel("batchnorm_grad.cu.j2", spec=_bn_backward_spec)
+# training mode: two passes over a row (its statistics, then y), so rows in segments take two kernels;
+# eval mode: one pass, a block per segment
+BN_FORWARD = Kernel(lambda attrs: f"batchnorm_{attrs['mode']}.cu.j2", spec=_bn_forward_spec,
+                    host=lambda attrs: "launch_rows.py.j2" if attrs["mode"] == "train" else "launch_segments.py.j2")
+BN_BACKWARD = Kernel("batchnorm_grad.cu.j2", spec=_bn_backward_spec, host="launch_rows.py.j2")
 
 LOWERINGS = {
     "matmul": HostCode("gemm.py.j2", host_context=_gemm_context),  # a cuBLAS call, no kernel
@@ -358,6 +397,6 @@ LOWERINGS = {
     "batchnorm_grad": BN_BACKWARD,
     "batchnorm_act_grad": BN_BACKWARD,
     "running_update": Kernel("running_update.cu.j2", spec=_running_update_spec),
-    "sum_batch": Kernel("sum_batch.cu.j2", spec=_sum_batch_spec),
+    "sum_batch": Kernel("sum_batch.cu.j2", spec=_sum_batch_spec, host="launch_rows.py.j2"),
     **_loss_rows(),  # each loss, its gradient and <loss>_and_grad
 }

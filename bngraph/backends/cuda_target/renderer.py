@@ -18,6 +18,10 @@ from ..lowering import LoweringError, Plan
 from .lowerings import CUDA, LOWERINGS, At, HostCode, Kernel
 
 BLOCK = 256  # threads per block (a power of two: block_sum halves it)
+PARTS = 4096  # partial sums of one reduction at most: the model's scratch array holds 2 * PARTS doubles
+# examples a batch-norm thread keeps in registers (BN_CACHE): 16 floats, 8 doubles (the float64
+# kernels' registers: docs/cuda.md)
+BN_CACHE = {"f32": 16, "f64": 8}
 
 
 class CudaRenderer(Renderer):
@@ -30,7 +34,9 @@ class CudaRenderer(Renderer):
     # pre-lowering passes, run on every program before it is planned: a loss and its gradient
     # become one <loss>_and_grad node (one kernel), which the comments of both files print
     passes = ("fuse_loss_grad",)
-    reserved = ("np", "P", "S", "G", "B", "m", "mi", "launch", "gemm", "grid", "BLOCK", "MAX_GRID")
+    reserved = ("np", "P", "S", "G", "B", "m", "mi", "launch", "gemm", "grid", "BLOCK", "MAX_GRID", "scratch",
+                "parts", "segs", "loss_parts", "segments", "row_block", "PARTS", "SCRATCH", "LOSS_PARTS", "ROW",
+                "SEGMENT", "SEGMENTS", "WIDE")
     buffer_all = True  # a step allocates nothing: every output has a device buffer
 
     def __init__(self):
@@ -49,7 +55,8 @@ class CudaRenderer(Renderer):
             fn, ks = self.render_program(plan, docs.get(name, f"Program {name} of graph {graph_name}."))
             functions.append(fn)
             kernels.append((name, ks))
-        common = dict(graph_name=graph_name, version=__version__, dtype=DTYPES[dtype], block=BLOCK)
+        common = dict(graph_name=graph_name, version=__version__, dtype=DTYPES[dtype], block=BLOCK, parts=PARTS,
+                      bn_cache=BN_CACHE[dtype], row=BN_CACHE[dtype] * BLOCK)
         cu = self.env.get_template("module.cu.j2").render(ctype=self.language.types[dtype], programs=kernels, **common)
         py = self.env.get_template("driver.py.j2").render(functions=functions, **common)
         sources = {f"{graph_name}_cuda.cu": cu.rstrip("\n") + "\n", f"{graph_name}_cuda.py": py.rstrip("\n") + "\n"}
@@ -75,12 +82,22 @@ class CudaRenderer(Renderer):
                                     f"a cuda row is a Kernel or HostCode (bngraph.backends.cuda_target.lowerings)")
             spec = low.spec(at)
             kname = f"{plan.name}__{step.outs[0]}"
+            # each C parameter by its name: its declaration and the driver's argument
+            names = [p.split()[-1] for p in spec.params]
+            args = [expr(v) for v in spec.in_args] + list(spec.out_args)
+            if len(names) != len(args):
+                raise LoweringError(f"target cuda: the kernel of node %{n.name} declares {len(names)} params "
+                                    f"but is passed {len(args)} values")
+            decl, arg = dict(zip(names, spec.params)), dict(zip(names, args))
+            sig = {k: ", ".join(decl[x] for x in xs) for k, xs in spec.more.items()}
+            call = {k: ", ".join(arg[x] for x in xs) for k, xs in spec.more.items()}
             src = self.env.get_template(step.template).render(
-                kname=kname, comment=format_node(n), params=spec.params, **spec.ctx)
+                kname=kname, comment=format_node(n), params=spec.params, sig=sig, **spec.ctx)
             kernels.append(src.strip("\n"))
             body.append(f"    {', '.join(step.outs)} = {', '.join(dests)}")
-            args = [expr(v) for v in spec.in_args] + list(spec.out_args) + ["mi"]
-            body.append(f'    launch("{kname}", {spec.grid}, (BLOCK,), {", ".join(args)})')
+            host = self.env.get_template(low.host_for(n.attr)).render(
+                kname=kname, grid=spec.grid, args=", ".join(args), call=call, **spec.ctx)
+            body.extend("    " + ln for ln in host.strip("\n").splitlines())
         name, axis = plan.batch
         returns, args = plan.returns(), plan.signature()
         fn = self.env.get_template("function.py.j2").render(

@@ -53,6 +53,9 @@ class CudaRuntime(PartsRuntime):
         launch = self.launcher.bind(self.compiler.compile(cu))
         module = exec_source(py_name, py, f"bngraph_generated_{rendered.graph_name}_cuda")
         module.launch, module.gemm = launch, self.launcher.gemm
+        # the partial sums of the reductions over several blocks: this model's own (its launches run
+        # in turn on its stream), at a fixed address (a captured graph keeps it)
+        module.scratch = self.zeros((module.SCRATCH,), np.float64)
         return Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans},
                           module=module, launch=launch)
 
@@ -209,6 +212,35 @@ class GpuLauncher(Launcher):
 
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 
+# Every cuBLAS function called here, typed as cublas_api.h (CUDA 13) declares it, so ctypes converts
+# and checks each argument instead of guessing (an int where size_t is due, a double for a float*):
+# name -> (restype, argtypes). Handles and streams are pointers, enums and cublasStatus_t are C ints,
+# device arrays are void*. tests/test_cuda_cublas_api.py checks this table against the real header.
+_i, _p = ctypes.c_int, ctypes.c_void_p
+_GEMM = (_p, _i, _i, _i, _i, _i)  # handle, transa, transb, m, n, k
+CUBLAS_PROTOTYPES = {
+    "cublasGetProperty": (_i, (_i, ctypes.POINTER(_i))),                # libraryPropertyType, int*
+    "cublasCreate_v2": (_i, (ctypes.POINTER(_p),)),                      # cublasHandle_t*
+    "cublasDestroy_v2": (_i, (_p,)),
+    "cublasSetStream_v2": (_i, (_p, _p)),                                # handle, cudaStream_t
+    "cublasSetWorkspace_v2": (_i, (_p, _p, ctypes.c_size_t)),            # handle, void*, size_t
+    "cublasSetMathMode": (_i, (_p, _i)),                                 # handle, cublasMath_t
+    "cublasSgemm_v2": (_i, _GEMM + (ctypes.POINTER(ctypes.c_float), _p, _i, _p, _i, ctypes.POINTER(ctypes.c_float),
+                                    _p, _i)),  # alpha, A, lda, B, ldb, beta, C, ldc
+    "cublasDgemm_v2": (_i, _GEMM + (ctypes.POINTER(ctypes.c_double), _p, _i, _p, _i,
+                                    ctypes.POINTER(ctypes.c_double), _p, _i)),
+}
+
+
+def _declare(lib):
+    """``lib``'s functions typed by :data:`CUBLAS_PROTOTYPES` (those it has; a stand-in library's
+    plain methods are left as they are)."""
+    for name, (restype, argtypes) in CUBLAS_PROTOTYPES.items():
+        fn = getattr(lib, name, None)
+        if isinstance(fn, ctypes._CFuncPtr):
+            fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
 
 CUDA_MAJOR = 13  # what the ``cuda`` extra installs (cupy-cuda13x[ctk]); used when CuPy cannot say
 
@@ -247,7 +279,7 @@ def _load_cublas(cp):
 
     def accept(path, load):
         try:
-            lib = load()
+            lib = _declare(load())
         except OSError:
             return None
         got = _lib_major(lib, path)
