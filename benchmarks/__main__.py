@@ -2,7 +2,9 @@
 
     python -m benchmarks [--threads 2] [--json PATH] [--plot PATH.png] [--quick] [--no-compile] ...
 
-Run from the repository root (or anywhere bngraph and torch import). The thread budget is set
+From the repository root, ``python -m benchmarks``; from any folder, ``python path/to/benchmarks``
+(this folder run as a script: it puts the repository root on the import path; the files it writes
+are relative to the folder it runs in). The thread budget is set
 here, before NumPy or PyTorch is imported: OPENBLAS/OMP/MKL_NUM_THREADS and torch.set_num_threads
 get the same number for both sides, and the BLAS threads' spin-wait is limited
 (OPENBLAS_THREAD_TIMEOUT), so that threads idling in one library do not take the cores of the
@@ -92,5 +94,18 @@ def main(argv=None):
     return 0
 
 
+def _as_package():
+    """``python path/to/benchmarks`` or ``python path/to/benchmarks/__main__.py``, from any folder:
+    this file ran as a script, outside its package, so its relative imports would fail. Import it
+    again as ``benchmarks.__main__`` with the repository root first on the path (in place of this
+    folder, whose module names are the package's) and return that module's ``main``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    sys.path.insert(0, os.path.dirname(here))
+    from benchmarks.__main__ import main as package_main
+
+    return package_main
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit((main if __package__ else _as_package())())

@@ -56,6 +56,10 @@ def save(model, path) -> str:
                               f"the previous checkpoint, if any, is left as it was")
     arrays = {f"param/{k}": rt.to_numpy(v) for k, v in model.params.items()}
     arrays.update({f"state/{k}": rt.to_numpy(v) for k, v in model.state.items()})
+    kept = getattr(model, "kept_best", None)  # bngraph train --keep-best: the best epoch's (params, state)
+    if kept is not None:
+        arrays.update({f"best/param/{k}": np.asarray(v) for k, v in kept[0].items()})
+        arrays.update({f"best/state/{k}": np.asarray(v) for k, v in kept[1].items()})
     m = meta(model)
     if model.optimizer is not None and hasattr(model.optimizer, "state_dict"):
         with rt.queue():  # any copy it makes on the model's stream
@@ -143,6 +147,11 @@ _CLI_RUN = {  # key -> check; every key optional
     "val_fraction": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
     "optimizer": lambda v: v in optim_mod.NAMES,
     "epochs": lambda v: _is_int(v, 1),
+    "schedule": lambda v: isinstance(v, str),
+    "early_stop": lambda v: _is_int(v, 0),
+    "keep_best": lambda v: isinstance(v, bool),
+    "early_stop_state": lambda v: isinstance(v, dict) and _is_int(v.get("wait", 0)) and (
+        v.get("best_epoch") is None or _is_int(v["best_epoch"], 1) and isinstance(v.get("best"), (int, float))),
 }
 
 
@@ -180,7 +189,7 @@ def _fit_state_problem(f) -> str | None:
 def _check_arrays(path, arrays):
     for k, a in arrays.items():
         kind = k.split("/", 1)[0]
-        if kind not in ("param", "state", "optim") or "/" not in k:
+        if kind not in ("param", "state", "optim", "best") or "/" not in k:  # best: bngraph train --keep-best
             raise CheckpointError(f"{path}: damaged checkpoint: unexpected array {k!r}")
         allowed = "fiu" if kind != "optim" else "fiub"
         if a.dtype.kind not in allowed:

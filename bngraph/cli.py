@@ -4,9 +4,10 @@
     bngraph emit model.py:net         # the generated code
     bngraph show model.py --print-after-all
 
-MODEL is ``path/to/file.py[:name]``; ``name`` (default ``model``) is a ``bg.Graph`` or a function
-returning one. Bad arguments and bad data give a one-line error and exit code 2 (set BNGRAPH_DEBUG=1 for the
-traceback instead).
+MODEL is a model file ``path/to/file.py[:name]`` (``name``, default ``model``, is a ``bg.Graph`` or a
+function returning one), a checkpoint ``.npz`` or an ``.onnx`` file (cliutil.load_model reads all
+three, for every command). Bad arguments and bad data give a one-line error and exit code 2 (set
+BNGRAPH_DEBUG=1 for the traceback instead).
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import argparse
 import os
 import sys
 
-from .cliutil import (DEFAULT_HIDDEN, DEFAULT_LR, OPTIMIZERS, CLIError, default_model,  # noqa: F401  (re-exported)
-                      load_model_spec, model_path, refuse_same_files, same_file, write_text)
+from .cliutil import (DEFAULT_HIDDEN, DEFAULT_LR, MODEL_FORMS, OPTIMIZERS, CLIError,  # noqa: F401  (re-exported)
+                      default_model, load_model, load_model_spec, model_path, parse_passes, refuse_same_files,
+                      same_file, write_text)
 from .fileio import check_writable
 
 EXIT_USAGE = 2
@@ -40,8 +42,9 @@ def cmd_emit(args) -> int:
         from .interop.cli_commands import emit_standalone
 
         return emit_standalone(args)
-    graph = load_model_spec(args.model)
-    files = emit(graph, target=args.target, dtype=args.dtype, inference=args.inference)
+    src = load_model(args.model)
+    passes = None if args.inference else src.passes  # a checkpoint: the training passes it was compiled with
+    files = emit(src.graph, target=args.target, dtype=args.dtype, inference=args.inference, passes=passes)
     if args.inference:
         files = {inference_file_name(name): src for name, src in files.items()}
     if args.out:
@@ -62,15 +65,13 @@ def cmd_emit(args) -> int:
 
 def cmd_show(args) -> int:
     from .compiler import cast_graph, inference_graph
-    from .passes import PASSES, TRAINING_PIPELINE, run_pipeline
+    from .passes import TRAINING_PIPELINE, run_pipeline
 
-    graph = load_model_spec(args.model)
-    passes = None
-    if args.passes:
-        passes = [p.strip() for p in args.passes.split(",") if p.strip()]
-        unknown = [p for p in passes if p not in PASSES]
-        if unknown:
-            raise CLIError(f"unknown pass(es) {', '.join(unknown)}; available: {', '.join(PASSES)}")
+    src = load_model(args.model)
+    graph = src.graph
+    passes = parse_passes(args.passes)
+    if passes is None and not args.inference:
+        passes = src.passes  # a checkpoint: the passes it was compiled with (None: the default pipeline)
     if args.format == "dot" or args.out:  # Graphviz DOT, or a picture (bngraph/interop/cli_commands.py)
         from .interop.cli_commands import show_dot
 
@@ -95,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,emit,show}", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (default: an MLP with batch norm on the built-in digits)")
-    t.add_argument("model", nargs="?", help="path/to/file.py[:name] (default: the built-in MLP)")
+    t.add_argument("model", nargs="?", help=f"{MODEL_FORMS} (a new run from its weights); default: the built-in "
+                                            f"MLP (resuming: the checkpoint's model)")
     t.add_argument("--dataset", default=None, help="'digits' (built in) or a .npz file with X and y; default digits "
                                                    "(resuming: the checkpoint's)")
     t.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="default adam (resuming: the checkpoint's)")
@@ -118,28 +120,43 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "size and replay it")
     t.add_argument("--dtype", default=None, choices=("float32", "float64"),
                    help="default float32 (resuming: the checkpoint's)")
-    t.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) after every epoch, atomically, "
-                                                  "and on Ctrl-C (it may be the --resume file)")
+    saving = t.add_mutually_exclusive_group()
+    saving.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) after every epoch, atomically, "
+                                                       "and on Ctrl-C (default: none; resuming: the --resume file)")
+    saving.add_argument("--no-save", action="store_true", help="resuming: do not write the run back to the "
+                                                                "--resume file")
     t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint, with its "
                                                     "settings (a flag that contradicts them is refused)")
     t.add_argument("--json", metavar="PATH", help="write the per-epoch history and final metrics as JSON")
+    t.add_argument("--passes", help="comma-separated pass names (default: the training pipeline; resuming: the "
+                                    "checkpoint's)")
+    t.add_argument("--schedule", metavar="SPEC", help="a learning-rate schedule (bg.schedules.parse): step:STEP_SIZE"
+                   "[:GAMMA], multistep:M1,M2[:GAMMA], exp:GAMMA, cosine[:T_MAX[:ETA_MIN]], restarts:T_0[:T_MULT], "
+                   "onecycle:MAX_LR, plateau[:PATIENCE[:FACTOR]], and KEY=VALUE, e.g. cosine:warmup=2 (default: none; "
+                   "resuming: the run's)")
+    t.add_argument("--early-stop", metavar="PATIENCE", type=_nonnegative_int, default=None,
+                   help="stop after PATIENCE epochs without a better validation loss (the training loss with "
+                        "--val-fraction 0); default: no early stopping (resuming: the run's)")
+    t.add_argument("--keep-best", action="store_true", default=None,
+                   help="with --early-stop: end with the best epoch's weights (saved with --save, tested)")
     t.add_argument("--quiet", action="store_true", help="print only the final metrics")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("emit", help="print or write the generated code")
-    e.add_argument("model", help="path/to/file.py[:name]")
+    e.add_argument("model", help=MODEL_FORMS)
     e.add_argument("--target", default="numpy")
     e.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     e.add_argument("--inference", action="store_true", help="the inference pipeline (batch norm folded into weights)")
     e.add_argument("--out", metavar="DIR", help="write files into DIR instead of printing")
     e.add_argument("--standalone", action="store_true",
-                   help="with --inference --out DIR: a module + .npz of weights needing only NumPy; MODEL may also "
-                        "be a checkpoint .npz (trained weights) or an .onnx file")
+                   help="with --inference --out DIR: a module + .npz of weights needing only NumPy (a checkpoint's "
+                        "trained weights, an .onnx file's, or a model file's initial values)")
     e.set_defaults(func=cmd_emit)
 
     s = sub.add_parser("show", help="the IR before and after the passes")
-    s.add_argument("model", help="path/to/file.py[:name]")
-    s.add_argument("--passes", help="comma-separated pass names (default: the training pipeline)")
+    s.add_argument("model", help=MODEL_FORMS)
+    s.add_argument("--passes", help="comma-separated pass names (default: the training pipeline; a checkpoint: "
+                                    "the passes it was compiled with)")
     s.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
     s.add_argument("--inference", action="store_true", help="start from the inference graph")
     s.add_argument("--dtype", default="float32", choices=("float32", "float64"))

@@ -1,11 +1,14 @@
 """What the command line and the library share, so that no library module imports the command
-line: the user-error type (:class:`CLIError`), reading a MODEL argument (``path.py[:name]``), the
-checks that no output is an input or another output, and the command line's defaults.
+line: the user-error type (:class:`CLIError`), reading a MODEL argument (a model file
+``path.py[:name]``, a checkpoint ``.npz`` or an ``.onnx`` file: :func:`load_model`), the checks that
+no output is an input or another output, and the command line's defaults.
 (``bngraph.cli`` re-exports every name here.)"""
 from __future__ import annotations
 
 import os
 import runpy
+import sys
+from dataclasses import dataclass
 
 from .fileio import atomic_write
 
@@ -25,16 +28,87 @@ def default_model(n_features: int = 64, classes: int = 10):
     return mlp([n_features, *DEFAULT_HIDDEN, classes], activation="relu", batchnorm=True, name="mlp")
 
 
+MODEL_FORMS = "path/to/file.py[:name], a checkpoint .npz or an .onnx file"
+
+
+@dataclass
+class ModelSource:
+    """What a MODEL argument holds: ``graph`` (frozen, as written: before the passes), and where
+    it came from. ``kind``: ``"python"`` (a model file: no values, ``init`` draws them),
+    ``"checkpoint"`` (``checkpoint``: its ``(meta, arrays)``, trained values under the names of the
+    graph after its passes, ``meta["passes"]``) or ``"onnx"`` (``imported``: the ``bg.from_onnx``
+    graph, which carries the file's weights: ``bg.compile(imported)`` starts from them)."""
+
+    spec: str
+    path: str
+    kind: str
+    graph: object
+    checkpoint: tuple | None = None
+    imported: object = None
+
+    @property
+    def compilable(self):
+        """What ``bg.compile`` takes to start from the file's values where it has them (ONNX)."""
+        return self.imported if self.imported is not None else self.graph
+
+    @property
+    def passes(self):
+        """The passes the model was compiled with (a checkpoint's), else None (the default pipeline)."""
+        return self.checkpoint[0]["passes"] if self.checkpoint else None
+
+
+def load_model(spec: str, loss="auto") -> ModelSource:
+    """A MODEL argument, whichever form: ``path.py[:name]`` (:func:`load_model_spec`), a checkpoint
+    ``.npz`` (its graph; its values in ``.checkpoint``) or an ``.onnx`` file (``bg.from_onnx(path,
+    loss)``: ``"auto"`` adds a loss where the file has none, None keeps it inference-only). Every
+    problem is one line: a CLIError, CheckpointError or the importer's error."""
+    path = spec if os.path.isfile(spec) else spec.partition(":")[0]
+    if path.endswith(".npz"):
+        from . import checkpoint
+        from .parser import parse
+
+        meta, arrays = checkpoint.read(path)
+        try:
+            graph = parse(meta["graph"])
+        except ValueError as e:
+            raise CLIError(f"{path}: damaged checkpoint: its graph does not parse ({e})") from None
+        return ModelSource(spec, path, "checkpoint", graph, (meta, arrays))
+    if path.endswith(".onnx"):
+        from .interop.deps import MissingDependency
+        from .interop.from_onnx import from_onnx
+
+        if not os.path.isfile(path):
+            raise CLIError(f"model file not found: {path}")
+        try:
+            imported = from_onnx(path, loss=loss)
+        except MissingDependency as e:
+            raise CLIError(str(e)) from None
+        return ModelSource(spec, path, "onnx", imported.build(), imported=imported)
+    return ModelSource(spec, path, "python", load_model_spec(spec))
+
+
 def load_model_spec(spec: str):
-    """``path.py[:name]`` -> the frozen graph (the file may define a builder or a frozen graph)."""
+    """``path.py[:name]`` -> the frozen graph (the file may define a builder or a frozen graph).
+    The file runs as ``python path.py`` would run it: its folder is first on ``sys.path`` while it
+    runs and while ``name()`` builds the graph (so it can import the modules beside it), and
+    ``sys.path`` is put back afterwards."""
     from .graph import GraphBase as Graph  # a DSL builder or a frozen graph
 
     path, _, name = spec.partition(":")
     name = name or "model"
     if not path.endswith(".py"):
-        raise CLIError(f"MODEL must be path/to/file.py[:name], got {spec!r}")
+        raise CLIError(f"MODEL must be {MODEL_FORMS}, got {spec!r}")
     if not os.path.isfile(path):
         raise CLIError(f"model file not found: {path}")
+    saved_path = list(sys.path)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    try:
+        return _run_model_file(path, name, Graph)
+    finally:
+        sys.path[:] = saved_path
+
+
+def _run_model_file(path, name, Graph):
     try:
         ns = runpy.run_path(path)
     except SystemExit as e:  # sys.exit() in the user's file must not end bngraph silently
@@ -57,6 +131,19 @@ def load_model_spec(spec: str):
     if not isinstance(obj, Graph):
         raise CLIError(f"{path}:{name} is a {type(obj).__name__}, expected a bngraph.Graph or a function returning one")
     return obj.build()  # frozen once: every command below sees the same graph
+
+
+def parse_passes(text: str | None) -> list | None:
+    """``--passes a,b,c`` -> the names, each one registered (None: not given)."""
+    from .passes import PASSES
+
+    if text is None:
+        return None
+    passes = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in passes if p not in PASSES]
+    if unknown:
+        raise CLIError(f"unknown pass(es) {', '.join(unknown)}; available: {', '.join(PASSES)}")
+    return passes
 
 
 def _line_in(e: BaseException, path: str) -> str:

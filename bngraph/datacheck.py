@@ -56,57 +56,105 @@ def check_x(X, n_features: int, where: str, input_name: str = "x", dtype=None) -
     return _real_and_finite(X, dtype, where, "X")
 
 
-def check_labels(y, classes: int, where: str, what: str = "label", at: str = "row", cls=DataError,
+def check_labels(y, classes: int | None, where: str, what: str = "label", at: str = "row", cls=DataError,
                  allow_float: bool = True, ignore_index: int | None = None) -> np.ndarray:
-    """Integer class indices in ``[0, classes)``, or ``ignore_index`` (a class loss's label that
-    counts for nothing, e.g. -100: never used as an index); integral floats are accepted and
-    converted when ``allow_float`` (the public API), refused otherwise (the reference interpreter,
-    which takes the compiler's i64 values as they are). ``cls`` is the error raised; ``at`` names
-    the position."""
+    """Integer class indices in ``[0, classes)`` (``classes`` None: the data set reader, which does
+    not know the model: ``>= 0``), or ``ignore_index`` (a class loss's label that counts for nothing,
+    e.g. -100: never used as an index); integral floats are accepted and converted when
+    ``allow_float`` (the public API and the data set reader), refused otherwise (the reference
+    interpreter, which takes the compiler's i64 values as they are). ``cls`` is the error raised;
+    ``at`` names the position. A fractional label is refused, never rounded: it names the losses
+    that take real-valued targets instead."""
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer):
-        if (allow_float and np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
-                and np.all(y == np.round(y))):
-            y = y.astype(np.int64)
+        floating = np.issubdtype(y.dtype, np.floating)
+        if allow_float and floating and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = _integral_floats(y, where, what, at, cls)
         else:
-            bad = int(np.argmax(~np.isfinite(y) | (y != np.round(y)))) if np.issubdtype(y.dtype, np.floating) else 0
+            bad = int(np.argmax(~np.isfinite(y) | (y != np.round(y)))) if floating else 0
+            hint = ("; real-valued targets need a model whose loss takes them: mse (any values) or sigmoid_bce "
+                    "(probabilities in [0, 1])" if allow_float and floating else "")
             raise cls(f"{where}: {what}s must be integer class indices, got dtype {y.dtype} "
-                      f"({at} {bad}: {y.reshape(-1)[bad].item()!r})")
-    bad = (y < 0) | (y >= classes)
+                      f"({at} {bad}: {y.reshape(-1)[bad].item()!r}){hint}")
+    if y.dtype.kind == "u" and y.size and y.max() > np.iinfo(np.int64).max:  # int64 would wrap it negative
+        r = int(np.argmax(y.reshape(-1)))
+        raise cls(f"{where}: {what} {int(y.reshape(-1)[r])} at {at} {r} is beyond any int64: {what}s are class "
+                  f"indices 0..C-1 (is this column an ID?)")
+    bad = (y < 0) if classes is None else (y < 0) | (y >= classes)
     if ignore_index is not None:
         bad &= y != ignore_index
     if bad.any():
         r = int(np.argmax(bad.reshape(-1)))
         also = "" if ignore_index is None else f" or the loss's ignore_index {ignore_index}"
-        raise cls(f"{where}: {what} {y.reshape(-1)[r]} at {at} {r} is out of range: expected 0 <= {what} < "
-                  f"{classes}{also}")
+        expected = f"{what} >= 0" if classes is None else f"0 <= {what} < {classes}"
+        raise cls(f"{where}: {what} {y.reshape(-1)[r]} at {at} {r} is out of range: expected {expected}{also}")
     return y.astype(np.int64, copy=False)
 
 
-def check_y(y, m: int, where: str, classes: int | None, n_outputs: int, dtype=None, target_range=None,
-            loss: str = "the loss", ignore_index: int | None = None) -> np.ndarray:
-    """Labels ``(m,)`` for a classification loss (``classes`` set), else targets ``(m, n_outputs)``,
-    finite in ``dtype`` (returned cast to it) and inside ``target_range`` (the loss's domain, e.g.
-    [0, 1] for sigmoid_bce) when given."""
+def _integral_floats(y, where, what, at, cls) -> np.ndarray:
+    """Whole-number floats as int64, refusing one beyond int64 (the cast would wrap it)."""
+    big = np.abs(y) >= 2.0 ** 63
+    if big.any():
+        r = int(np.argmax(big.reshape(-1)))
+        raise cls(f"{where}: {what} {y.reshape(-1)[r].item()!r} at {at} {r} is beyond any int64: {what}s are class "
+                  f"indices 0..C-1 (is this column an ID?)")
+    return y.astype(np.int64)
+
+
+def check_targets(y, m: int, where: str, loss: str, *, classes: int | None = None, n_outputs: int | None = None,
+                  dtype=None, ignore_index: int | None = None, cls=DataError, what: str | None = None) -> np.ndarray:
+    """The one check of a loss's targets, shared by ``fit`` (and every model entry point, through
+    :func:`check_y`) and the data set reader (:mod:`bngraph.datasets`), so that they accept the
+    same data. ``loss`` is the loss op: a class loss (``OPS[loss].class_labels``) takes class
+    indices ``(m,)`` (see :func:`check_labels`); any other takes real-valued targets ``(m,)`` or
+    ``(m, k)``, finite in ``dtype`` (returned cast to it) and inside the loss's ``target_range``
+    (sigmoid_bce: [0, 1]). ``classes``/``n_outputs``: the model's, where known (None: the reader,
+    before there is a model: any width, labels >= 0). ``what`` names the array in messages
+    (default "labels" or "targets"; the reader says "y")."""
+    from .ops import OPS
+
+    op = OPS[loss]
     y = np.asarray(y)
-    if classes is not None:
+    if op.class_labels:
+        what = what or "labels"
         if y.ndim != 1 or y.shape[0] != m:
-            raise DataError(f"{where}: labels expected shape ({m},) (one class index per row of X), got {y.shape}")
-        return check_labels(y, classes, where, ignore_index=ignore_index)
-    if y.ndim == 1 and n_outputs == 1:
-        y = y[:, None]
-    if y.shape != (m, n_outputs):
-        raise DataError(f"{where}: targets expected shape ({m}, {n_outputs}), got {y.shape}")
-    yc = _real_and_finite(y, dtype, where, "targets")
-    if target_range is not None:
-        lo, hi = target_range
-        bad = ((yc < lo) | (yc > hi)).any(axis=1)
+            hint = (" (real-valued targets of several columns need a model whose loss is mse or sigmoid_bce)"
+                    if y.ndim == 2 and y.shape[0] == m else "")
+            raise cls(f"{where}: {what} expected shape ({m},) (one class index per row of X), got {y.shape}{hint}")
+        return check_labels(y, classes, where if what == "labels" else f"{where}: {what}", cls=cls,
+                            ignore_index=ignore_index)
+    what = what or "targets"
+    if n_outputs is None:  # the reader: any width
+        if y.ndim not in (1, 2) or y.shape[0] != m or (y.ndim == 2 and y.shape[1] == 0):
+            raise cls(f"{where}: {what} expected shape ({m},) or ({m}, outputs) (one row of targets per row of X), "
+                      f"got {y.shape}")
+    else:
+        if y.ndim == 1 and n_outputs == 1:
+            y = y[:, None]
+        if y.shape != (m, n_outputs):
+            raise cls(f"{where}: {what} expected shape ({m}, {n_outputs}), got {y.shape}")
+    yc = _real_and_finite(y, dtype, where, what, cls)
+    if op.target_range is not None:
+        lo, hi = op.target_range
+        rows = yc.reshape(yc.shape[0], -1)
+        outside = (rows < lo) | (rows > hi)
+        bad = outside.any(axis=1)
         if bad.any():
             r = int(np.argmax(bad))
-            v = y[r][(yc[r] < lo) | (yc[r] > hi)][0].item()
-            raise DataError(f"{where}: targets row {r} holds {v!r}, outside [{lo:g}, {hi:g}]: {loss} targets are "
-                            f"probabilities ({int(bad.sum())} bad rows); class labels need softmax_cross_entropy")
+            v = y.reshape(y.shape[0], -1)[r][outside[r]][0].item()
+            raise cls(f"{where}: {what} row {r} holds {v!r}, outside [{lo:g}, {hi:g}]: {loss} targets are "
+                      f"probabilities ({int(bad.sum())} bad rows); class labels need softmax_cross_entropy")
     return yc
+
+
+def check_y(y, m: int, where: str, classes: int | None, n_outputs: int, dtype=None, target_range=None,
+            loss: str = "mse", ignore_index: int | None = None) -> np.ndarray:
+    """A model's targets (``model.inputs.check_y``): :func:`check_targets` with the model's sizes.
+    Labels ``(m,)`` for a classification loss (``classes`` set), else targets ``(m, n_outputs)``,
+    finite in ``dtype`` (returned cast to it) and inside the loss's domain (``target_range`` is
+    the loss's own, ``OPS[loss].target_range``, kept in the signature for its callers)."""
+    return check_targets(y, m, where, loss, classes=classes, n_outputs=n_outputs, dtype=dtype,
+                         ignore_index=ignore_index)
 
 
 def check_assignments(values: dict, shapes: dict, where: str, what: str, dtype, nonnegative=(),
@@ -192,13 +240,13 @@ def check_model_size(graph, itemsize: int, limit: int | None = None):
                              f"their gradients, more than this machine's {_gib(limit)} of memory")
 
 
-def _real_and_finite(a, dtype, where: str, what: str) -> np.ndarray:
+def _real_and_finite(a, dtype, where: str, what: str, cls=DataError) -> np.ndarray:
     """``a`` as the model will see it (cast to ``dtype``), refused unless real and finite there:
     the message names the first bad row and, for a value that overflows the dtype, the value."""
     if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        raise DataError(f"{where}: {what} must be real numbers, got dtype {a.dtype}")
+        raise cls(f"{where}: {what} must be real numbers, got dtype {a.dtype}")
     ac = _cast(a, dtype)
     r = _first_bad_row(ac) if ac.dtype.kind == "f" else None
     if r is not None:
-        raise DataError(f"{where}: {_nonfinite_message(a, ac, r, ac.dtype, what)}")
+        raise cls(f"{where}: {_nonfinite_message(a, ac, r, ac.dtype, what)}")
     return ac

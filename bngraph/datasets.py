@@ -1,7 +1,10 @@
 """Small built-in and user data sets, samples by rows (as scikit-learn and PyTorch).
 
-``X`` is float64 ``(n, features)`` and ``y`` int64 ``(n,)`` class labels. The compiler's layout is
-``(features, m)``: a mini-batch is transposed once when it is fed (see docs/ir.md).
+``X`` is float64 ``(n, features)``; ``y`` is read as the model's loss takes it (``loss=``, as
+``fit`` checks it: one checker, :func:`bngraph.datacheck.check_targets`): int64 ``(n,)`` class
+labels for a class loss (the default), float64 ``(n,)`` or ``(n, k)`` targets for ``mse``, and the
+same in [0, 1] for ``sigmoid_bce``. The compiler's layout is ``(features, m)``: a mini-batch is
+transposed once when it is fed (see docs/ir.md).
 
 * ``load_digits()``: the 8x8 handwritten digits shipped in ``bngraph/data/digits.npz``
   (1797 samples, 64 pixels in 0..16 scaled to [0, 1], 10 classes; UCI, CC BY 4.0: see
@@ -10,8 +13,9 @@
   ``y_test``); every problem is a :class:`DatasetError` whose one-line message names the key/row.
 * ``load_dataset("digits" | "path/to/file.npz")``.
 
-Splits are stratified (each class keeps its share in the test set) and seeded: the same
-``seed`` always gives the same split.
+Splits are seeded (the same ``seed`` always gives the same split) and stratified where the targets
+have classes (each class keeps its share in the test set; binary targets by their side of 0.5);
+real-valued targets are split at random.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from importlib import resources
 
 import numpy as np
 
-from .datacheck import check_seed
+from .datacheck import check_seed, check_targets
 from .fileio import NpzError, NpzTooLarge, read_npz
 
 
@@ -29,25 +33,54 @@ class DatasetError(ValueError):
     """A data set that cannot be used as it is; the message names the file, the key and the row."""
 
 
+# What a loss's targets are: "classes" (int64 labels), "probabilities" (floats in [0, 1]) or
+# "values" (any finite floats).
+TARGETS = ("classes", "probabilities", "values")
+
+
+def target_kind(loss: str | None) -> str:
+    """The kind of targets ``loss`` (a loss op's name; None: a class loss) takes: one of :data:`TARGETS`."""
+    from .ops import LOSS_OPS, OPS
+
+    if loss is None:
+        return "classes"
+    if loss not in LOSS_OPS:
+        raise DatasetError(f"loss must be None or one of {', '.join(LOSS_OPS)}, got {loss!r}")
+    op = OPS[loss]
+    return "classes" if op.class_labels else "probabilities" if op.target_range == (0.0, 1.0) else "values"
+
+
 @dataclass(repr=False)
 class Dataset:
-    """Train and test splits, samples by rows: X float64 (n, features), y int64 (n,) in [0, num_classes)."""
+    """Train and test splits, samples by rows: X float64 (n, features); y int64 (n,) in
+    [0, num_classes) (``targets == "classes"``), else float64 (n,) or (n, outputs)."""
 
     name: str
     X_train: np.ndarray
     y_train: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
-    num_classes: int
+    num_classes: int | None  # None: real-valued targets
+    targets: str = "classes"  # see TARGETS
 
     @property
     def num_features(self) -> int:
         """Columns of X: the features per example."""
         return self.X_train.shape[1]
 
+    @property
+    def num_outputs(self) -> int:
+        """What a model of this data outputs: the classes, or the columns of the targets."""
+        if self.targets == "classes":
+            return self.num_classes
+        return 1 if self.y_train.ndim == 1 else self.y_train.shape[1]
+
     def __repr__(self) -> str:
+        what = (f"{self.num_classes} classes" if self.targets == "classes" else
+                f"{self.num_outputs} target{'s' if self.num_outputs != 1 else ''} "
+                f"({'in [0, 1]' if self.targets == 'probabilities' else 'real-valued'})")
         return (f"Dataset({self.name!r}: train X{self.X_train.shape}, test X{self.X_test.shape}, "
-                f"{self.num_features} features, {self.num_classes} classes)")
+                f"{self.num_features} features, {what})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,6 +115,26 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed=0) -> tuple:
     return rng.permutation(np.flatnonzero(~is_test)), rng.permutation(np.flatnonzero(is_test))
 
 
+def strata(y: np.ndarray, targets: str = "classes") -> np.ndarray | None:
+    """What a split keeps the shares of: the class labels, a single column of binary targets'
+    side of 0.5, or None (real-valued or several columns: a plain seeded split)."""
+    if targets == "classes":
+        return y
+    if targets == "probabilities" and (y.ndim == 1 or y.shape[1] == 1):
+        return (y.reshape(-1) >= 0.5).astype(np.int64)
+    return None
+
+
+def split_rows(y: np.ndarray, fraction: float, seed=0, targets: str = "classes") -> tuple:
+    """(kept indices, held-out indices) for a test or validation split of targets ``y`` of kind
+    ``targets``: :func:`stratified_split` of their :func:`strata`, else round(fraction * n) rows
+    chosen by a seeded permutation."""
+    groups = strata(y, targets)
+    if groups is None:
+        groups = np.zeros(len(y), dtype=np.int64)  # one stratum: a seeded random split
+    return stratified_split(groups, fraction, seed)
+
+
 # --------------------------------------------------------------------------------------------
 # Validation: one clear line per problem
 # --------------------------------------------------------------------------------------------
@@ -103,31 +156,26 @@ def _check_X(where: str, key: str, X: np.ndarray) -> np.ndarray:
     return X
 
 
-def _check_y(where: str, key: str, y: np.ndarray, x_key: str, n: int) -> np.ndarray:
-    if y.ndim != 1 or y.dtype.kind not in "iu":
-        hint = "; convert float labels with y.astype(int)" if y.ndim == 1 and y.dtype.kind == "f" else ""
-        raise DatasetError(f"{where}: {key} must be a 1-D array of integer class labels, "
-                           f"got dtype {y.dtype} shape {y.shape}{hint}")
-    if len(y) != n:
-        raise DatasetError(f"{where}: {x_key} has {n} rows but {key} has {len(y)} labels; expected one label per row")
-    if y.dtype.kind == "i" and (y < 0).any():
-        row = int(np.argmax(y < 0))
-        raise DatasetError(f"{where}: {key} row {row} is {y[row]}; labels must be integers >= 0")
-    if y.dtype.kind == "u" and len(y) and y.max() > np.iinfo(np.int64).max:  # int64 would wrap it negative
-        row = int(np.argmax(y))
-        raise DatasetError(f"{where}: {key} row {row} is {int(y[row])}: labels are class indices 0..C-1, and this "
-                           f"one is beyond any int64 (is this column an ID?)")
-    return y.astype(np.int64)
+def _check_y(where: str, key: str, y: np.ndarray, x_key: str, n: int, loss: str | None, dtype,
+             ignore_index=None) -> np.ndarray:
+    """``y`` as ``loss`` takes it, checked by the checker ``fit`` uses (one row per row of X first)."""
+    if y.ndim == 0 or len(y) != n:
+        raise DatasetError(f"{where}: {x_key} has {n} rows but {key} has {len(y) if y.ndim else 'no'} "
+                           f"{'labels' if target_kind(loss) == 'classes' else 'rows'}; expected one per row")
+    checked = check_targets(y, n, where, loss or "softmax_cross_entropy", dtype=dtype, ignore_index=ignore_index,
+                            cls=DatasetError, what=key)
+    return checked.astype(np.int64 if target_kind(loss) == "classes" else np.float64)
 
 
-def _read_npz(path, dtype=None) -> dict:
-    """The arrays of ``path`` (X, y and, when present, X_test, y_test), checked and converted.
-    With ``dtype`` (the model's, e.g. float32), X must also be finite in it."""
-    where = os.fspath(path)
-    if not os.path.isfile(where):
+def _read_npz(path, dtype=None, loss=None, ignore_index=None, where=None) -> dict:
+    """The arrays of ``path`` (X, y and, when present, X_test, y_test), checked and converted; y as
+    ``loss`` takes it. With ``dtype`` (the model's, e.g. float32), X and y must also be finite in it.
+    ``where`` names the file in messages (default: its path)."""
+    where = where or os.fspath(path)
+    if not os.path.isfile(path):
         raise DatasetError(f"{where}: no such file (expected a .npz with arrays X and y)")
     try:
-        found = read_npz(where)
+        found = read_npz(path)
     except NpzError as e:
         if str(e).startswith("is a single .npy"):
             raise DatasetError(f"{where}: is a single .npy array, expected a .npz archive with arrays X and y") \
@@ -143,18 +191,23 @@ def _read_npz(path, dtype=None) -> dict:
         raise DatasetError(f"{where}: key {have!r} given without {missing!r}")
     arrays = {k: found[k] for k in ("X", "y", "X_test", "y_test") if k in keys}
     arrays["X"] = _check_X(where, "X", arrays["X"])
-    arrays["y"] = _check_y(where, "y", arrays["y"], "X", len(arrays["X"]))
+    arrays["y"] = _check_y(where, "y", arrays["y"], "X", len(arrays["X"]), loss, dtype, ignore_index)
     if "X_test" in arrays:
         arrays["X_test"] = _check_X(where, "X_test", arrays["X_test"])
         if arrays["X_test"].shape[1] != arrays["X"].shape[1]:
             raise DatasetError(f"{where}: X_test has {arrays['X_test'].shape[1]} features but X has "
                                f"{arrays['X'].shape[1]}; expected the same number")
-        arrays["y_test"] = _check_y(where, "y_test", arrays["y_test"], "X_test", len(arrays["X_test"]))
+        arrays["y_test"] = _check_y(where, "y_test", arrays["y_test"], "X_test", len(arrays["X_test"]), loss, dtype,
+                                    ignore_index)
+        if arrays["y_test"].shape[1:] != arrays["y"].shape[1:]:
+            raise DatasetError(f"{where}: y_test has shape {arrays['y_test'].shape} but y {arrays['y'].shape}; "
+                               f"expected the same number of targets per row")
     if dtype is not None:
         for k in ("X", "X_test"):
             if k in arrays:
                 _check_fits(where, k, arrays[k], dtype)
-    _check_classes(where, arrays)
+    if target_kind(loss) == "classes":
+        _check_classes(where, arrays)
     return arrays
 
 
@@ -182,45 +235,54 @@ def _check_classes(where: str, arrays: dict):
                                f"(is this column an ID?)")
 
 
-def _check_split(where: str, y, train, test, test_fraction):
-    """Neither split empty, and every class left in the training split: else a DatasetError
-    saying which and why (``round(test_fraction x count)`` examples of each class go to test)."""
+def _check_split(where: str, groups, train, test, test_fraction, targets="classes"):
+    """Neither split empty, and every class (stratum) left in the training split: else a DatasetError
+    saying which and why (``round(test_fraction x count)`` examples of each go to test)."""
     f = float(test_fraction)
     if f == 0:
         raise DatasetError(f"{where}: test_fraction 0 leaves the test split empty; expected a share in (0, 1), e.g. "
                            f"the default 0.2 (or give X_test and y_test in the file)")
-    counts = np.bincount(y)
+    values, counts = np.unique(groups, return_counts=True)
+    noun = _STRATUM[targets] if len(values) > 1 or targets == "classes" else "data set"
     if len(test) == 0:
         largest = int(counts.max())
         raise DatasetError(f"{where}: test_fraction {f:g} leaves the test split empty: the "
-                           f"largest class has {largest} example{'s' if largest != 1 else ''} and "
+                           f"largest {noun} has {largest} example{'s' if largest != 1 else ''} and "
                            f"round({f:g} x {largest}) = 0; add examples, raise test_fraction, or give "
                            f"X_test and y_test in the file")
     if len(train) == 0:
-        smallest = int(counts[counts > 0].min())
-        raise DatasetError(f"{where}: test_fraction {f:g} leaves the training split empty: the smallest class has "
+        smallest = int(counts.min())
+        raise DatasetError(f"{where}: test_fraction {f:g} leaves the training split empty: the smallest {noun} has "
                            f"{smallest} example{'s' if smallest != 1 else ''} and round({f:g} x {smallest}) = "
                            f"{smallest} of them go to the test split; lower test_fraction")
-    left_out = np.setdiff1d(np.flatnonzero(counts), np.unique(y[train]))
+    left_out = np.setdiff1d(values, np.unique(groups[train]))
     if len(left_out):
         c = int(left_out[0])
-        k = int(counts[c])
-        raise DatasetError(f"{where}: test_fraction {f:g} leaves class {c} out of the training split: its "
+        k = int(counts[np.searchsorted(values, c)])
+        which = f"class {c}" if targets == "classes" else f"the targets {'>=' if c else '<'} 0.5"
+        raise DatasetError(f"{where}: test_fraction {f:g} leaves {which} out of the training split: its "
                            f"{k} example{'s go' if k != 1 else ' goes'} to the test split (round({f:g} x {k}) = {k}); "
                            f"lower test_fraction, add examples of it, or give X_test and y_test in the file")
 
 
-def _make(name: str, arrays: dict, test_fraction, seed, where: str | None = None) -> Dataset:
+_STRATUM = {"classes": "class", "probabilities": "group of targets (>= 0.5, < 0.5)", "values": "data set"}
+
+
+def _make(name: str, arrays: dict, test_fraction, seed, where: str | None = None, targets="classes") -> Dataset:
     X, y = arrays["X"], arrays["y"]
     if "X_test" in arrays:  # the file fixes the split; test_fraction and seed are not used
         X_train, y_train, X_test, y_test = X, y, arrays["X_test"], arrays["y_test"]
         _check_fraction(test_fraction)
     else:
-        train, test = stratified_split(y, test_fraction, seed)
-        _check_split(where or name, y, train, test, test_fraction)
+        train, test = split_rows(y, test_fraction, seed, targets)
+        groups = strata(y, targets)
+        _check_split(where or name, np.zeros(len(y), np.int64) if groups is None else groups, train, test,
+                     test_fraction, targets)
         X_train, y_train, X_test, y_test = X[train], y[train], X[test], y[test]
-    num_classes = int(max(y_train.max(initial=-1), y_test.max(initial=-1))) + 1
-    return Dataset(name, X_train, y_train, X_test, y_test, num_classes)
+    num_classes = None
+    if targets == "classes":
+        num_classes = int(max(y_train.max(initial=-1), y_test.max(initial=-1))) + 1
+    return Dataset(name, X_train, y_train, X_test, y_test, num_classes, targets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,44 +290,54 @@ def _make(name: str, arrays: dict, test_fraction, seed, where: str | None = None
 # --------------------------------------------------------------------------------------------
 
 
-def load_npz(path, test_fraction: float = 0.2, seed=0, dtype=None) -> Dataset:
-    """A data set from a .npz file with ``X`` (n, features) numbers and ``y`` (n,) integer labels >= 0.
+def load_npz(path, test_fraction: float = 0.2, seed=0, dtype=None, loss=None, ignore_index=None) -> Dataset:
+    """A data set from a .npz file with ``X`` (n, features) numbers and targets ``y`` as ``loss`` takes them.
 
-    With ``X_test`` and ``y_test`` in the file they are the test split; otherwise a stratified,
-    seeded split keeps ``test_fraction`` of each class for testing. X is converted to float64, y to
-    int64; ``num_classes = max label + 1`` (at most the number of examples). ``dtype``: the model's
-    (e.g. ``"float32"``): X must be finite in it too. Problems raise :class:`DatasetError`: an
-    empty, damaged or non-.npz file, a missing key, a wrong shape, NaN/inf, negative labels, an
-    empty test split.
+    ``loss``: the model's loss op (None: a class loss). A class loss (softmax_cross_entropy, nll)
+    takes ``y`` (n,) integer labels >= 0 (whole-number floats are accepted, a fraction is refused;
+    ``ignore_index``: the loss's label that counts for nothing); ``mse`` real-valued ``y`` (n,) or
+    (n, k); ``sigmoid_bce`` the same in [0, 1]. With ``X_test`` and ``y_test`` in the file they are
+    the test split; otherwise a seeded split keeps ``test_fraction`` of the rows for testing,
+    stratified by class (binary targets: by their side of 0.5). X is converted to float64, labels to
+    int64 and targets to float64; ``num_classes = max label + 1`` (at most the number of examples;
+    None for targets). ``dtype``: the model's (e.g. ``"float32"``): X and targets must be finite in
+    it too. Problems raise :class:`DatasetError`: an empty, damaged or non-.npz file, a missing
+    key, a wrong shape, NaN/inf, negative or fractional labels, targets outside the loss's range,
+    an empty test split. These are the checks ``fit`` runs (:func:`bngraph.datacheck.check_targets`).
     """
     _check_seed(seed)
-    arrays = _read_npz(path, dtype)
+    targets = target_kind(loss)
+    arrays = _read_npz(path, dtype, loss, ignore_index)
     return _make(os.path.splitext(os.path.basename(os.fspath(path)))[0], arrays, test_fraction, seed,
-                 where=os.fspath(path))
+                 where=os.fspath(path), targets=targets)
 
 
-def load_digits(test_fraction: float = 0.2, seed=0, dtype=None) -> Dataset:
+def load_digits(test_fraction: float = 0.2, seed=0, dtype=None, loss=None) -> Dataset:
     """The 8x8 handwritten digits: 1797 samples x 64 pixels scaled from 0..16 to [0, 1], 10 classes.
 
     The UCI "Optical Recognition of Handwritten Digits" test set (Alpaydin & Kaynak 1998, CC BY 4.0),
-    as scikit-learn ships it; stored in ``bngraph/data/digits.npz``.
+    as scikit-learn ships it; stored in ``bngraph/data/digits.npz``. ``loss``: as for
+    :func:`load_npz` (``mse`` reads the digit as a number; ``sigmoid_bce`` refuses labels above 1).
     """
     _check_seed(seed)
+    targets = target_kind(loss)
     with resources.as_file(resources.files("bngraph.data").joinpath("digits.npz")) as path:
-        arrays = _read_npz(path, dtype)
+        arrays = _read_npz(path, dtype, loss, where="digits")
     arrays["X"] = arrays["X"] / 16.0
-    return _make("digits", arrays, test_fraction, seed)
+    return _make("digits", arrays, test_fraction, seed, targets=targets)
 
 
-def load_dataset(name_or_path, test_fraction: float = 0.2, seed=0, dtype=None) -> Dataset:
+def load_dataset(name_or_path, test_fraction: float = 0.2, seed=0, dtype=None, loss=None,
+                 ignore_index=None) -> Dataset:
     """``"digits"`` (the built-in set) or a path to a ``.npz`` file, split into train and test.
 
-    ``test_fraction``: the share of each class kept for testing (stratified) when the file has no
-    ``X_test``/``y_test``; ``seed``: the split's seed; ``dtype``: the model's dtype (e.g.
-    ``"float32"``), in which X must be finite too."""
-    kw = {"test_fraction": test_fraction, "seed": seed, "dtype": dtype}
+    ``test_fraction``: the share of the rows kept for testing (stratified by class) when the file
+    has no ``X_test``/``y_test``; ``seed``: the split's seed; ``dtype``: the model's dtype (e.g.
+    ``"float32"``), in which X and the targets must be finite too; ``loss``: the model's loss op,
+    which says how ``y`` is read (None: class labels; see :func:`load_npz`)."""
+    kw = {"test_fraction": test_fraction, "seed": seed, "dtype": dtype, "loss": loss}
     if isinstance(name_or_path, str) and name_or_path == "digits":
         return load_digits(**kw)
     if isinstance(name_or_path, (str, os.PathLike)) and os.fspath(name_or_path).endswith(".npz"):
-        return load_npz(name_or_path, **kw)
+        return load_npz(name_or_path, ignore_index=ignore_index, **kw)
     raise DatasetError(f"unknown data set {name_or_path!r}: expected 'digits' or a path ending in .npz")

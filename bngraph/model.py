@@ -9,17 +9,20 @@ device array goes through the runtime (``self.runtime``): the model never assume
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import checkpoint, training
 from .compiler import PROGRAM_DOCS, build_programs
-from .datacheck import check_assignments, check_batch_size, check_model_size, check_seed, check_x, check_y
+from .datacheck import check_assignments, check_batch_size, check_model_size, check_seed
 from .errors import CheckpointError, DataError, ProgramError, TrainingDiverged  # noqa: F401  (re-exported)
 from .flat import FlatLayout
 from .graph import as_graph
 from .init import init_values
+from .metrics import metrics
+from .model_inputs import ModelInputs
 from .ir import DTYPES, IRError, ir_dtype
 from .ops import OPS, class_weights, loss_options, needs_batch_statistics
 from .step import StepContext, TrainingStep
@@ -28,7 +31,22 @@ from .training import History  # noqa: F401  (re-exported)
 
 
 class Model:
-    """Made by :func:`bngraph.compile`; see the README for the contract."""
+    """A graph compiled for a target, with its live params and running statistics.
+
+    Made by :func:`bngraph.compile` (or :func:`bngraph.load` from a checkpoint). Data is rows of
+    examples, ``X: (m, n_features)``; ``y`` what the loss takes (class labels, real targets).
+
+    * training: ``fit(X, y, optimizer=, epochs=, lr_schedule=, callbacks=, ...)`` -> ``History``;
+      ``train_step(X, y, optimizer)`` one step, all or nothing (``TrainingDiverged`` changes nothing);
+    * inference: ``forward(X)`` / ``model(X)`` (the loss's input, e.g. logits), ``predict(X)``
+      (class indices, 0/1, values), ``evaluate(X, y)`` (loss and the metrics the loss fits);
+    * looking inside: ``summary()``, ``graph`` and ``report`` (the IR after the passes, what each
+      pass did), ``programs``, ``source`` (the generated code), ``params``, ``state``, ``grads``;
+    * values: ``set_params``, ``set_state``; checkpoints: ``save(path)``, ``load_checkpoint(path)``;
+      deployment: ``export_inference()``.
+
+    See docs/training.md for the whole contract.
+    """
 
     def __init__(self, graph, target="numpy", dtype="float32", seed=0, passes=None, print_after=False, device=None,
                  cuda_graph=False, weights=None):
@@ -211,7 +229,7 @@ class Model:
         return self.executable.run(program, feeds, self._P.views, self._S, grads, m)
 
     # ---- the training API ----------------------------------------------------------------------
-    def train_step(self, xb, yb, optimizer=None) -> float:
+    def train_step(self, xb: ArrayLike, yb: ArrayLike, optimizer=None) -> float:
         """One optimizer step on one mini-batch (rows are examples). Returns the loss.
 
         Everything is checked before anything changes; a NaN/inf loss or gradient raises
@@ -230,13 +248,17 @@ class Model:
     def _optimizer(self, optimizer):
         return training.use_optimizer(self, optimizer)
 
-    def forward(self, X, training: bool = False, batch_size: int | None = None) -> np.ndarray:
+    def forward(self, X: ArrayLike, training: bool = False, batch_size: int | None = None) -> np.ndarray:
         """The loss's input (e.g. logits), shaped (batch, outputs). ``training=True`` normalizes with
         the batch's own statistics (state is not updated). ``batch_size`` bounds memory in eval mode."""
         X = self._check_x(X, "forward")
         if batch_size is not None:
             check_batch_size("forward", batch_size)
         return self._forward(X, training, batch_size)
+
+    def __call__(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
+        """``model(X)``: the eval-mode forward pass, ``model.forward(X)``."""
+        return self.forward(X, batch_size=batch_size)
 
     def _forward(self, X, training, batch_size):
         """forward on data already checked."""
@@ -252,12 +274,13 @@ class Model:
     def _out(self, results) -> np.ndarray:
         return np.array(self.runtime.to_numpy(results["out"]).T)  # a host copy: the buffer is reused
 
-    def predict(self, X, batch_size: int | None = 1024) -> np.ndarray:
+    def predict(self, X: ArrayLike, batch_size: int | None = 1024) -> np.ndarray:
         """Class indices (softmax_cross_entropy), 0/1 (sigmoid_bce) or values (mse)."""
         return OPS[self.loss_kind].predict(self.forward(X, batch_size=batch_size))
 
-    def evaluate(self, X, y, batch_size: int | None = 1024) -> dict:
-        """Mean loss (inference mode) and, for classification, accuracy."""
+    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = 1024) -> dict:
+        """Mean loss (inference mode) and the metrics the loss fits: ``accuracy`` (class labels;
+        sigmoid_bce: at probability 0.5), ``rmse`` and ``mae`` (mse). See :mod:`bngraph.metrics`."""
         X = self._check_x(X, "evaluate")
         y = self._check_y(y, X.shape[0], "evaluate")
         if batch_size is not None:
@@ -285,10 +308,7 @@ class Model:
         outs = np.concatenate(outs)
         if self._ignore_index is not None:  # ignored examples have no right answer
             outs, y = outs[y != self._ignore_index], y[y != self._ignore_index]
-        acc = OPS[self.loss_kind].accuracy(outs, y) if len(y) else None
-        if acc is not None:
-            result["accuracy"] = float(acc)
-        return result
+        return {**result, **metrics(self.loss_kind, outs, y)}
 
     def _loss_share(self, y) -> float:
         """What a chunk's mean loss averages over: its examples, or ``sum_i w_i`` for a class loss
@@ -303,23 +323,36 @@ class Model:
             weight = np.asarray(self.runtime.to_numpy(live[node.inputs[2]]), np.float64)
         return float(class_weights(np.asarray(y), weight, ignore, np.float64)[1].sum())
 
-    def fit(self, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = None, shuffle: bool | None = None,
-            seed: int | None = None, validation_data=None, verbose=None, lr_schedule=None,
-            checkpoint: str | None = None) -> History:
+    def fit(self, X: ArrayLike, y: ArrayLike, optimizer=None, epochs: int = 1, batch_size: int | None = None,
+            shuffle: bool | None = None, seed: int | None = None, validation_data: tuple | None = None,
+            verbose: bool | None = None, lr_schedule=None, checkpoint: str | os.PathLike | None = None,
+            callbacks: list | None = None) -> History:
         """Train for ``epochs`` more epochs; returns the per-epoch history.
 
         Mini-batches t = 1..T per epoch, reshuffled each epoch from (seed, epoch number) so that
         the same seed gives the same result and a resumed run continues exactly. ``batch_size``,
         ``shuffle`` and ``seed`` default to those of this model's last fit (recorded in
         checkpoints), else 64, True and 0. A last batch of a single example is merged into the
-        batch before it (batch norm cannot normalize one example). ``lr_schedule(epoch, step) -> lr``
-        sets ``optimizer.lr`` before each step (step: the global step number). ``checkpoint``: a
-        path saved (atomically) after every epoch. Ctrl-C stops at the next step boundary
-        (KeyboardInterrupt; the model is as after a whole step, and a checkpoint saved then
-        resumes mid-epoch). ``verbose``: None = a progress bar on a terminal and one line per
-        epoch, False = quiet."""
+        batch before it (batch norm cannot normalize one example). ``lr_schedule`` sets
+        ``optimizer.lr`` before each step: a :mod:`bngraph.schedules` object (PyTorch's
+        schedulers; its place is recorded in ``fit_state`` and checkpoints), ``fn(epoch) -> lr``
+        (Keras's: epoch from 0) or ``fn(epoch, step) -> lr`` (epoch and the global step, from 1),
+        told apart by the signature. ``callbacks``: :mod:`bngraph.callbacks` objects (early
+        stopping, best-model checkpoints, your own). ``checkpoint``: a path saved (atomically)
+        after every epoch. Ctrl-C stops at the next step boundary (KeyboardInterrupt; the model is
+        as after a whole step, and a checkpoint saved then resumes mid-epoch). ``verbose``: None
+        = a progress bar on a terminal and one line per epoch, False = quiet."""
         return training.fit(self, X, y, optimizer, epochs, batch_size, shuffle, seed, validation_data, verbose,
-                            lr_schedule, checkpoint)
+                            lr_schedule, checkpoint, callbacks=callbacks)
+
+    def summary(self, print_fn=None) -> None:
+        """Print the layers (ops, output shapes, parameters), the totals and what the passes
+        removed or fused (Keras's ``summary``). ``print_fn``: a function given the text instead
+        of printing it, e.g. ``lines.append``; the text itself is
+        :func:`bngraph.summary.summary_text` ``(model)``."""
+        from .summary import summary_text
+
+        (print if print_fn is None else print_fn)(summary_text(self))
 
     def export_inference(self, target=None, device=None):
         """This model for inference, in one call: batch norm folded into the weights (the inference
@@ -331,50 +364,18 @@ class Model:
         return export_inference(self, target, device)
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> str:
         """Write params, state, optimizer state, step and graph to ``path`` (.npz) atomically: a
         temporary file in the same folder, then a rename, so a crash leaves the old file intact."""
         return checkpoint.save(self, path)
 
-    def load_checkpoint(self, path, optimizer=None):
+    def load_checkpoint(self, path: str | os.PathLike, optimizer=None):
         """Restore a checkpoint of *this* graph into this model (a different graph is an error)."""
         return checkpoint.load_into(self, path, optimizer)
 
     def __repr__(self):
         n = sum(s.size for s in self.layout.segments.values())
         return f"<bngraph.Model {self.graph.name}: target={self.target}, dtype={self.dtype.name}, {n} parameters>"
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """What a model takes (``model.inputs``): the feature and label inputs, and the checks every
-    entry point runs on data before anything changes (the training loop and the command line too)."""
-
-    x: str                        # the feature input's name
-    y: str                        # the labels' (or targets') input's name
-    n_features: int
-    n_outputs: int
-    classes: int | None           # None for mse / sigmoid_bce
-    dtype: np.dtype
-    loss: str                     # the loss op
-    ignore_index: int | None
-    batch_statistics: bool        # a training batch needs at least 2 examples
-
-    def check_x(self, X, where) -> np.ndarray:
-        """X checked as the model will see it: cast to its dtype (and returned so)."""
-        return check_x(X, self.n_features, where, self.x, dtype=self.dtype)
-
-    def check_y(self, y, m, where) -> np.ndarray:
-        """Labels, or targets cast to the model's dtype and inside the loss's domain (BCE: [0, 1])."""
-        return check_y(y, m, where, self.classes, self.n_outputs, dtype=self.dtype,
-                       target_range=OPS[self.loss].target_range, loss=self.loss, ignore_index=self.ignore_index)
-
-    def layout_feeds(self, X, y) -> dict:
-        """input name -> (host array in the compiler's (features, m) layout, its dtype)."""
-        feeds = {self.x: (X.T, self.dtype)}
-        if y is not None:
-            feeds[self.y] = (y, np.int64) if self.classes is not None else (y.T, self.dtype)
-        return feeds
 
 
 def _pass_list(passes) -> list:
@@ -408,7 +409,7 @@ def _pass_names(passes) -> list:
     return [p if isinstance(p, str) else p.name for p in _pass_list(passes)]
 
 
-def load(path, optimizer=None, device=None) -> Model:
+def load(path: str | os.PathLike, optimizer=None, device: int | str | None = None) -> Model:
     """Rebuild a model from a checkpoint: the graph, compiled the same way, with params, state, step,
     epoch, fit's place and optimizer state (a custom optimizer: pass an instance, its state is
     loaded into it -- hyperparameters included, with a warning naming those that change).
@@ -419,8 +420,9 @@ def load(path, optimizer=None, device=None) -> Model:
 read_checkpoint = checkpoint.read
 
 
-def compile(graph, target: str = "numpy", dtype="float32", seed: int = 0, passes=None, print_after=False,
-            device=None, cuda_graph: bool = False, weights=None) -> Model:
+def compile(graph, target: str = "numpy", dtype: str = "float32", seed: int = 0, passes: list | None = None,
+            print_after: bool = False, device: int | str | None = None, cuda_graph: bool = False,
+            weights: str | dict | None = None) -> Model:
     """Compile ``graph`` for ``target``: run the training pipeline (or ``passes``), differentiate,
     generate and load the code, and set the starting values. ``device`` picks the target's
     device (the numpy target runs on the host; cuda: a GPU index, or "emulator" for the CPU).

@@ -4,7 +4,10 @@ For each epoch the data is reshuffled from (seed, epoch number), so that the sam
 same run and a resumed run continues exactly; each mini-batch is one ``train_step`` (forward with
 that batch's own statistics, backward, optimizer update, running statistics). ``model.fit_state``
 records the seed, batch size, shuffle, the number of examples and the place in the current epoch;
-checkpoints carry it, so a run resumes where it stopped, even mid-epoch after a Ctrl-C.
+checkpoints carry it, so a run resumes where it stopped, even mid-epoch after a Ctrl-C. The lr
+schedule (:mod:`bngraph.schedules`) sets ``optimizer.lr`` before each step and records its place
+there too; the callbacks (:mod:`bngraph.callbacks`) are called around epochs and steps and may
+stop training, which ``History.stop_reason`` then says.
 """
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ import time
 
 import numpy as np
 
+from .callbacks import CallbackList
 from .datacheck import check_batch_size, check_int, check_seed
 from .errors import DataError, TrainingDiverged
 from .fileio import check_writable
+from .metrics import names as metric_names
+from .schedules.fit import FitSchedule, kind as schedule_kind
 
 
 class StepBoundaryInterrupt(KeyboardInterrupt):
@@ -32,20 +38,33 @@ class StepBoundaryInterrupt(KeyboardInterrupt):
 class History(list):
     """Per-epoch records (dicts: epoch, loss, val_loss, val_accuracy, lr, seconds...).
 
-    ``stop_reason`` is None when every epoch ran, else a sentence saying why training stopped."""
+    ``stop_reason`` is None when every epoch ran, else a sentence saying why training stopped;
+    ``diverged`` is True when that was a NaN/inf step (not a callback)."""
 
     stop_reason: str | None = None
+    diverged: bool = False
 
     def column(self, key):
         """One key across the epochs, e.g. ``hist.column("val_accuracy")`` (None where an epoch lacks it)."""
         return [r.get(key) for r in self]
 
+    @property
+    def history(self) -> dict:
+        """Keras's ``History.history``: metric -> its list across the epochs (every key but ``epoch``)."""
+        keys = dict.fromkeys(k for r in self for k in r if k != "epoch")
+        return {k: self.column(k) for k in keys}
+
+    @property
+    def epoch(self) -> list:
+        """The epoch numbers of the records (from 1)."""
+        return self.column("epoch")
+
 
 def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = None, shuffle: bool | None = None,
         seed: int | None = None, validation_data=None, verbose=None, lr_schedule=None, checkpoint: str | None = None,
-        announce_stop: bool = True) -> History:
-    """``Model.fit``: see its docstring. ``announce_stop=False``: a divergence is not printed (the
-    caller reports ``history.stop_reason`` itself, as the command line does)."""
+        announce_stop: bool = True, callbacks=None) -> History:
+    """``Model.fit``: see its docstring. ``announce_stop=False``: a stop (a divergence, a callback's)
+    is not printed (the caller reports ``history.stop_reason`` itself, as the command line does)."""
     inputs = model.inputs
     X = inputs.check_x(X, "fit")  # cast once to the model's dtype, not per batch
     y = inputs.check_y(y, X.shape[0], "fit")
@@ -60,8 +79,9 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
     batch_size = check_batch_size("fit", last.get("batch_size", 64) if batch_size is None else batch_size)
     seed = check_seed("fit", last.get("seed", 0) if seed is None else seed)
     shuffle = bool(last.get("shuffle", True) if shuffle is None else shuffle)
-    if lr_schedule is not None and not callable(lr_schedule):
-        raise ValueError(f"fit: lr_schedule must be a function (epoch, step) -> lr, got {lr_schedule!r}")
+    if lr_schedule is not None:
+        schedule_kind(lr_schedule)  # a schedule object, fn(epoch) or fn(epoch, step): else a ValueError
+    callbacks = CallbackList(callbacks)
     if checkpoint:
         check_writable(checkpoint, "fit checkpoint")
     n = X.shape[0]
@@ -81,15 +101,29 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
         bar.line(f"epoch {position.get('epoch')} starts again from its first batch: its recorded place (step "
                  f"{position.get('done')!r}) is not one of its {steps} steps")  # a tampered fit_state: no epoch skipped
         position = None
-    model.fit_state = {**config, "position": position}
+    metrics = ["loss"] + ([f"val_{k}" for k in metric_names(inputs)] if validation_data is not None else [])
+    done = position["done"] if position else 0
+    schedule = None if lr_schedule is None else FitSchedule(lr_schedule, model, optimizer, steps, epochs, done, metrics)
+    callbacks.call("on_train_begin", model, {"epochs": epochs, "steps": steps, "metrics": metrics,
+                                             "validation": validation_data is not None})
+    model.fit_state = {**config, "position": position,
+                       **({"schedule": last["schedule"]} if last.get("schedule") else {})}
+    if schedule is not None:
+        schedule.commit(model)
     history = History()
     validation = None if validation_data is None else (Xv, yv)
     try:
-        return _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation, bar, lr_schedule,
-                     checkpoint, announce_stop, history)
-    except (StepBoundaryInterrupt, OSError) as e:  # Ctrl-C, or a checkpoint that could not be written
-        e.history = history  # the epochs done, for the caller's report
+        _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation, bar, schedule, checkpoint,
+              history, callbacks)
+    except BaseException as e:
+        bar.end_line()  # what is printed next (a Ctrl-C's message) starts on a line of its own
+        if isinstance(e, (StepBoundaryInterrupt, OSError)):  # Ctrl-C, or a checkpoint that could not be written
+            e.history = history  # the epochs done, for the caller's report
         raise
+    callbacks.call("on_train_end", model, {"history": history, "stop_reason": history.stop_reason})
+    if history.stop_reason and announce_stop:
+        bar.line(history.stop_reason)
+    return history
 
 
 def use_optimizer(model, optimizer):
@@ -105,20 +139,8 @@ def use_optimizer(model, optimizer):
     return optimizer
 
 
-def _scheduled_lr(lr_schedule, epoch: int, step: int) -> float:
-    """``lr_schedule(epoch, step)`` checked like ``Adam(lr=...)``: a finite number >= 0 (not True)."""
-    from .optim.base import check_lr
-
-    value = lr_schedule(epoch, step)
-    try:
-        return check_lr(value)
-    except ValueError:
-        raise ValueError(f"fit: lr_schedule({epoch}, {step}) returned {value!r}; it must return the learning "
-                         f"rate, a finite number >= 0") from None
-
-
-def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation, bar, lr_schedule, checkpoint,
-          announce_stop, history):
+def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation, bar, schedule, checkpoint,
+          history, callbacks):
     n = X.shape[0]
     final = model.epoch + epochs
     with _StepBoundaryInterrupts() as interrupts, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -126,38 +148,46 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
             ep = model.epoch + 1
             order = np.random.default_rng([seed, ep]).permutation(n) if shuffle else np.arange(n)
             bounds = batch_bounds(n, batch_size, merge_single=model.inputs.batch_statistics)
+            T = len(bounds)
             pos = model.fit_state["position"]
             if pos is None:
                 pos = model.fit_state["position"] = {"epoch": ep, "done": 0, "losses": []}
-            t0 = time.perf_counter()
-            steps = _Unread(model, optimizer, pos, lr_schedule is not None)
-            for t in range(pos["done"] + 1, len(bounds) + 1):
+            callbacks.call("on_epoch_begin", model, ep, {})
+            t0, first = time.perf_counter(), pos["done"]
+            steps = _Unread(model, optimizer, pos, schedule is not None)
+            for t in range(pos["done"] + 1, T + 1):
                 if interrupts.requested and steps.collect():
                     break
-                interrupts.check(model, len(bounds))
+                interrupts.check(model, T)
                 a, b = bounds[t - 1]
                 old_lr = getattr(optimizer, "lr", None)
                 try:
-                    if lr_schedule is not None:
-                        optimizer.lr = _scheduled_lr(lr_schedule, ep, model.step + 1)
+                    if schedule is not None:
+                        optimizer.lr = schedule.lr(ep, model.step + 1)
                     due = model.trainer.submit(X[order[a:b]], y[order[a:b]], optimizer)
                 except BaseException:
-                    if lr_schedule is not None and old_lr is not None:
+                    if schedule is not None and old_lr is not None:
                         optimizer.lr = old_lr  # the failed step changed nothing, its lr included
                     steps.collect()  # the position counts the steps before it
                     raise
                 steps.add(t, old_lr)
-                if (due or bar.due(t, len(bounds))) and steps.collect():
+                if (due or callbacks.per_step or bar.due(t, T)) and steps.collect():
                     break
-                bar.update(ep, final, pos["done"], len(bounds), pos["losses"][-1] if pos["losses"] else float("nan"))
+                if callbacks.per_step:
+                    logs = {"epoch": ep, "step": t, "steps": T, "global_step": model.step, "loss": pos["losses"][-1],
+                            "lr": getattr(optimizer, "lr", None)}
+                    history.stop_reason = callbacks.call("on_step_end", model, t, logs)
+                    if history.stop_reason:
+                        bar.close()
+                        return
+                bar.update(ep, final, pos["done"], T, pos["losses"], time.perf_counter() - t0, pos["done"] - first)
             if steps.collect():
-                history.stop_reason = (f"stopped early at epoch {ep}, step {steps.stopped_at} of {len(bounds)} "
+                history.stop_reason = (f"stopped early at epoch {ep}, step {steps.stopped_at} of {T} "
                                        f"(global step {model.step + 1}): {steps.stop_reason}")
+                history.diverged = True
                 bar.close()
-                if announce_stop:
-                    bar.line(history.stop_reason)
-                return history
-            rec = {"epoch": ep, "loss": float(np.mean(pos["losses"])), "steps": len(bounds),
+                return
+            rec = {"epoch": ep, "loss": float(np.mean(pos["losses"])), "steps": T,
                    "lr": float(getattr(optimizer, "lr", float("nan"))), "seconds": time.perf_counter() - t0}
             if validation is not None:  # a non-finite figure shows as inf/nan in the record
                 for k, v in model.evaluate(*validation).items():
@@ -165,12 +195,16 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
             model.epoch = ep
             model.fit_state["position"] = None
             history.append(rec)
+            if schedule is not None:
+                schedule.epoch_end(model, rec)  # ReduceLROnPlateau takes its metric
+            history.stop_reason = callbacks.call("on_epoch_end", model, ep, rec)
             bar.close()
             bar.line(format_record(rec))
             if checkpoint:
                 model.save(checkpoint)
+            if history.stop_reason:
+                break
         interrupts.check(model, None)  # a Ctrl-C during the last validation or save
-    return history
 
 
 class _Unread:
@@ -258,12 +292,22 @@ def batch_bounds(n, batch_size, merge_single):
 
 def format_record(rec):
     parts = [f"epoch {rec['epoch']}", f"loss {rec['loss']:.4f}"]
-    if "val_loss" in rec:
-        parts.append(f"val_loss {rec['val_loss']:.4f}")
-    if "val_accuracy" in rec:
-        parts.append(f"val_accuracy {rec['val_accuracy']:.4f}")
-    parts.append(f"{rec['seconds']:.2f}s")
+    parts += [f"{k} {v:.4f}" for k, v in rec.items() if k.startswith("val_") and isinstance(v, float)]
+    parts.append(duration(rec["seconds"]))
     return "  ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """A time as people read it: ``0.84ms``, ``12ms``, ``3.21s``, ``2m05s``, ``1h02m`` (never ``0.00s``)."""
+    if seconds < 1:
+        ms = seconds * 1000
+        return f"{ms:.2f}ms" if ms < 10 else f"{ms:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m{int(seconds % 60):02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 class Progress:
@@ -275,24 +319,37 @@ class Progress:
         self.bar = not self.quiet and _isatty(self.stream)
         self.open = False
         self.last = 0.0
+        self.width = 0  # of the text drawn last: a shorter one blanks the rest
 
     def due(self, t, T) -> bool:
         """Will ``update`` redraw now? (Then fit reads the losses first.) At most 10 times a second."""
         return self.bar and (t == T or time.perf_counter() - self.last >= 0.1)
 
-    def update(self, epoch, epochs, t, T, loss):
+    def update(self, epoch, epochs, t, T, losses, elapsed, stepped):
+        """Redraw: step ``t`` of ``T``, the mean of the epoch's ``losses`` so far, and the time left
+        in the epoch from this call's ``stepped`` steps in ``elapsed`` seconds."""
         if not self.due(t, T):
             return
         self.last = time.perf_counter()
         width = 24
         done = int(width * t / T)
-        self.stream.write(f"\repoch {epoch}/{epochs} [{'#' * done}{'.' * (width - done)}] {t}/{T} loss {loss:.4f}")
+        mean = sum(losses) / len(losses) if losses else float("nan")
+        eta = f"  ETA {duration(elapsed / stepped * (T - t))}" if stepped and t < T else ""
+        text = f"epoch {epoch}/{epochs} [{'#' * done}{'.' * (width - done)}] {t}/{T} loss {mean:.4f}{eta}"
+        self.stream.write(f"\r{text}{' ' * max(0, self.width - len(text))}")
         self.stream.flush()
-        self.open = True
+        self.open, self.width = True, len(text)
 
     def close(self):
         if self.open:
-            self.stream.write("\r" + " " * 72 + "\r")
+            self.stream.write("\r" + " " * max(72, self.width) + "\r")
+            self.open = False
+
+    def end_line(self):
+        """Leave the bar as it is and start a new line (before an interrupt's message)."""
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
             self.open = False
 
     def line(self, text):

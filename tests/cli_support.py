@@ -1,10 +1,23 @@
 """Running the ``bngraph`` command in-process, for the command-line tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from bngraph.checkpoint import read as read_checkpoint
 from bngraph.cli import main
+
+TINY = f"{Path(__file__).parent / 'models' / 'small.py'}:tiny"  # 4 features, 3 classes
+
+
+def four_feature_npz(tmp_path) -> Path:
+    """A .npz of 90 rows of 4 features, 3 classes by the first feature's third: TINY's data."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 4))
+    path = tmp_path / "four.npz"
+    np.savez(path, X=X, y=np.digitize(X[:, 0], [-0.5, 0.5]))
+    return path
 
 
 def run(argv, capsys):

@@ -41,7 +41,8 @@ def test_train_default_reaches_95_percent(capsys):
     assert (len(train), len(val), len(ds.X_test)) == (1295, 143, 359)
     assert lines[0] == ("bngraph: training mlp on digits (1295 train / 143 validation / 359 test examples), "
                         "adam lr=0.003, 15 epochs, batch 64, target numpy")
-    assert [ln.split("  ")[0] for ln in lines[1:]] == [f"epoch {i}" for i in range(1, 16)]  # one line per epoch
+    assert [ln.split("  ")[0] for ln in lines[1:-1]] == [f"epoch {i}" for i in range(1, 16)]  # one line per epoch
+    assert lines[-1] == "bngraph: the trained model was not saved: add --save PATH to keep it"  # never lost silently
 
 
 def test_train_json_and_save(tmp_path, capsys):
@@ -61,7 +62,9 @@ def test_train_json_and_save(tmp_path, capsys):
     for rec in doc["history"]:
         assert {"epoch", "loss", "steps", "lr", "seconds", "val_loss", "val_accuracy"} <= set(rec)
     assert set(doc["test"]) == {"loss", "accuracy"}
-    assert out == f"test loss {doc['test']['loss']:.4f}  test accuracy {doc['test']['accuracy']:.4f}\n"
+    assert out == (f"test loss {doc['test']['loss']:.4f}  test accuracy {doc['test']['accuracy']:.4f}\n"
+                   f"saved checkpoint {ck} (epoch 2, global step 42)\nwrote report {js}\n")  # what went where
+    assert doc["saved_to"] == str(ck)
     # the checkpoint loads; its validation figures are the validation split's, the test figures the test split's
     model = bg.load(ck)
     ds = load_dataset("digits", seed=0)
@@ -216,7 +219,7 @@ def bad_data(tmp_path):
     np.savez(tmp_path / "negative.npz", X=rng.standard_normal((20, 4)), y=np.full(20, -1))
     np.savez(tmp_path / "fivelabels.npz", X=rng.standard_normal((40, 4)), y=np.arange(40) % 5)
     np.savez(tmp_path / "count.npz", X=rng.standard_normal((20, 4)), y=np.zeros(19, int))
-    np.savez(tmp_path / "floaty.npz", X=rng.standard_normal((20, 4)), y=np.zeros(20))
+    np.savez(tmp_path / "floaty.npz", X=rng.standard_normal((20, 4)), y=np.linspace(0, 1, 20))  # fractions
     np.savez(tmp_path / "nokey.npz", X=rng.standard_normal((20, 4)))
     (tmp_path / "junk.npz").write_text("not a zip file")
     (tmp_path / "empty.npz").write_bytes(b"")
@@ -240,7 +243,8 @@ def bad_data(tmp_path):
 
 ERRORS = [
     ("missing-file", ["train", "{tmp}/nope.py"], r"model file not found: .*nope\.py"),
-    ("not-py", ["emit", "{tmp}/model.txt"], r"MODEL must be path/to/file\.py\[:name\], got '.*model\.txt'"),
+    ("not-py", ["emit", "{tmp}/model.txt"],
+     r"MODEL must be path/to/file\.py\[:name\], a checkpoint \.npz or an \.onnx file, got '.*model\.txt'"),
     ("missing-name", ["emit", SMALL + ":missing"],
      r"small\.py defines no 'missing' \(found: broken, make, model, nobn, tiny\)"),
     ("not-a-graph", ["emit", SMALL + ":notgraph"],
@@ -252,11 +256,12 @@ ERRORS = [
     ("dataset-wrong-shape", ["train", "--dataset", "{tmp}/wrongshape.npz"],
      r"wrongshape\.npz: X must be 2-D \(samples, features\), got shape \(20, 4, 2\)"),
     ("dataset-negative-labels", ["train", "--dataset", "{tmp}/negative.npz"],
-     r"negative\.npz: y row 0 is -1; labels must be integers >= 0"),
+     r"negative\.npz: y: label -1 at row 0 is out of range: expected label >= 0"),
     ("dataset-label-count", ["train", "--dataset", "{tmp}/count.npz"],
      r"count\.npz: X has 20 rows but y has 19 labels"),
-    ("dataset-float-labels", ["train", "--dataset", "{tmp}/floaty.npz"], r"floaty\.npz: y must be a 1-D array of "
-                                                                         r"integer class labels.*y\.astype\(int\)"),
+    ("dataset-float-labels", ["train", "--dataset", "{tmp}/floaty.npz"],  # never advised to truncate them
+     r"floaty\.npz: y: labels must be integer class indices, got dtype float64 \(row 1: 0\.05263\d*\); real-valued "
+     r"targets need a model whose loss takes them: mse \(any values\) or sigmoid_bce \(probabilities in \[0, 1\]\)$"),
     ("dataset-missing-key", ["train", "--dataset", "{tmp}/nokey.npz"], r"nokey\.npz: missing key 'y'"),
     ("dataset-not-npz", ["train", "--dataset", "{tmp}/junk.npz"], r"junk\.npz: cannot read as \.npz"),
     ("more-labels-than-classes", ["train", SMALL + ":tiny", "--dataset", "{tmp}/fivelabels.npz"],
@@ -290,7 +295,7 @@ ERRORS = [
      r"gradients, more than this machine's [\d.,]+ GiB of memory"),
     # 1: targets outside the loss's domain
     ("bce-on-class-labels", ["train", f"{ODD}:bce"],
-     r"dataset digits, training split: targets row \d+ holds [2-9], outside \[0, 1\]: sigmoid_bce targets"),
+     r"digits: y row \d+ holds [2-9], outside \[0, 1\]: sigmoid_bce targets are probabilities"),
     # 9: a model file that exits
     ("model-file-exits", ["emit", str(MODELS / "exits.py")],
      r"exits\.py:7: the model file exited \(sys\.exit\(3\)\) while bngraph was loading it"),

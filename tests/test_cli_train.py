@@ -81,7 +81,9 @@ def test_ctrl_c_saves_exits_130_and_resume_is_exact(tmp_path, capsys, monkeypatc
     assert code == 0, err
     assert_same_checkpoint(straight, path)
     code, out_a, _ = run(["train", "--resume", straight, "--epochs", "3", "--quiet"], capsys)
-    assert out == out_a and out.startswith("test loss ")
+    assert out.splitlines()[0] == out_a.splitlines()[0] and out.startswith("test loss ")
+    assert out.splitlines()[1:] == [f"saved checkpoint {path} (epoch 3, global step 39)"]  # where the work went
+    assert out_a.splitlines()[1:] == []  # nothing left to train: nothing written
 
 
 def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatch, sigint_default):
@@ -96,7 +98,8 @@ def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(TrainingStep, "submit", step_then_ctrl_c)
     code, out, err = run(["train", "--epochs", "2", *BASE, "--json", tmp_path / "r.json"], capsys)
     assert code == 130
-    assert err == "bngraph: interrupted in epoch 1 after step 3 (global step 3); nothing saved (no --save)\n"
+    assert err == ("bngraph: interrupted in epoch 1 after step 3 (global step 3); nothing saved (no --save)\n"
+                   f"bngraph: wrote report {tmp_path / 'r.json'}\n")
     assert "interrupted in epoch 1" in (tmp_path / "r.json").read_text()
 
 
@@ -108,7 +111,8 @@ def test_resume_after_whole_epochs_equals_the_straight_run(tmp_path, capsys, str
     assert code == 0, err
     header = err.splitlines()[0]
     assert header == (f"bngraph: resuming mlp from {path} after epoch 2 (global step 26) on digits (1295 train / "
-                      f"143 validation / 359 test examples), adam lr=0.003, epochs 3 to 3, batch 100, target numpy")
+                      f"143 validation / 359 test examples), adam lr=0.003, epochs 3 to 3, batch 100, target numpy, "
+                      f"saving to {path}")
     assert [ln.split("  ")[0] for ln in err.splitlines()[1:]] == ["epoch 3"]
     assert_same_checkpoint(straight, path)
 
@@ -182,7 +186,7 @@ def test_a_save_that_fails_midway_is_one_line_and_the_report_is_written(tmp_path
     path, js = tmp_path / "run.npz", tmp_path / "r.json"
     code, out, err = run(["train", "--epochs", "3", "--save", path, "--json", js, *BASE], capsys)
     assert code == 2 and out == ""
-    assert err.splitlines() == [f"bngraph: error: cannot write {path}: No space left on device"]
+    assert err.splitlines() == [f"bngraph: error: cannot write {path}: No space left on device; wrote report {js}"]
     assert read_checkpoint(path)[0]["epoch"] == 1
     assert sorted(os.listdir(tmp_path)) == ["r.json", "run.npz"]
     doc = json.loads(js.read_text())

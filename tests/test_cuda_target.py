@@ -78,7 +78,8 @@ def test_emit_renders_kernels_and_driver_without_importing_cupy():
 def test_compile_without_cupy_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError, as without CuPy
     with pytest.raises(bg.IRError, match=r"the cuda target needs CuPy and an NVIDIA GPU: install the extra with "
-                                         r"pip install 'bngraph\[cuda\]'"):
+                                         r"pip install 'cupy-cuda13x\[ctk\]' \(in a checkout of bngraph: pip install "
+                                         r"'\.\[cuda\]'\)"):
         bg.compile(bg.mlp([4, 5, 3]), target="cuda")
 
 

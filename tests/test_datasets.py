@@ -139,11 +139,14 @@ def test_load_npz_with_a_given_test_split(tmp_path):
     (dict(X=np.zeros((3, 2, 2)), y=np.zeros(3, int)), r"X must be 2-D \(samples, features\), got shape \(3, 2, 2\)"),
     (dict(X=np.zeros((0, 2)), y=np.zeros(0, int)), r"X is empty, shape \(0, 2\)"),
     (dict(X=np.array([["a", "b"]]), y=np.zeros(1, int)), "X must hold numbers, got dtype <U1"),
-    (dict(X=np.zeros((3, 2)), y=np.zeros((3, 1), int)), r"y must be a 1-D array of integer class labels, got dtype int64 shape \(3, 1\)"),
-    (dict(X=np.zeros((3, 2)), y=np.array([0.0, 1.0, 1.0])),
-     r"y must be a 1-D array of integer class labels, got dtype float64 shape \(3,\); convert float labels"),
-    (dict(X=np.zeros((3, 2)), y=np.zeros(4, int)), "X has 3 rows but y has 4 labels; expected one label per row"),
-    (dict(X=np.zeros((3, 2)), y=np.array([0, 2, -1])), "y row 2 is -1; labels must be integers >= 0"),
+    (dict(X=np.zeros((3, 2)), y=np.zeros((3, 1), int)),
+     r"y expected shape \(3,\) \(one class index per row of X\), got \(3, 1\) \(real-valued targets of several "
+     r"columns need a model whose loss is mse or sigmoid_bce\)$"),
+    (dict(X=np.zeros((3, 2)), y=np.array([0.0, 1.5, 1.0])),  # a fraction is never rounded, nor advised to be
+     r"y: labels must be integer class indices, got dtype float64 \(row 1: 1\.5\); real-valued targets need a "
+     r"model whose loss takes them: mse \(any values\) or sigmoid_bce \(probabilities in \[0, 1\]\)$"),
+    (dict(X=np.zeros((3, 2)), y=np.zeros(4, int)), "X has 3 rows but y has 4 labels; expected one per row"),
+    (dict(X=np.zeros((3, 2)), y=np.array([0, 2, -1])), "y: label -1 at row 2 is out of range: expected label >= 0"),
     (dict(X=np.array([[0.0, 1.0], [2.0, np.nan], [np.nan, 0.0]]), y=np.zeros(3, int)),
      r"X row 1 column 1 is nan \(2 rows with NaN/inf\); expected finite numbers"),
     (dict(X=np.array([[0.0, np.inf]]), y=np.zeros(1, int)), r"X row 0 column 1 is inf \(1 rows with NaN/inf\)"),
@@ -152,7 +155,7 @@ def test_load_npz_with_a_given_test_split(tmp_path):
     (dict(X=np.zeros((3, 2)), y=np.zeros(3, int), X_test=np.zeros((2, 5)), y_test=np.zeros(2, int)),
      "X_test has 5 features but X has 2; expected the same number"),
     (dict(X=np.zeros((3, 2)), y=np.zeros(3, int), X_test=np.zeros((2, 2)), y_test=np.array([0, -4])),
-     "y_test row 1 is -4; labels must be integers >= 0"),
+     "y_test: label -4 at row 1 is out of range: expected label >= 0"),
     (dict(X=np.zeros((3, 2)), y=np.zeros(3, int), X_test=np.full((2, 2), np.nan), y_test=np.zeros(2, int)),
      "X_test row 0 column 0 is nan"),
     (dict(X=np.zeros((3, 2)), y=np.zeros(3, int), X_test=np.zeros((2, 2)), y_test=np.zeros(3, int)),

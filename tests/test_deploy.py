@@ -107,7 +107,9 @@ def test_show_format_dot(model_file, capsys):
     assert "batchnorm + relu (fused)" in dot  # the fused node says what it fused
     assert '"param:fc1.W" [label="%fc1.W: f32[6,4]", shape=box' in dot
     assert '"state:bn1.running_var" [label="%bn1.running_var: f32[6]", shape=cylinder' in dot
-    assert '"input:x" -> "node:0" [label="x: f32[4,m]", penwidth=2]' in dot  # batch-sized: bold
+    assert '"input:x" -> "node:0" [penwidth=2];' in dot  # batch-sized: bold; named once, by its node
+    assert '"node:0" [label="%fc1.matmul: f32[6,m]\\nmatmul", shape=box' in dot  # no ta=False, tb=False
+    assert '"node:1" -> "node:2" [label="%bn1.mean"];' in dot  # a node making several values: which one
     assert main(["show", model_file, "--format", "dot", "--inference"]) == 0
     assert "bias_add + relu (fused)" in capsys.readouterr().out  # BN folded: the bias and ReLU in one pass
 

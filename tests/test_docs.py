@@ -28,7 +28,8 @@ def test_api_reference_is_up_to_date():
 def test_api_reference_lists_what_it_promises():
     text = (DOCS / "api.md").read_text()
     for heading in ("### `bg.compile(graph, target='numpy'", "#### `bg.Model.fit(X, y, optimizer=None",
-                    "### `bg.load_dataset(name_or_path, test_fraction=0.2, seed=0, dtype=None)`",
+                    "### `bg.load_dataset(name_or_path, test_fraction=0.2, seed=0, dtype=None, loss=None, "
+                    "ignore_index=None)`",
                     "### `bngraph.passes.graph_pass(name, valid_when, *, registry=PASSES)`",
                     "#### `bngraph.export.InferenceModel.save(folder)`"):
         assert heading in text, heading

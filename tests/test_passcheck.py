@@ -174,17 +174,21 @@ def test_fold_bn_into_weights_with_a_loss_checks_gradients_of_the_surviving_para
     check_preserves(g, res.graph, res.remap)  # out.W and out.b survive: their gradients are compared
 
 
+def _slightly_off(res):
+    """``res``'s remap with fc1.W_folded off by a relative 1e-6: a fold that is not exact."""
+    def remap(values):
+        out = res.remap(values)
+        out["fc1.W_folded"] = out["fc1.W_folded"] * (1 + 1e-6)
+        return out
+    return remap
+
+
 def test_a_fold_that_is_not_exact_is_caught():
     g = _eval_bn_graph_with_loss()
     res = PASSES["fold_bn_into_weights"].run(g)
 
-    def slightly_off(values):
-        out = res.remap(values)
-        out["fc1.W_folded"] = out["fc1.W_folded"] * (1 + 1e-6)
-        return out
-
     with pytest.raises(AssertionError, match="output loss"):
-        check_preserves(g, res.graph, slightly_off)
+        check_preserves(g, res.graph, _slightly_off(res))
 
 
 def test_a_param_removed_next_to_a_real_fold_is_still_checked():
@@ -211,10 +215,5 @@ def test_a_float32_graph_is_checked_in_float64():
     out = check_preserves(g32, res.graph, res.remap)
     assert out["before"]["loss"].dtype == np.float64
 
-    def slightly_off(values):
-        out = res.remap(values)
-        out["fc1.W_folded"] = out["fc1.W_folded"] * (1 + 1e-6)
-        return out
-
     with pytest.raises(PassCheckError, match="output loss"):
-        check_preserves(g32, res.graph, slightly_off)
+        check_preserves(g32, res.graph, _slightly_off(res))

@@ -279,8 +279,8 @@ def test_a_uint64_label_beyond_int64_is_refused_with_its_value(tmp_path, key, la
     arrays[key] = y
     arrays.setdefault("y_test", np.arange(10, dtype=np.uint64) % 2)
     p = _save(tmp_path, **arrays)
-    with pytest.raises(bg.DatasetError, match=rf"^{re.escape(str(p))}: {key} row 3 is {label}: labels are class "
-                                              rf"indices 0\.\.C-1"):
+    with pytest.raises(bg.DatasetError, match=rf"^{re.escape(str(p))}: {key}: label {label} at row 3 is beyond any "
+                                              rf"int64: labels are class indices 0\.\.C-1"):
         bg.load_dataset(p)
 
 

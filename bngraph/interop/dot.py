@@ -1,9 +1,12 @@
 """Pictures of a graph: Graphviz DOT text, and SVG/PNG through Graphviz's ``dot`` when installed.
 
 Inputs are green, params (learned) orange boxes, state (running statistics) blue cylinders, ops
-white boxes labelled with the op and its attributes; a fused op says what it fused
-(``batchnorm + relu``). Edges carry the value's type; batch-sized values (``[..., m]``) are drawn
-bold, per-unit vectors thin. Every label is escaped: names come from files too.
+white boxes labelled with what they compute (``%fc1: f32[16,m]``), the op and the attributes that
+differ from the op's defaults (``matmul`` without ``ta=False, tb=False``); a fused op says what it
+fused (``batchnorm + relu``). Each value is named, with its type, once: by the node that makes it.
+An edge is labelled only where its source makes several values (which one it carries); batch-sized
+values (``[..., m]``) are drawn bold, params and state dashed. Every label is escaped: names come
+from files too.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import subprocess
 
 from ..graph import as_graph
 from ..ir import BATCH
+from ..ops import OPS
 
 STYLE = {
     "input": 'shape=ellipse, style=filled, fillcolor="#d9f2d9"',
@@ -33,12 +37,28 @@ def _q(text) -> str:
     return f'"{s}"'
 
 
+def _defaults(op: str) -> dict:
+    """An op's attribute defaults (name -> value; required attributes have none)."""
+    opdef = OPS.get(op)
+    if opdef is None:
+        return {}
+    known = {**opdef.attrs, **opdef.optional_attrs}
+    return {k: default for k, (_, default) in known.items() if default is not None}
+
+
 def _label(node) -> str:
     attrs = node.attr
     head = FUSED[node.op].format(act=attrs.get("act", "?")) + " (fused)" if node.op in FUSED else node.op
-    shown = [f"{k}={v}" for k, v in sorted(attrs.items()) if k != "act"]
-    outs = ", ".join(f"%{o.name}" for o in node.outputs)
-    return "\n".join([outs, head] + ([", ".join(shown)] if shown else []))
+    defaults = _defaults(node.op)
+    shown = [f"{k}={v}" for k, v in sorted(attrs.items())
+             if k != "act" and not (k in defaults and _same(v, defaults[k]))]
+    outs = [f"%{o.name}: {o.type}" for o in node.outputs]
+    return "\n".join(outs + [head] + ([", ".join(shown)] if shown else []))
+
+
+def _same(value, default) -> bool:
+    """An attribute at its default (``1e-05`` is ``1e-5``; ``False`` is not ``0``)."""
+    return value == default and isinstance(value, bool) == isinstance(default, bool)
 
 
 def to_dot(g) -> str:
@@ -52,23 +72,28 @@ def to_dot(g) -> str:
             node_id = f"{kind}:{v.name}"
             lines.append(f"  {_q(node_id)} [label={_q(f'%{v.name}: {v.type}')}, {STYLE[kind]}];")
             source[v.name] = node_id
-    loss_ops = {"softmax_cross_entropy", "mse", "sigmoid_bce"}
     values = g.values()
+    several = set()  # op nodes that make more than one value: their edges say which
     for k, n in enumerate(g.nodes):
         node_id = f"node:{k}"
-        style = STYLE["loss" if n.op in loss_ops else "op"]
+        style = STYLE["loss" if OPS.get(n.op) is not None and OPS[n.op].kind == "loss" else "op"]
         lines.append(f"  {_q(node_id)} [label={_q(_label(n))}, {style}];")
         for o in n.outputs:
             source[o.name] = node_id
+        if len(n.outputs) > 1:
+            several.add(node_id)
         for i in n.inputs:
-            t = values[i].type
-            batch = BATCH in t.shape
-            lines.append(f"  {_q(source[i])} -> {_q(node_id)} [label={_q(f'{i}: {t}')}"
-                         f"{', penwidth=2' if batch else ', style=dashed' if values[i].kind in ('param', 'state') else ''}];")
+            batch, learned = BATCH in values[i].type.shape, values[i].kind in ("param", "state")
+            look = ["penwidth=2" if batch else "style=dashed" if learned else ""]
+            if source[i] in several:
+                look.insert(0, f"label={_q('%' + i)}")
+            attrs = ", ".join(a for a in look if a)
+            lines.append(f"  {_q(source[i])} -> {_q(node_id)}{f' [{attrs}]' if attrs else ''};")
     for key, v in g.outputs:
         out_id = f"output:{key}"
         lines.append(f"  {_q(out_id)} [label={_q(key)}, {STYLE['output']}];")
-        lines.append(f"  {_q(source[v])} -> {_q(out_id)} [label={_q('%' + v)}];")
+        label = f" [label={_q('%' + v)}]" if source[v] in several else ""
+        lines.append(f"  {_q(source[v])} -> {_q(out_id)}{label};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

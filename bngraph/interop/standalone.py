@@ -243,28 +243,27 @@ def write_standalone(graph, values: dict, out_dir, dtype="float32", module: str 
 
 
 def load_for_deploy(spec: str, seed: int = 0):
-    """MODEL for ``emit --standalone``: (graph, values, head). A checkpoint ``.npz`` (a trained
-    model), an ``.onnx`` file (``head``: its trailing Softmax/LogSoftmax, else None), or
-    ``file.py[:name]`` (untrained: the initial values drawn with ``seed``)."""
-    path = spec.partition(":")[0] if not os.path.isfile(spec) else spec
-    if path.endswith(".npz"):
+    """MODEL for ``emit --standalone``: (graph, values, head), MODEL read as every command reads it
+    (``bngraph.cliutil.load_model``). A checkpoint ``.npz`` (a trained model), an ``.onnx`` file
+    (``head``: its trailing Softmax/LogSoftmax, else None), or ``file.py[:name]`` (untrained: the
+    initial values drawn with ``seed``)."""
+    from ..cliutil import load_model
+
+    src = load_model(spec, loss=None)
+    if src.kind == "checkpoint":
         from ..model import load
 
-        model = load(path)
+        model = load(src.path)
         values = {**{k: np.asarray(v) for k, v in model.params.items()},
                   **{k: np.asarray(v) for k, v in model.state.items()}}
         return model.graph, values, None
-    if path.endswith(".onnx"):
-        from .from_onnx import from_onnx
-
-        imp = from_onnx(path, loss=None)
+    if src.kind == "onnx":
+        imp = src.imported
         if imp.inputs_spec and any(s.kind != "flat" or s.axis != 1 for s in imp.inputs_spec):
-            raise IRError(f"{path}: standalone code takes (batch, features) rows; this model's input is laid out "
-                          f"differently")
+            raise IRError(f"{src.path}: standalone code takes (batch, features) rows; this model's input is laid "
+                          f"out differently")
         g, out = imp.build(), imp.outputs_spec[0]
         return g.rebuild(outputs=[("out", out.ir), *g.outputs]), imp.bind({}), out.head
-    from ..cliutil import load_model_spec
     from ..init import init_values
 
-    graph = load_model_spec(spec)
-    return graph, init_values(graph, seed), None
+    return src.graph, init_values(src.graph, seed), None

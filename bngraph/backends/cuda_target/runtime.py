@@ -75,7 +75,8 @@ def import_cupy():
         import cupy
     except ImportError as e:
         raise IRError(f"the cuda target needs CuPy and an NVIDIA GPU: install the extra with "
-                      f"pip install 'bngraph[cuda]' ({e}); bg.emit(g, target='cuda') shows the code without "
+                      f"pip install 'cupy-cuda13x[ctk]' (in a checkout of bngraph: pip install '.[cuda]') ({e}); "
+                      f"bg.emit(g, target='cuda') shows the code without "
                       f"them, and device='emulator' runs it on the CPU") from None
     return cupy
 
@@ -319,7 +320,8 @@ def _load_cublas(cp):
                 return lib
     raise IRError(f"the cuda target needs cuBLAS for CUDA {major} (libcublas.so.{major}: CuPy was built for "
                   f"CUDA {major}), found {'; '.join(dict.fromkeys(found)) or 'no cuBLAS'}: install it with "
-                  f"pip install 'bngraph[cuda]' (cupy-cuda13x[ctk]) or the CUDA {major} toolkit")
+                  f"pip install 'cupy-cuda13x[ctk]' (in a checkout of bngraph: pip install '.[cuda]') or the CUDA {major} "
+                  f"toolkit")
 
 
 def _destroy(lib, handle: int, workspace) -> None:

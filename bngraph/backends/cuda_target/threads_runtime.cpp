@@ -439,25 +439,6 @@ std::mutex& launch_mutex() {
 
 extern "C" {
 
-void bngraph_syncthreads(int line, int site) {
-    Worker* w;
-    Fiber* f;
-    char* sync;
-    {
-        Hidden h;
-        w = tl_worker;
-        f = w->cur;
-        f->state = State::Barrier;
-        f->line = line;
-        f->site = site;
-        f->vote = 0;
-        sync = w->sync + w->parity;
-    }
-    release(sync);
-    switch_out(w, f);
-    acquire(sync);
-}
-
 int bngraph_syncthreads_vote(int line, int site, int predicate, int how) {
     Worker* w;
     Fiber* f;
@@ -480,6 +461,9 @@ int bngraph_syncthreads_vote(int line, int site, int predicate, int how) {
     const int n = (int)(bngraph_blockDim.x * bngraph_blockDim.y * bngraph_blockDim.z);
     return how == 0 ? count : how == 1 ? count == n : count > 0;
 }
+
+// __syncthreads(): the barrier of __syncthreads_count/_and/_or with no vote to read.
+void bngraph_syncthreads(int line, int site) { bngraph_syncthreads_vote(line, site, 0, 0); }
 
 void bngraph_yield(void) {
     Worker* w;
