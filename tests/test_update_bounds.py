@@ -113,6 +113,7 @@ def test_what_cannot_be_proved_says_why():
     assert big == float(np.finfo(np.float32).max) / 4 and small == math.sqrt(float(np.finfo(np.float32).tiny))
 
 
+@np.errstate(over="ignore")  # as the training step runs it: an overflowing sum of squares is no warning
 def test_the_numpy_bound_of_a_buffer_is_an_upper_bound_and_sees_nan_and_inf():
     from bngraph.backends.device import HostMemory
     mem, rng = HostMemory(), np.random.default_rng(0)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .records import Bin, If, Num, OptimizerRecord, Ref, Set, holds, is_scalar
+from .records import Bin, If, Num, OptimizerRecord, Ref, Set, is_scalar
 
 
 class Unproved(Exception):
@@ -53,74 +53,154 @@ _LIMITS: dict = {}
 
 def limits(dtype) -> tuple:
     """``(largest magnitude allowed for any value, smallest allowed denominator)`` in ``dtype``."""
-    key = np.dtype(dtype).name
-    if key not in _LIMITS:
-        fi = np.finfo(np.dtype(dtype))
-        _LIMITS[key] = (float(fi.max) / 4, math.sqrt(float(fi.tiny)))
-    return _LIMITS[key]
+    return _dtype_facts(dtype)[:2]
+
+
+def _dtype_facts(dtype) -> tuple:
+    """``(big, small, cast, name)`` of ``dtype`` (a name or a NumPy dtype), made once per key: a
+    step asks for them on every stretch."""
+    facts = _LIMITS.get(dtype)
+    if facts is None:
+        dt = np.dtype(dtype)
+        fi = np.finfo(dt)
+        cast = np.float32 if dt == np.float32 else float  # a constant as the update uses it
+        facts = _LIMITS[dtype] = (float(fi.max) / 4, math.sqrt(float(fi.tiny)), cast, dt.name)
+    return facts
 
 
 class Bounds:
-    """The interval analysis of one record, evaluated on given input intervals."""
+    """The interval analysis of one record, rendered once as straight-line Python over floats
+    (``source``; a lo and a hi variable per value, a check after every operation), so that a step
+    evaluates it in a few microseconds; evaluated on input intervals by :meth:`run`."""
 
     def __init__(self, record: OptimizerRecord):
         self.record = record
-        self.targets = {s.target for s in _sets(record.body)}
+        self.targets = tuple(sorted({s.target for s in _sets(record.body)}))
+        self.source = _Renderer(record, self.targets).source()
+        scope = {"math": math, "Unproved": Unproved}
+        exec(compile(self.source, f"<bngraph bounds of {record.name}>", "exec"), scope)
+        self._bound = scope["bound"]
 
     def run(self, values: dict, dtype, inputs: dict) -> dict:
         """The intervals of the arrays the update writes (``p`` and slots), from the input
         intervals ``inputs`` (``"p"``, ``"g"``, slot key -> ``(lo, hi)``) and the launch's
         ``values`` (:meth:`OptimizerRecord.values`); Unproved when a bound fails."""
-        big, small = limits(dtype)
+        big, small, cast, dname = _dtype_facts(dtype)
         for name, (lo, hi) in inputs.items():
-            if not (abs(lo) <= big and abs(hi) <= big):
+            if not (-big <= lo and hi <= big):  # (lo <= hi; NaN fails too)
                 what = "the params" if name == "p" else "the gradients" if name == "g" else f"the slot {name!r}"
                 raise Unproved(f"{what} hold values up to {max(abs(lo), abs(hi)):.3g}, beyond {big:.3g} "
-                               f"(a quarter of {np.dtype(dtype).name}'s largest)")
-        env = dict(inputs)
-        self._exec(self.record.body, env, values, dtype, big, small)
-        return {k: env[k] for k in self.targets if k in env}
+                               f"(a quarter of {dname}'s largest)")
+        try:
+            out = self._bound(values, inputs, big, small, cast)
+        except (ZeroDivisionError, OverflowError, ValueError):
+            raise Unproved("a constant of the update cannot be computed in double precision") from None
+        return {k: v for k, v in out.items() if k in inputs}
 
-    def _exec(self, stmts, env, values, dtype, big, small) -> None:
+
+_TOO_BIG = "a value of the update may exceed a quarter of its dtype's largest"
+
+
+class _Renderer:
+    """The source of ``bound(v, S, big, small, cast) -> {array: (lo, hi)}``: the record's body over
+    intervals (``S``: the input intervals by name; ``v``: the launch's values)."""
+
+    def __init__(self, record, targets):
+        self.record, self.targets, self.lines, self.n = record, targets, [], 0
+
+    def source(self) -> str:
+        head = ["def bound(v, S, big, small, cast):",
+                f'    """{self.record.name}: rendered from its record (bngraph.optim.bounds)."""',
+                '    p_lo, p_hi = S["p"]', '    g_lo, g_hi = S["g"]']
+        head += [f'    s_{t}_lo, s_{t}_hi = S.get("{t}", (0.0, 0.0))' for t in self.targets if t != "p"]
+        self.block(self.record.body, 1)
+        tail = ["    return {" + ", ".join(f'"{t}": ({_var(t)}_lo, {_var(t)}_hi)' for t in self.targets) + "}"]
+        return "\n".join(head + self.lines + tail) + "\n"
+
+    def block(self, stmts, depth) -> None:
+        pad = "    " * depth
         for s in stmts:
             if isinstance(s, If):
-                self._exec(s.then if holds(s.cond, values) else s.orelse, env, values, dtype, big, small)
-            else:  # Set (an array) or Let (a local: "$name")
-                key = s.target if isinstance(s, Set) else "$" + s.name
-                env[key] = self._expr(s.expr, env, values, dtype, big, small)
+                c = s.cond
+                test = (f'float(v["{c.name}"]) != 0' if c.op == "flag" else f'float(v["{c.name}"]) {c.op} {c.value!r}')
+                self.lines.append(f"{pad}if {test}:")
+                start = len(self.lines)
+                self.block(s.then, depth + 1)
+                if len(self.lines) == start:
+                    self.lines.append(f"{pad}    pass")
+                if s.orelse:
+                    self.lines.append(f"{pad}else:")
+                    self.block(s.orelse, depth + 1)
+            else:  # Set (an array) or Let (a local)
+                name = _var(s.target) if isinstance(s, Set) else f"l_{s.name}"
+                lo, hi = self.expr(s.expr, pad)
+                self.lines.append(f"{pad}{name}_lo, {name}_hi = {lo}, {hi}")
 
-    def _expr(self, e, env, values, dtype, big, small) -> tuple:
+    def temp(self) -> str:
+        self.n += 1
+        return f"t{self.n}"
+
+    def expr(self, e, pad) -> tuple:
+        """Lines computing ``e``'s interval; its (lo, hi) variable names."""
+        add, t = self.lines.append, None
         if is_scalar(e):
-            x = float(np.asarray(_scalar(e, values), dtype=np.float64))
-            if not abs(x) <= big:
-                raise Unproved(f"a constant of the update is {x!r}, too large for {np.dtype(dtype).name}")
-            x = float(np.asarray(x, dtype=dtype))  # used in the params' dtype
-            return x, x
+            t = self.temp()
+            add(f"{pad}{t} = {_scalar_text(e)}  # in double precision, as the update computes it")
+            add(f"{pad}if not abs({t}) <= big:")
+            add(f'{pad}    raise Unproved(f"a constant of the update is {{{t}!r}}, too large for its dtype")')
+            add(f"{pad}{t} = float(cast({t}))  # used in the params' dtype")
+            return t, t
         if isinstance(e, Ref):
-            return env[e.name if e.kind == "array" else "$" + e.name]
-        if isinstance(e, Bin):
-            a = self._expr(e.a, env, values, dtype, big, small)
-            if e.op == "*" and _same(e.a, e.b):  # a square: never negative
-                lo, hi = sorted((a[0] * a[0], a[1] * a[1]))
-                r = (0.0 if a[0] <= 0.0 <= a[1] else lo, hi)
+            v = _var(e.name) if e.kind == "array" else f"l_{e.name}"
+            return f"{v}_lo", f"{v}_hi"
+        t = self.temp()
+        lo, hi = f"{t}_lo", f"{t}_hi"
+        if isinstance(e, Bin) and e.op == "*" and _same(e.a, e.b):  # a square: never negative
+            a0, a1 = self.expr(e.a, pad)
+            add(f"{pad}{lo} = 0.0 if {a0} <= 0.0 <= {a1} else min({a0} * {a0}, {a1} * {a1})")
+            add(f"{pad}{hi} = max({a0} * {a0}, {a1} * {a1})")
+        elif isinstance(e, Bin):
+            (a0, a1), (b0, b1) = self.expr(e.a, pad), self.expr(e.b, pad)
+            if e.op == "+":
+                add(f"{pad}{lo}, {hi} = {a0} + {b0}, {a1} + {b1}")
+            elif e.op == "-":
+                add(f"{pad}{lo}, {hi} = {a0} - {b1}, {a1} - {b0}")
             else:
-                b = self._expr(e.b, env, values, dtype, big, small)
-                r = _BIN[e.op](a, b, small)
+                if e.op == "/":
+                    add(f"{pad}if not ({b0} >= small or {b1} <= -small):")
+                    add(f'{pad}    raise Unproved(f"a denominator may be 0 (or below {{small:.3g}})")')
+                q = f"({a0} {e.op} {b0}, {a0} {e.op} {b1}, {a1} {e.op} {b0}, {a1} {e.op} {b1})"
+                add(f"{pad}{t} = {q}")
+                add(f"{pad}{lo}, {hi} = min({t}), max({t})")
         elif e.fn == "sqrt":
-            a = self._expr(e.args[0], env, values, dtype, big, small)
-            if a[0] < 0.0:
-                raise Unproved("a square root's argument may be negative")
-            r = (math.sqrt(a[0]), math.sqrt(a[1]))
+            a0, a1 = self.expr(e.args[0], pad)
+            add(f"{pad}if {a0} < 0.0:")
+            add(f'{pad}    raise Unproved("a square root\'s argument may be negative")')
+            add(f"{pad}{lo}, {hi} = math.sqrt({a0}), math.sqrt({a1})")
         elif e.fn == "maximum":
-            a = self._expr(e.args[0], env, values, dtype, big, small)
-            b = self._expr(e.args[1], env, values, dtype, big, small)
-            r = (max(a[0], b[0]), max(a[1], b[1]))
+            (a0, a1), (b0, b1) = self.expr(e.args[0], pad), self.expr(e.args[1], pad)
+            add(f"{pad}{lo}, {hi} = max({a0}, {b0}), max({a1}, {b1})")
         else:
-            raise Unproved(f"{e.fn} of arrays has no bound")
-        if not (abs(r[0]) <= big and abs(r[1]) <= big):
-            raise Unproved(f"a value of the update may exceed {big:.3g} (a quarter of "
-                           f"{np.dtype(dtype).name}'s largest)")
-        return r
+            raise ValueError(f"{self.record.name}: {e.fn} of arrays has no bound")
+        add(f"{pad}if not (-big <= {lo} and {hi} <= big):  # NaN fails too")
+        add(f'{pad}    raise Unproved("{_TOO_BIG}")')
+        return lo, hi
+
+
+def _var(name: str) -> str:
+    return name if name in ("p", "g") else f"s_{name}"
+
+
+def _scalar_text(e) -> str:
+    """A hyperparameter expression as Python text in double precision (``v``: the launch's values)."""
+    if isinstance(e, Num):
+        return repr(float(e.value))
+    if isinstance(e, Ref):
+        return f'float(v["{e.name}"])'
+    if isinstance(e, Bin):
+        return f"({_scalar_text(e.a)} {e.op} {_scalar_text(e.b)})"
+    args = ", ".join(_scalar_text(a) for a in e.args)
+    return f"math.sqrt({args})" if e.fn == "sqrt" else f"math.pow({args})"
 
 
 def _same(a, b) -> bool:
@@ -135,42 +215,6 @@ def _sets(body):
             yield from _sets(s.orelse)
         elif isinstance(s, Set):
             yield s
-
-
-def _div(a, b, small):
-    if not (b[0] >= small or b[1] <= -small):
-        raise Unproved(f"a denominator may be 0 (or below {small:.3g})")
-    q = (a[0] / b[0], a[0] / b[1], a[1] / b[0], a[1] / b[1])
-    return min(q), max(q)
-
-
-def _mul(a, b, small):
-    q = (a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1])
-    return min(q), max(q)
-
-
-_BIN = {"+": lambda a, b, s: (a[0] + b[0], a[1] + b[1]),
-        "-": lambda a, b, s: (a[0] - b[1], a[1] - b[0]),
-        "*": _mul, "/": _div}
-
-
-def _scalar(e, values) -> float:
-    """A hyperparameter expression in double precision, as the update computes it."""
-    if isinstance(e, Num):
-        return e.value
-    if isinstance(e, Ref):
-        return float(values[e.name])
-    if isinstance(e, Bin):
-        a, b = _scalar(e.a, values), _scalar(e.b, values)
-        try:
-            return {"+": a + b, "-": a - b, "*": a * b}[e.op] if e.op != "/" else a / b
-        except ZeroDivisionError:
-            return math.inf
-    args = [_scalar(a, values) for a in e.args]
-    try:
-        return math.sqrt(args[0]) if e.fn == "sqrt" else math.pow(*args)
-    except (ValueError, OverflowError):
-        return math.inf
 
 
 _ANALYSES: dict = {}
