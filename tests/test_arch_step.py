@@ -21,6 +21,7 @@ from bngraph import optim
 from bngraph.optim.records import (ADAM_RECORD, RMSPROP_RECORD, SGD_RECORD, G, H, If, Let, OptimizerRecord, P,
                                    Set, Slot, local, maximum, slot, sqrt)
 from test_arch_tables import square_op  # noqa: F401  (the fixture registering the new op)
+from test_cuda_target import optimizer_kernel_against_numpy
 
 ROOT = Path(__file__).parent.parent
 
@@ -97,26 +98,9 @@ def record_kernel_against_numpy(dtype, device, compare):
     """Five steps of the same params, gradients and schedule through the record's CUDA kernel on
     ``device`` (an emulator) and through its rendered NumPy passes, with a parameter group;
     ``compare(kernel's buffer, NumPy's buffer, step)`` after each. Returns (kernel's, NumPy's) optimizer."""
-    from bngraph.flat import FlatLayout
-
     model = bg.compile(bg.mlp([4, 5, 3]), target="cuda", device=device, dtype=dtype)
-    layout = FlatLayout([(k, v.shape, dtype) for k, v in model.params.items()])
-    rng = np.random.default_rng(0)
-    P1, P2, G = layout.allocate(np), layout.allocate(np), layout.allocate(np)
-    for k in layout.names:
-        P1.views[k][...] = rng.standard_normal(layout.segments[k].shape)
-    P2.buffers[dtype][...] = P1.buffers[dtype]
     make = lambda: AdagradMax(lr=0.05, track_peak=True, groups=[{"params": "out.*", "weight_decay": 0.1}])  # noqa: E731
-    device_opt, host = make(), make()
-    device_opt.bind(layout, np, kernel=model.executable.optimizer_kernel(device_opt))
-    host.bind(layout, np)
-    for step in range(5):
-        G.buffers[dtype][...] = rng.standard_normal(G.buffers[dtype].shape)
-        device_opt.lr = host.lr = 0.05 / (1 + step)
-        device_opt.step_flat(P1, G)
-        host.step_flat(P2, G)
-        compare(P1.buffers[dtype], P2.buffers[dtype], step)
-    return device_opt, host
+    return optimizer_kernel_against_numpy(model, make, dtype, steps=5, lr0=0.05, compare=compare)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

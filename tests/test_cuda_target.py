@@ -302,31 +302,41 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_optimizer_kernels_equal_the_array_module_update_bit_for_bit(name, dtype):
-    """The same params, gradients and schedule through the CUDA kernels (emulated) and through
-    bngraph.optim's NumPy passes: identical bits, params and every slot, over 6 steps."""
+def optimizer_kernel_against_numpy(model, make, dtype, steps, lr0, compare):
+    """The same params, gradients and lr schedule (``lr0 / (1 + step)``: lr is data) through the CUDA
+    kernel ``model`` has for the optimizer ``make()`` and through its NumPy passes, with
+    ``compare(kernel's buffer, NumPy's buffer, step)`` after each step. Returns (kernel's, NumPy's)
+    optimizer."""
     from bngraph.flat import FlatLayout
 
-    model = emulated(bg.mlp([4, 5, 3]), dtype=dtype)
     layout = FlatLayout([(k, v.shape, dtype) for k, v in model.params.items()])
     rng = np.random.default_rng(0)
     P1, P2, G = layout.allocate(np), layout.allocate(np), layout.allocate(np)
     for k in layout.names:
         P1.views[k][...] = rng.standard_normal(layout.segments[k].shape)
     P2.buffers[dtype][...] = P1.buffers[dtype]
-    device, host = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    device, host = make(), make()
     kernel = model.executable.optimizer_kernel(device)
     assert kernel is not None
     device.bind(layout, np, kernel=kernel)
     host.bind(layout, np)
-    for step in range(6):
+    for step in range(steps):
         G.buffers[dtype][...] = rng.standard_normal(G.buffers[dtype].shape)
-        device.lr = host.lr = 1e-2 / (1 + step)  # a schedule: lr is data
+        device.lr = host.lr = lr0 / (1 + step)
         device.step_flat(P1, G)
         host.step_flat(P2, G)
-        np.testing.assert_array_equal(P1.buffers[dtype], P2.buffers[dtype], err_msg=f"step {step}")
+        compare(P1.buffers[dtype], P2.buffers[dtype], step)
+    return device, host
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_kernels_equal_the_array_module_update_bit_for_bit(name, dtype):
+    """The same params, gradients and schedule through the CUDA kernels (emulated) and through
+    bngraph.optim's NumPy passes: identical bits, params and every slot, over 6 steps."""
+    check = lambda a, b, step: np.testing.assert_array_equal(a, b, err_msg=f"step {step}")  # noqa: E731
+    device, host = optimizer_kernel_against_numpy(emulated(bg.mlp([4, 5, 3]), dtype=dtype), OPTIMIZERS[name], dtype,
+                                                  steps=6, lr0=1e-2, compare=check)
     a, b = device.state_dict(), host.state_dict()
     assert a["step"] == b["step"] == 6
     for p, slots in b["slots"].items():

@@ -364,3 +364,18 @@ def test_a_damaged_record_is_refused_clearly_and_a_foreign_one_ignored():
     assert got == per_epoch([BASE, BASE / 2], 3)
     with pytest.raises(ValueError, match="not a recorded bngraph schedule: 5"):
         S.from_config(5)
+
+
+def test_a_schedule_of_your_own_runs_and_one_without_lr_at_says_what_it_lacks():
+    class Halving(S.Schedule):
+        def lr_at(self, k, base_lr):
+            return base_lr * 0.5 ** k
+
+    class Empty(S.Schedule):
+        pass
+
+    got, _, _ = fit_lrs(Halving(), epochs=3)
+    np.testing.assert_allclose(got, per_epoch([BASE * 0.5 ** k for k in range(3)], 3), rtol=1e-12)
+    with pytest.raises(NotImplementedError, match=r"Empty must define lr_at\(k, base_lr\): the lr after k epochs or "
+                                                  r"steps \(per='epoch'\)"):
+        fit_lrs(Empty(), epochs=1)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .records import Bin, If, Num, OptimizerRecord, Ref, Set, is_scalar
+from .records import Bin, If, OptimizerRecord, Ref, Set, is_scalar, walk
+from .render_numpy import _var, scalar_text
 
 
 class Unproved(Exception):
@@ -75,7 +76,7 @@ class Bounds:
 
     def __init__(self, record: OptimizerRecord):
         self.record = record
-        self.targets = tuple(sorted({s.target for s in _sets(record.body)}))
+        self.targets = tuple(sorted({s.target for s in walk(record.body) if isinstance(s, Set)}))
         self.source = _Renderer(record, self.targets).source()
         scope = {"math": math, "Unproved": Unproved}
         exec(compile(self.source, f"<bngraph bounds of {record.name}>", "exec"), scope)
@@ -93,7 +94,7 @@ class Bounds:
                                f"(a quarter of {dname}'s largest)")
         try:
             out = self._bound(values, inputs, big, small, cast)
-        except (ZeroDivisionError, OverflowError, ValueError):
+        except (ZeroDivisionError, OverflowError, ValueError, TypeError):  # (TypeError: a complex root)
             raise Unproved("a constant of the update cannot be computed in double precision") from None
         return {k: v for k, v in out.items() if k in inputs}
 
@@ -145,7 +146,7 @@ class _Renderer:
         add, t = self.lines.append, None
         if is_scalar(e):
             t = self.temp()
-            add(f"{pad}{t} = {_scalar_text(e)}  # in double precision, as the update computes it")
+            add(f"{pad}{t} = {scalar_text(e, self.record.name)}  # as the update computes it (double precision)")
             add(f"{pad}if not abs({t}) <= big:")
             add(f'{pad}    raise Unproved(f"a constant of the update is {{{t}!r}}, too large for its dtype")')
             add(f"{pad}{t} = float(cast({t}))  # used in the params' dtype")
@@ -187,34 +188,9 @@ class _Renderer:
         return lo, hi
 
 
-def _var(name: str) -> str:
-    return name if name in ("p", "g") else f"s_{name}"
-
-
-def _scalar_text(e) -> str:
-    """A hyperparameter expression as Python text in double precision (``v``: the launch's values)."""
-    if isinstance(e, Num):
-        return repr(float(e.value))
-    if isinstance(e, Ref):
-        return f'float(v["{e.name}"])'
-    if isinstance(e, Bin):
-        return f"({_scalar_text(e.a)} {e.op} {_scalar_text(e.b)})"
-    args = ", ".join(_scalar_text(a) for a in e.args)
-    return f"math.sqrt({args})" if e.fn == "sqrt" else f"math.pow({args})"
-
-
 def _same(a, b) -> bool:
     """The same value: one array or local read twice (``d * d``)."""
     return a is b or (isinstance(a, Ref) and isinstance(b, Ref) and (a.name, a.kind) == (b.name, b.kind))
-
-
-def _sets(body):
-    for s in body:
-        if isinstance(s, If):
-            yield from _sets(s.then)
-            yield from _sets(s.orelse)
-        elif isinstance(s, Set):
-            yield s
 
 
 _ANALYSES: dict = {}

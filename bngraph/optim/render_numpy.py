@@ -39,11 +39,28 @@ def render(record) -> str:
     """The Python source of ``update(xp, p, g, s, D, T, v)`` for ``record``."""
     r = _Renderer(record)
     body = r.block(record.body, 1)
-    head = [f"def update(xp, p, g, s, D, T, v):",
+    head = ["def update(xp, p, g, s, D, T, v):",
             f'    """{record.name}: rendered from its record (bngraph.optim.records)."""']
     head += [f'    {_var(x.name)} = s.get("{x.name}")' for x in record.slots]
     head += [f"    {name} = {text}" for text, name in r.scalars.items()]
     return "\n".join(head + body) + "\n"
+
+
+def scalar_text(e, record_name: str = "record") -> str:
+    """A hyperparameter expression as Python over the launch's values ``v`` (double precision):
+    what the hand-written updates computed (``(1 - beta2 ** t) ** 0.5``: sqrt is ``** 0.5`` here, as
+    it was). The update's constants, and the bound that proves it (:mod:`bngraph.optim.bounds`)."""
+    if isinstance(e, Num):
+        return repr(e.value)
+    if isinstance(e, Ref):
+        return f'v["{e.name}"]'
+    if isinstance(e, Bin):
+        return f"({scalar_text(e.a, record_name)} {e.op} {scalar_text(e.b, record_name)})"
+    if e.fn == "sqrt":
+        return f"({scalar_text(e.args[0], record_name)} ** 0.5)"
+    if e.fn == "pow":
+        return f"({scalar_text(e.args[0], record_name)} ** {scalar_text(e.args[1], record_name)})"
+    raise RecordError(f"{record_name}: {e.fn} of scalars")
 
 
 def _var(name: str) -> str:
@@ -139,19 +156,7 @@ class _Renderer:
         return self.scalars.setdefault(text, f"c{len(self.scalars)}")
 
     def scalar(self, e) -> str:
-        """A hyperparameter expression as Python (double precision): what the hand-written
-        updates computed (``(1 - beta2 ** t) ** 0.5``: sqrt is ``** 0.5`` here, as it was)."""
-        if isinstance(e, Num):
-            return repr(e.value)
-        if isinstance(e, Ref):
-            return f'v["{e.name}"]'
-        if isinstance(e, Bin):
-            return f"({self.scalar(e.a)} {e.op} {self.scalar(e.b)})"
-        if e.fn == "sqrt":
-            return f"({self.scalar(e.args[0])} ** 0.5)"
-        if e.fn == "pow":
-            return f"({self.scalar(e.args[0])} ** {self.scalar(e.args[1])})"
-        raise RecordError(f"{self.record.name}: {e.fn} of scalars")
+        return scalar_text(e, self.record.name)
 
     def free(self, avoid: set) -> str:
         for x in reversed(SCRATCH):  # a statement's temporaries: T first

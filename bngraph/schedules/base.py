@@ -62,7 +62,8 @@ class Schedule:
 
     def lr_at(self, k: int, base_lr: float) -> float:
         """The lr after ``k`` calls of PyTorch's ``scheduler.step()``, from ``base_lr``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define lr_at(k, base_lr): the lr after k epochs "
+                                  f"or steps (per={self.per!r}) from the lr it started with")
 
     # ---- what a checkpoint records ------------------------------------------------------------
     def config(self) -> dict:
