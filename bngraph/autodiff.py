@@ -33,6 +33,16 @@ def require_loss(g):
     return node
 
 
+class _Types:
+    """value name -> its TensorType, over the growing value table of grad_graph."""
+
+    def __init__(self, values):
+        self._values = values
+
+    def __getitem__(self, name):
+        return self._values[name].type
+
+
 def grad_graph(g, seed: float = 1.0) -> FrozenGraph:
     """forward graph with a loss -> training program with ``grad.<param>`` outputs.
 
@@ -80,6 +90,8 @@ def grad_graph(g, seed: float = 1.0) -> FrozenGraph:
         new_nodes.append(Node.make(op, inputs, outs, attrs))
         return [o.name for o in outs]
 
+    # the rules that need a type (conv's kernel and input size) read it here: emit.types[name]
+    emit.types = _Types(values)
     cts: dict = {}  # value name -> cotangent value name
     renames: dict = {}
     current = [loss.name]

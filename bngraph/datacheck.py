@@ -39,18 +39,21 @@ def _nonfinite_message(orig, cast, row, dtype, what) -> str:
             f"its largest value is {np.finfo(dtype).max:.4g})")
 
 
-def check_x(X, n_features: int, where: str, input_name: str = "x", dtype=None) -> np.ndarray:
-    """A 2-D, real ``(batch, n_features)`` array, finite in ``dtype`` (when given, X is returned
-    cast to it), or a DataError naming the bad row."""
+def check_x(X, n_features, where: str, input_name: str = "x", dtype=None) -> np.ndarray:
+    """A real ``(batch, n_features)`` array (``n_features`` an int), or ``(batch, *n_features)``
+    for a spatial input (``n_features`` its shape per example, (C, L) or (C, H, W)), finite in
+    ``dtype`` (when given, X is returned cast to it), or a DataError naming the bad row."""
     X = np.asarray(X)
-    if X.ndim == 1 and n_features == X.shape[0]:
-        raise DataError(f"{where}: X must be 2-D (batch, {n_features}); got one example of shape "
-                        f"{X.shape} (use X[None, :] for a batch of one)")
-    if X.ndim != 2:
-        raise DataError(f"{where}: X expected shape (batch, {n_features}), got {X.shape}")
-    if X.shape[1] != n_features:
-        raise DataError(f"{where}: X expected shape (batch, {n_features}) for input %{input_name}, "
-                        f"got {X.shape} ({X.shape[1]} features)")
+    shape = (n_features,) if isinstance(n_features, numbers.Integral) else tuple(n_features)
+    want = ", ".join(str(d) for d in ("batch", *shape))
+    if X.ndim == len(shape) and X.shape == shape:
+        raise DataError(f"{where}: X must be {len(shape) + 1}-D ({want}); got one example of shape "
+                        f"{X.shape} (use X[None] for a batch of one)")
+    if X.ndim != len(shape) + 1:
+        raise DataError(f"{where}: X expected shape ({want}), got {X.shape}")
+    if X.shape[1:] != shape:
+        got = f"{X.shape[1]} features" if len(shape) == 1 else f"examples of shape {X.shape[1:]}"
+        raise DataError(f"{where}: X expected shape ({want}) for input %{input_name}, got {X.shape} ({got})")
     if X.shape[0] == 0:
         raise DataError(f"{where}: X is empty")
     return _real_and_finite(X, dtype, where, "X")

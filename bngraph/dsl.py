@@ -16,6 +16,7 @@ from typing import Sequence
 
 from .graph import FrozenGraph, GraphBase, check_header
 from .ir import BATCH, NAME_PATTERN, IRError, Node, TensorType, Value
+from .dsl_spatial import SpatialBuilder, input_shape
 from .ops import ACTIVATIONS, LOSS_OPS, get_op
 
 _NAME_RE = re.compile(NAME_PATTERN)  # parse(str(g)) == g needs names the parser can read
@@ -27,7 +28,7 @@ def check_name(name) -> str:
     return name
 
 
-class Graph(GraphBase):
+class Graph(SpatialBuilder, GraphBase):
     """A computation graph under construction: the builder methods (``g.matmul(...)`` etc.) append
     checked nodes. ``build()`` returns the immutable :class:`~bngraph.graph.FrozenGraph`."""
 
@@ -82,11 +83,15 @@ class Graph(GraphBase):
         return found
 
     # ---- graph inputs, params, state -----------------------------------------------------------
-    def input(self, name: str, features: int) -> Value:
-        """A float input fed per mini-batch, ``features`` per example (stored as (features, m))."""
+    def input(self, name: str, features) -> Value:
+        """A float input fed per mini-batch: ``features`` per example (stored as (features, m)), or
+        a spatial shape (channels, length) / (channels, height, width) (data (N, C, ...), stored
+        as (C, m, ...))."""
         name = self._claim(name, "x")
-        _positive(name, "features", features)
-        v = Value(name, TensorType(self.dtype, (int(features), BATCH)), "input")
+        if isinstance(features, numbers.Integral) or isinstance(features, bool):
+            _positive(name, "features", features)
+        dims = input_shape(name, features)
+        v = Value(name, TensorType(self.dtype, (dims[0], BATCH, *dims[1:])), "input")
         self.inputs.append(v)
         return v
 
@@ -149,18 +154,20 @@ class Graph(GraphBase):
         """``x + b[:, None]`` with a new param ``<name>.b``, one bias per unit of ``x``."""
         name = self._claim(name, get_op("bias_add").prefix, (".b", ""))
         xv = self._ref(x, name)
-        if xv.type.rank != 2:
-            raise IRError(f"{name}: bias_add expects a (features, {BATCH}) input, got {xv.type}")
+        if xv.type.rank < 2 or xv.type.shape[1] != BATCH:
+            raise IRError(f"{name}: bias_add expects a (features, {BATCH}) or (channels, {BATCH}, ...) input, got {xv.type}")
         b = self.param(f"{name}.b", (xv.type.shape[0],))
         return self.add_node("bias_add", [xv, b], {}, [name]).out
 
     def batchnorm(self, x, name: str | None = None, eps: float = 1e-5, momentum: float = 0.1) -> Value:
-        """Batch norm over the mini-batch, per unit. ``momentum`` is PyTorch's: the weight of the
+        """Batch norm over the mini-batch, per unit; on a spatial value (C, m, d...) per channel over
+        the batch and the positions (PyTorch's BatchNorm1d on (N, C, L), BatchNorm2d). ``momentum`` is PyTorch's: the weight of the
         *new* batch in ``running = (1 - momentum)*running + momentum*batch_stat``."""
         name = self._claim(name, get_op("batchnorm").prefix, (".gamma", ".beta", ".running_mean", ".running_var", ".mean", ".var", ""))
         xv = self._ref(x, name)
-        if xv.type.rank != 2 or xv.type.shape[1] != BATCH:
-            raise IRError(f"{name}: batchnorm expects a (features, {BATCH}) input, got %{xv.name}: {xv.type}")
+        if xv.type.rank < 2 or xv.type.shape[1] != BATCH:
+            raise IRError(f"{name}: batchnorm expects a (features, {BATCH}) or (channels, {BATCH}, ...) input, "
+                          f"got %{xv.name}: {xv.type}")
         attrs = get_op("batchnorm").normalize_attrs(name, {"eps": eps, "momentum": momentum, "mode": "train"})
         n = xv.type.shape[0]  # attrs are checked before any param is added: a failed call leaves g unchanged
         gamma, beta = self.param(f"{name}.gamma", (n,)), self.param(f"{name}.beta", (n,))

@@ -1,8 +1,8 @@
 """Initial values for a graph's params and state, seeded (same seed, same values).
 
 Roles come from how a value is used, as each op's ``init_roles`` says (``bngraph.ops``): a
-``weight`` (matmul's first operand) gets PyTorch's ``nn.Linear`` default, uniform in
-+-1/sqrt(fan_in); a ``bias`` the same bound with the fan-in of the weight that produced its node's
+``weight`` (matmul's or conv's first operand) gets PyTorch's ``nn.Linear`` / ``nn.Conv2d`` default,
+uniform in +-1/sqrt(fan_in) (a conv's fan-in: in_channels/groups times the kernel's size); a ``bias`` the same bound with the fan-in of the weight that produced its node's
 input (the matmul before a bias_add); ``ones`` and ``zeros`` are batch norm's gamma = 1, beta = 0,
 running_mean = 0, running_var = 1 (PyTorch's defaults). A value no op gives a role is a weight
 when it is 2-D, else zeros.
@@ -43,6 +43,12 @@ def value_roles(g) -> dict:
     return role
 
 
+def _fan_in(shape) -> int:
+    """The inputs each output of a weight sums over: (out, in) -> in; a conv's (out, in/groups, k...)
+    -> in/groups * k1*...; 0 for a vector."""
+    return int(np.prod(shape[1:])) if len(shape) >= 2 else 0
+
+
 def init_values(g, seed: int = 0) -> dict:
     """Initial values of ``g``'s params and state, ``{name: array}``, as ``bg.compile`` draws them:
     weights and biases as PyTorch's ``nn.Linear`` (uniform in +-1/sqrt(fan_in)), gamma 1, beta 0,
@@ -61,10 +67,10 @@ def init_values(g, seed: int = 0) -> dict:
             a = np.zeros(shape)
         else:
             if kind == "weight":
-                fan_in = shape[1] if len(shape) == 2 else 1
+                fan_in = _fan_in(shape) or 1
             else:
                 ws = next((p.type.shape for p in g.params if p.name == ref), None)
-                fan_in = ws[1] if ws is not None and len(ws) == 2 else shape[0]
+                fan_in = (_fan_in(ws) if ws is not None else 0) or shape[0]
             bound = 1 / np.sqrt(fan_in)
             a = rng.uniform(-bound, bound, size=shape)
         values[v.name] = a.astype(dtype)

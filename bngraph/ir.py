@@ -33,6 +33,15 @@ class IRError(ValueError):
     """A malformed graph or a bad DSL call. The message names the node and expected vs got."""
 
 
+class Ints(tuple):
+    """The type of an attribute holding a tuple of non-negative ints (a kernel, strides, pads).
+    The IR text spells it with ``x`` between the numbers, ``3x3`` or ``1x1x0x0``; one number is a
+    tuple of one (``stride=2`` for a 1-D convolution)."""
+
+    def __new__(cls, values=()):
+        return super().__new__(cls, values)
+
+
 def ir_dtype(dtype) -> str:
     """Accept 'f32', 'float32', np.float32, np.dtype('float32') and return the IR spelling."""
     if isinstance(dtype, str) and dtype in DTYPES:

@@ -197,7 +197,8 @@ class Model:
         self._ignore_index = loss_options(loss.attr)[1] if OPS[loss.op].class_labels else None
         self._x_input = features[0]
         self._y_input = vals[loss.inputs[1]]
-        self.n_features = self._x_input.type.shape[0]
+        xs = self._x_input.type.shape  # (features, m), or a spatial (C, m, d...)
+        self.n_features = xs[0] if len(xs) == 2 else (xs[0], *xs[2:])  # per example: an int, or (C, d...)
         self.n_outputs = vals[loss.inputs[0]].type.shape[0]
         self.classes = self._y_input.classes
         self.inputs = ModelInputs(self._x_input.name, self._y_input.name, self.n_features, self.n_outputs,

@@ -17,7 +17,7 @@ class ModelInputs:
 
     x: str                        # the feature input's name
     y: str                        # the labels' (or targets') input's name
-    n_features: int
+    n_features: int | tuple       # features per example, or a spatial input's (C, L) / (C, H, W)
     n_outputs: int
     classes: int | None           # None for mse / sigmoid_bce
     dtype: np.dtype
@@ -36,7 +36,8 @@ class ModelInputs:
 
     def layout_feeds(self, X, y) -> dict:
         """input name -> (host array in the compiler's (features, m) layout, its dtype)."""
-        feeds = {self.x: (X.T, self.dtype)}
+        # (m, features) -> (features, m); a spatial (m, C, d...) -> (C, m, d...): one transpose
+        feeds = {self.x: (X.T if X.ndim == 2 else np.swapaxes(X, 0, 1), self.dtype)}
         if y is not None:
             feeds[self.y] = (y, np.int64) if self.classes is not None else (y.T, self.dtype)
         return feeds

@@ -50,7 +50,7 @@ import numpy as np
 
 # the activation table lives in its own module; ops re-exports it (bngraph.ops.ACTIVATIONS)
 from .activations import ACTIVATIONS, act_derivative, act_fn, sigmoid as _sigmoid
-from .ir import BATCH, DTYPES, FLOAT_DTYPES, IRError, TensorType
+from .ir import BATCH, DTYPES, FLOAT_DTYPES, Ints, IRError, TensorType
 
 # --------------------------------------------------------------------------------------------
 # The OpDef record and the registry
@@ -106,6 +106,15 @@ class OpDef:
             if not isinstance(v, str):
                 raise bad
             return v
+        if typ is Ints:  # a tuple of naturals (an int is a tuple of one)
+            items = (v,) if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) else v
+            if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+                raise IRError(f"{where}: attribute {k} of {self.name} must be a tuple of ints >= 0, got {v!r}")
+            items = tuple(items)
+            if not items or not all(isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 0
+                                    for d in items):
+                raise IRError(f"{where}: attribute {k} of {self.name} must be a tuple of ints >= 0, got {v!r}")
+            return Ints(int(d) for d in items)
         if typ in (int, float):
             if isinstance(v, (bool, np.bool_, str)) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise bad
@@ -209,6 +218,21 @@ def _expect_activation(where, what, t: TensorType):
         raise IRError(f"{where}: {what} expected a (features, {BATCH}) activation, got {t}")
 
 
+def _expect_units(where, what, t: TensorType):
+    """(features, m) activations or a spatial (channels, m, d1[, d2]) value: the ops that act per
+    unit (per channel) over the batch and the positions (batch norm, bias, their gradients)."""
+    _expect_float(where, what, t)
+    if t.rank < 2 or t.rank > 4 or t.shape[1] != BATCH or BATCH in t.shape[2:]:
+        raise IRError(f"{where}: {what} expected a (features, {BATCH}) activation or a (channels, {BATCH}, length) / "
+                      f"(channels, {BATCH}, height, width) value, got {t}")
+
+
+def unit_rows(x):
+    """An array of a (units, m, d...) value as its (units, m*d1*...) view: each unit's (channel's)
+    batch and positions as one row. A view for the contiguous arrays the targets make."""
+    return x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+
+
 def _per_unit(where, what, t: TensorType, n):
     _expect_float(where, what, t)
     _expect_shape(where, what, t, (n,))
@@ -278,19 +302,24 @@ register(OpDef(
 def _bias_add_infer(where, types, attrs):
     _expect_arity(where, "bias_add", types, 2)
     z, b = types
-    _expect_activation(where, "bias_add input", z)
+    _expect_units(where, "bias_add input", z)
     _expect_same_dtype(where, types)
     _per_unit(where, "bias", b, z.shape[0])
     return (z,)
 
 
 register(OpDef(
-    "bias_add", "y = z + b[:, None]  (one bias per unit)",
+    "bias_add", "y = z + b[:, None]  (one bias per unit; per channel on a spatial value)",
     _bias_add_infer,
-    lambda ins, attrs: (ins[0] + ins[1][:, None],),
+    lambda ins, attrs: (ins[0] + _per_row(ins[1], ins[0]),),
     lambda emit, node, cts: [cts[0], emit("sum_batch", [cts[0]], {})[0]],
     init_roles={1: "bias"}, name_prefix="bias",
 ))
+
+
+def _per_row(v, x):
+    """A per-unit vector shaped to broadcast against x: (n, 1) or (n, 1, 1, ...)."""
+    return v.reshape(-1, *(1,) * (x.ndim - 1))
 
 
 def _bias_add_act_grad(emit, node, cts):
@@ -308,7 +337,7 @@ ACT_ATTRS = {"act": (str, None), "negative_slope": (float, 0.0)}
 register(OpDef(
     "bias_add_act", "a = g(z + b[:, None])  (bias and activation in one pass)",
     _bias_add_infer,
-    lambda ins, attrs: (act_fn(attrs)(ins[0] + ins[1][:, None]),),
+    lambda ins, attrs: (act_fn(attrs)(ins[0] + _per_row(ins[1], ins[0])),),
     _bias_add_act_grad, attrs=dict(ACT_ATTRS), init_roles={1: "bias"}, name_prefix="bias",
 ))
 
@@ -362,7 +391,7 @@ def _bn_infer(opname):
     def infer(where, types, attrs):
         _expect_arity(where, opname, types, 5)
         z, gamma, beta, rm, rv = types
-        _expect_activation(where, f"{opname} input", z)
+        _expect_units(where, f"{opname} input", z)
         _expect_same_dtype(where, types)
         n = z.shape[0]
         for what, t in (("gamma", gamma), ("beta", beta), ("running_mean", rm), ("running_var", rv)):
@@ -375,7 +404,9 @@ def _bn_infer(opname):
 
 
 def bn_statistics(z, rm, rv, attrs):
-    """(mean, var) used to normalize: the batch's own in training, the running ones in eval."""
+    """(mean, var) used to normalize: the batch's own in training, the running ones in eval
+    (per unit over the batch, per channel over the batch and the positions)."""
+    z = unit_rows(z)
     if attrs["mode"] == "train":
         mu = z.mean(axis=1)
         var = ((z - mu[:, None]) ** 2).mean(axis=1)
@@ -393,8 +424,8 @@ def _bn_ref(ins, attrs):
     # The textbook form: normalize, then scale and shift (three passes over z).
     z, gamma, beta, rm, rv = ins
     mu, var = bn_statistics(z, rm, rv, attrs)
-    z_hat = (z - mu[:, None]) / np.sqrt(var[:, None] + attrs["eps"])
-    y = gamma[:, None] * z_hat + beta[:, None]
+    z_hat = (z - _per_row(mu, z)) / np.sqrt(_per_row(var, z) + attrs["eps"])
+    y = _per_row(gamma, z) * z_hat + _per_row(beta, z)
     return (y, mu, var) if attrs["mode"] == "train" else (y,)
 
 
@@ -403,7 +434,7 @@ def _bn_act_ref(ins, attrs):
     z, gamma, beta, rm, rv = ins
     mu, var = bn_statistics(z, rm, rv, attrs)
     s, t = bn_scale_shift(gamma, beta, mu, var, attrs["eps"])
-    a = act_fn(attrs)(z * s[:, None] + t[:, None])
+    a = act_fn(attrs)(z * _per_row(s, z) + _per_row(t, z))
     return (a, mu, var) if attrs["mode"] == "train" else (a,)
 
 
@@ -450,7 +481,7 @@ register(OpDef(
 def _running_update_infer(where, types, attrs):
     _expect_arity(where, "running_update", types, 5)
     rm, rv, mu, var, z = types
-    _expect_activation(where, "running_update batch input", z)
+    _expect_units(where, "running_update batch input", z)
     for what, t in (("running_mean", rm), ("running_var", rv), ("batch mean", mu), ("batch var", var)):
         _per_unit(where, what, t, z.shape[0])
     return (rm, rv)
@@ -458,7 +489,7 @@ def _running_update_infer(where, types, attrs):
 
 def _running_update_ref(ins, attrs):
     rm, rv, mu, var, z = ins
-    m = z.shape[1]
+    m = z.size // z.shape[0]  # the count each statistic is over: the batch (times the positions)
     mom = attrs["momentum"]
     unbiased = var * (m / (m - 1)) if m > 1 else np.full_like(var, np.nan)
     return ((1 - mom) * rm + mom * mu, (1 - mom) * rv + mom * unbiased)
@@ -466,7 +497,8 @@ def _running_update_ref(ins, attrs):
 
 register(OpDef(
     "running_update",
-    "running = (1 - momentum)*running + momentum*batch_stat; the variance uses the unbiased var*m/(m-1)",
+    "running = (1 - momentum)*running + momentum*batch_stat; the variance uses the unbiased var*n/(n-1), "
+    "n = m (times the positions on a spatial value)",
     _running_update_infer, _running_update_ref, None, attrs={"momentum": (float, 0.1)}, kind="state",
     nonnegative_inputs=(1,), state_updates={0: 0, 1: 1},  # (rm, rv) -> (rm.next, rv.next)
 ))
@@ -698,12 +730,12 @@ def _same_as_input(index, arity, opname):
 
 def _sum_batch_infer(where, types, attrs):
     _expect_arity(where, "sum_batch", types, 1)
-    _expect_activation(where, "sum_batch input", types[0])
+    _expect_units(where, "sum_batch input", types[0])
     return (TensorType(types[0].dtype, (types[0].shape[0],)),)
 
 
-register(OpDef("sum_batch", "s = sum(x, axis=batch)", _sum_batch_infer,
-               lambda ins, attrs: (ins[0].sum(axis=1),), kind="backward"))
+register(OpDef("sum_batch", "s = sum(x, axis=batch)  (and over the positions of a spatial value)", _sum_batch_infer,
+               lambda ins, attrs: (unit_rows(ins[0]).sum(axis=1),), kind="backward"))
 
 # ---- elementwise arithmetic on values of one shape (no broadcasting: the importer flattens) ----
 
@@ -765,8 +797,11 @@ def _bn_grad_infer(opname, arity):
 def bn_backward(dy, z, gamma, mu, var, eps, mode):
     """The compact formula (docs/ir.md, from the project's math notes): dz = (gamma*inv_std/m) * (m*dy - dbeta - z_hat*dgamma).
 
-    In eval mode the statistics are constants: dz = dy * gamma * inv_std.
+    In eval mode the statistics are constants: dz = dy * gamma * inv_std. A spatial value is
+    computed on its (channels, m*d1*...) view.
     """
+    shape = dy.shape
+    dy, z = unit_rows(dy), unit_rows(z)
     inv_std = 1 / np.sqrt(var + eps)
     z_hat = (z - mu[:, None]) * inv_std[:, None]
     dbeta = dy.sum(axis=1)
@@ -776,7 +811,7 @@ def bn_backward(dy, z, gamma, mu, var, eps, mode):
         dz = (gamma * inv_std / m)[:, None] * (m * dy - dbeta[:, None] - z_hat * dgamma[:, None])
     else:
         dz = dy * (gamma * inv_std)[:, None]
-    return dz, dgamma, dbeta
+    return dz.reshape(shape), dgamma, dbeta
 
 
 register(OpDef(
@@ -923,3 +958,7 @@ def needs_batch_statistics(graph) -> bool:
     """True when some node of ``graph`` normalizes with batch statistics: training it needs at least
     two examples per batch (one example has zero variance)."""
     return any(uses_batch_statistics(n) for n in graph.nodes)
+
+
+# the spatial ops (conv, pooling, flatten) register themselves into OPS; bngraph.ops_spatial
+from . import ops_spatial  # noqa: E402,F401

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from .graph import FrozenGraph
-from .ir import BATCH, DTYPES, NAME_PATTERN, IRError, Node, TensorType, Value
+from .ir import BATCH, DTYPES, NAME_PATTERN, Ints, IRError, Node, TensorType, Value
 from .ops import OpDef, get_op
 
 # The terminals of docs/ir.md, as regular expressions (ASCII only).
@@ -23,6 +23,7 @@ NAME = re.compile(NAME_PATTERN)  # value names, graph names and output keys: [A-
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # OP, KEY (attribute names), WORD (attribute values)
 NAT = re.compile(r"0|[1-9][0-9]*")  # dimensions and classes: no sign, no leading zero
 INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+INTS = re.compile(r"(?:0|[1-9][0-9]*)(?:x(?:0|[1-9][0-9]*))*")  # an Ints attribute: 3x3, 1x1x0x0, 2
 FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+(?:[eE][+-]?[0-9]+)?|[eE][+-]?[0-9]+)")  # JSON's numbers
 
 # A token is a value reference (% and the characters after it), one punctuation character, or an
@@ -87,7 +88,7 @@ def _what(tok: _Token) -> str:
 # --------------------------------------------------------------------------------------------
 
 _SPELLING = {bool: "true or false", int: "an INT (such as 3 or -1)", float: "a FLOAT or an INT (such as 1e-05, 0.1 or 1)",
-             str: "a WORD ([A-Za-z_][A-Za-z0-9_]*)"}
+             str: "a WORD ([A-Za-z_][A-Za-z0-9_]*)", Ints: "INTS: naturals joined by 'x' (such as 3x3, 1x1x0x0 or 2)"}
 
 
 def _spelled_as(text: str) -> str:
@@ -95,6 +96,8 @@ def _spelled_as(text: str) -> str:
         return "a boolean"
     if INT.fullmatch(text):
         return "an INT"
+    if INTS.fullmatch(text):
+        return "INTS"
     if FLOAT.fullmatch(text):
         return "a FLOAT"
     if IDENT.fullmatch(text):
@@ -119,12 +122,14 @@ def _attr_value(op: OpDef, key: str, text: str, where: str):
                          f"cannot spell (bool, int, float or str; docs/ir.md)")
     kind = _spelled_as(text)
     ok = {bool: kind == "a boolean", int: kind == "an INT", float: kind in ("an INT", "a FLOAT"),
-          str: kind == "a WORD"}[typ]
+          str: kind == "a WORD", Ints: kind == "INTS" or (kind == "an INT" and not text.startswith("-"))}[typ]
     if not ok:
         raise ParseError(f"{where}: attribute {key} of {op.name} must be {typ.__name__}, got {text!r} ({kind}); "
                          f"expected {_SPELLING[typ]}")
     if typ is bool:
         return text == "true"
+    if typ is Ints:
+        return Ints(int(d) for d in text.split("x"))
     if typ is float:
         value = float(text)
         if not math.isfinite(value):  # 1e999: the grammar has no inf

@@ -12,6 +12,8 @@ def format_attr_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return repr(v)
+    if isinstance(v, tuple):  # an Ints attribute: 3x3, 1x1x0x0
+        return "x".join(str(int(d)) for d in v)
     return str(v)
 
 
