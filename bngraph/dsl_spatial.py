@@ -124,7 +124,7 @@ class SpatialBuilder:
 def input_shape(name: str, shape) -> tuple:
     """``g.input``'s ``features``: an int (a flat input) or (channels, length) / (channels, h, w)."""
     if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        return (shape,)
+        return (int(shape),)
     try:
         dims = tuple(shape)
     except TypeError:

@@ -176,8 +176,9 @@ def _pool_out(where, opname, x, attrs) -> tuple:
     _expect_len(where, "kernel", attrs["kernel"], k)
     dilation = attrs.get("dilation", Ints((1,) * k))
     _expect_len(where, "dilation", dilation, k)
-    for i in range(k):  # PyTorch's rule: padding at most half the kernel (a window of padding only is refused)
-        if max(attrs["pads"][i], attrs["pads"][k + i]) * 2 > attrs["kernel"][i] if len(attrs["pads"]) == 2 * k else False:
+    _expect_len(where, "pads", attrs["pads"], 2 * k)
+    for i in range(k):  # PyTorch's rule: padding at most half the kernel (so no window is padding only)
+        if max(attrs["pads"][i], attrs["pads"][k + i]) * 2 > attrs["kernel"][i]:
             raise IRError(f"{where}: {opname} padding {'x'.join(map(str, attrs['pads']))} must be at most half the "
                           f"kernel {'x'.join(map(str, attrs['kernel']))}")
     return _window_out(where, opname, x.shape[2:], attrs["kernel"], attrs, dilation, attrs["ceil_mode"])

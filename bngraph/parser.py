@@ -97,7 +97,7 @@ def _spelled_as(text: str) -> str:
     if INT.fullmatch(text):
         return "an INT"
     if INTS.fullmatch(text):
-        return "INTS"
+        return "INTS, a tuple of naturals"
     if FLOAT.fullmatch(text):
         return "a FLOAT"
     if IDENT.fullmatch(text):
@@ -122,7 +122,7 @@ def _attr_value(op: OpDef, key: str, text: str, where: str):
                          f"cannot spell (bool, int, float or str; docs/ir.md)")
     kind = _spelled_as(text)
     ok = {bool: kind == "a boolean", int: kind == "an INT", float: kind in ("an INT", "a FLOAT"),
-          str: kind == "a WORD", Ints: kind == "INTS" or (kind == "an INT" and not text.startswith("-"))}[typ]
+          str: kind == "a WORD", Ints: kind.startswith("INTS") or (kind == "an INT" and not text.startswith("-"))}[typ]
     if not ok:
         raise ParseError(f"{where}: attribute {key} of {op.name} must be {typ.__name__}, got {text!r} ({kind}); "
                          f"expected {_SPELLING[typ]}")

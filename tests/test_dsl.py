@@ -257,7 +257,7 @@ def g():
     (lambda g: g.batchnorm("fc1", name="bn1", momentum=1.5),
      r"bn1: momentum \(the weight of the new batch, as in PyTorch\) must lie in \[0, 1\], got 1.5"),
     (lambda g: g.batchnorm("fc1", name="bn1", momentum=-0.1), r"bn1: momentum .* must lie in \[0, 1\], got -0.1"),
-    (lambda g: g.batchnorm("y", name="bn1"), r"bn1: batchnorm expects a \(features, m\) input, got %y: i64\[m\]"),
+    (lambda g: g.batchnorm("y", name="bn1"), r"bn1: batchnorm expects a \(features, m\) or \(channels, m, ...\) input, got %y: i64\[m\]"),
     # losses on the wrong kind of input
     (lambda g: g.softmax_cross_entropy("fc1", "t8"),
      r"loss: softmax_cross_entropy expects integer class labels made with g.labels\(...\), got %t8: f32\[8,m\]"),

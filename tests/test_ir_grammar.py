@@ -15,6 +15,7 @@ import pytest
 
 import bngraph as bg
 from bngraph import parser
+from bngraph.ir import Ints
 from bngraph.ops import OPS, OpDef
 from bngraph.parser import ParseError
 from bngraph.printer import format_attr_value
@@ -223,7 +224,8 @@ def test_names_may_be_keywords_behind_the_percent_sign():
 # --------------------------------------------------------------------------------------------
 
 SAMPLES = {bool: [True, False], int: [0, 3, -1, 10**12], str: ["train", "relu", "f32", "_x1"],
-           float: [0.1, 1e-05, 1.0, 0.0, -2.5, 1e16, 1.5e-300, 5e-324, 123456789.125]}
+           float: [0.1, 1e-05, 1.0, 0.0, -2.5, 1e16, 1.5e-300, 5e-324, 123456789.125],
+           Ints: [Ints((3, 3)), Ints((2,)), Ints((1, 0, 0, 12)), Ints((0,))]}
 
 
 def test_every_attribute_type_in_the_op_table_can_be_spelled():
@@ -247,6 +249,7 @@ def _op_with(typ) -> OpDef:
     (float, "3", 3.0), (float, "-1e-05", -1e-05), (float, "1E+2", 100.0), (float, "0.5e1", 5.0),
     (bool, "true", True), (bool, "false", False),
     (str, "mean", "mean"), (str, "none", "none"), (str, "_a1", "_a1"),
+    (Ints, "3x3", (3, 3)), (Ints, "2", (2,)), (Ints, "1x0x0x12", (1, 0, 0, 12)),
 ])
 def test_attribute_values_that_fit_their_type(typ, text, value):
     got = parser._attr_value(_op_with(typ), "k", text, "w")
@@ -257,7 +260,8 @@ def test_attribute_values_that_fit_their_type(typ, text, value):
     (int, "3.0", "a FLOAT"), (int, "1e3", "a FLOAT"), (int, "true", "a boolean"), (int, "07", "not a number"),
     (int, "+3", "not a number"), (int, "1_000", "not a number"),
     (float, "inf", "a WORD"), (float, "nan", "a WORD"), (float, ".5", "not a number"), (float, "5.", "not a number"),
-    (float, "1_000", "not a number"), (float, "0x10", "not a number"), (float, "true", "a boolean"),
+    (float, "1_000", "not a number"), (float, "0x10", "INTS, a tuple of naturals"), (Ints, "3X3", "not a number"), (Ints, "-1", "an INT"), (Ints, "3x", "not a number"),
+    (Ints, "1.5", "a FLOAT"), (Ints, "03x3", "not a number"), (Ints, "x3", "a WORD"), (float, "true", "a boolean"),
     (bool, "1", "an INT"), (bool, "True", "a WORD"), (bool, "yes", "a WORD"),
     (str, "3", "an INT"), (str, "true", "a boolean"), (str, "a.b", "not an INT, FLOAT or WORD"),
     (str, "a-b", "not an INT, FLOAT or WORD"),

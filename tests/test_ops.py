@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import bngraph as bg
-from bngraph.ir import BATCH, Node, TensorType, Value
+from bngraph.ir import BATCH, Ints, Node, TensorType, Value
 from bngraph.ops import ACTIVATIONS, OPS, get_op
 
 
@@ -101,9 +101,58 @@ def _cases() -> list:
     c.append(Case("mse_grad", [("x", (N, BATCH)), ("x", (N, BATCH)), ("x", ())]))
     c.append(Case("sigmoid_bce_grad", [("x", (N, BATCH)), ("prob", (N, BATCH)), ("x", ())]))
     c += [Case("fill", [], dict(value=2.5, dtype=dt)) for dt in ("f32", "f64")]
+    c += _spatial_cases()
     # a loss and its gradient as one node (bngraph.passes.fuse_loss_grad): the gradient's inputs
     c += [Case(f"{case.op[:-len('_grad')]}_and_grad", case.inputs, case.attrs) for case in list(c)
           if case.op in ("softmax_cross_entropy_grad", "nll_grad", "mse_grad", "sigmoid_bce_grad")]
+    return c
+
+
+def _conv(stride, pads, dilation, groups=1):
+    return dict(stride=stride, pads=pads, dilation=dilation, groups=groups)
+
+
+def _spatial_cases() -> list:
+    """Convolution (1-D, 2-D; stride, asymmetric pads, dilation, groups, depthwise), pooling,
+    flatten, and the per-unit ops on spatial values (C, m, d...)."""
+    c = [Case("conv", [("x", (N, K, 3)), ("x", (K, BATCH, 7))], _conv((1,), (1, 1), (1,))),
+         Case("conv", [("x", (N, K, 2)), ("x", (K, BATCH, 8))], _conv((2,), (0, 2), (2,))),
+         Case("conv", [("x", (N, K, 3, 2)), ("x", (K, BATCH, 5, 4))], _conv((2, 1), (1, 0, 0, 1), (1, 1))),
+         Case("conv", [("x", (N, 2, 2, 2)), ("x", (N, BATCH, 4, 5))], _conv((1, 1), (1, 1, 1, 1), (2, 1), groups=2)),
+         Case("conv", [("x", (N, 1, 3, 3)), ("x", (N, BATCH, 5, 5))], _conv((2, 2), (1, 1, 1, 1), (1, 1), groups=N)),
+         Case("conv_grad_input", [("x", (N, K, 3)), ("x", (N, BATCH, 4))], dict(_conv((2,), (1, 1), (1,)), in_size=(7,))),
+         Case("conv_grad_input", [("x", (N, 1, 3, 3)), ("x", (N, BATCH, 3, 3))],
+              dict(_conv((2, 2), (1, 1, 1, 1), (1, 1), groups=N), in_size=(5, 5))),
+         Case("conv_grad_weight", [("x", (N, BATCH, 4)), ("x", (K, BATCH, 7))], dict(_conv((2,), (1, 1), (1,)), kernel=(3,))),
+         Case("conv_grad_weight", [("x", (N, BATCH, 4, 6)), ("x", (N, BATCH, 4, 5))],
+              dict(_conv((1, 1), (1, 1, 1, 1), (2, 1), groups=2), kernel=(2, 2)))]
+    mp1 = dict(kernel=(3,), stride=(2,), pads=(1, 1), dilation=(1,), ceil_mode=True)
+    mp2 = dict(kernel=(2, 2), stride=(2, 2), pads=(0, 0, 0, 0), dilation=(1, 1))
+    mp3 = dict(kernel=(2, 3), stride=(1, 2), pads=(1, 1, 1, 1), dilation=(2, 1), ceil_mode=True)
+    c += [Case("maxpool", [("x", (K, BATCH, 7))], mp1), Case("maxpool", [("x", (K, BATCH, 5, 4))], mp2),
+          Case("maxpool", [("x", (K, BATCH, 5, 6))], mp3),
+          Case("maxpool_grad", [("x", (K, BATCH, 4)), ("x", (K, BATCH, 7)), ("x", (K, BATCH, 4))], mp1),
+          Case("maxpool_grad", [("x", (K, BATCH, 2, 2)), ("x", (K, BATCH, 5, 4)), ("x", (K, BATCH, 2, 2))], mp2)]
+    for cip in (False, True):
+        ap1 = dict(kernel=(3,), stride=(2,), pads=(1, 1), ceil_mode=True, count_include_pad=cip)
+        ap2 = dict(kernel=(3, 2), stride=(2, 1), pads=(1, 1, 1, 1), count_include_pad=cip)
+        c += [Case("avgpool", [("x", (K, BATCH, 8))], ap1), Case("avgpool", [("x", (K, BATCH, 5, 4))], ap2),
+              Case("avgpool_grad", [("x", (K, BATCH, 5))], dict(ap1, in_size=(8,))),
+              Case("avgpool_grad", [("x", (K, BATCH, 3, 5))], dict(ap2, in_size=(5, 4)))]
+    c += [Case("global_avgpool", [("x", (K, BATCH, 7))]), Case("global_avgpool", [("x", (K, BATCH, 5, 4))]),
+          Case("global_avgpool_grad", [("x", (K, BATCH, 1, 1))], dict(in_size=(5, 4))),
+          Case("flatten", [("x", (K, BATCH, 7))]), Case("flatten", [("x", (K, BATCH, 5, 4))]),
+          Case("unflatten", [("x", (K * 20, BATCH))], dict(shape=(K, 5, 4))),
+          Case("unflatten", [("x", (K * 7, BATCH))], dict(shape=(K, 7)))]
+    for shape in ((N, BATCH, 5), (N, BATCH, 3, 2)):  # per channel over the batch and the positions
+        c += [Case("batchnorm", [("x", shape), *BN_IN[1:]], dict(mode=mode)) for mode in MODES]
+        c.append(Case("batchnorm_act", [("x", shape), *BN_IN[1:]], dict(mode="train", act="relu")))
+        c.append(Case("batchnorm_grad", [("x", shape), ("x", shape), *BN_GRAD_IN[2:]], dict(mode="train")))
+        c.append(Case("batchnorm_act_grad", [("x", shape), ("x", shape), ("x", shape), *BN_GRAD_IN[2:]],
+                      dict(mode="train", act="tanh")))
+        c.append(Case("running_update", [("x", (N,)), ("pos", (N,)), ("x", (N,)), ("pos", (N,)), ("x", shape)]))
+        c += [Case("bias_add", [("x", shape), ("x", (N,))]), Case("sum_batch", [("x", shape)]),
+              Case("bias_add_act", [("x", shape), ("x", (N,))], dict(act="sigmoid"))]
     return c
 
 
@@ -148,7 +197,7 @@ def attrs_of(case: Case) -> dict:
 # The op table is complete
 # --------------------------------------------------------------------------------------------
 
-ATTR_TYPES = (bool, int, float, str)
+ATTR_TYPES = (bool, int, float, str, Ints)
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -178,6 +227,8 @@ def test_op_attrs_are_well_formed(name):
         assert typ in ATTR_TYPES, f"{name}.{k}: attribute type {typ} is not one of {ATTR_TYPES}"
         if default is None:
             required[k] = {"act": "relu", "mode": "train", "dtype": "f32", "value": 1.0}.get(k)
+            if typ is Ints:  # kernel, stride, pads, dilation, in_size, shape: any tuple of naturals
+                required[k] = Ints((1, 1))
             assert required[k] is not None, f"{name}.{k}: required attribute without a known test value"
         else:
             assert type(default) is typ, f"{name}.{k}: default {default!r} is not a {typ.__name__}"
@@ -381,6 +432,14 @@ class Eager:
         self.emitted.append(op)
         return names
 
+    def rule_emit(self):
+        """``emit`` as autodiff hands it to a rule: a function with ``emit.types`` (name -> TensorType)."""
+        def emit(*args, **kwargs):
+            return self.emit(*args, **kwargs)
+
+        emit.types = self.types
+        return emit
+
 
 def run_rule(case: Case, arrays: list, ct: np.ndarray):
     """Forward the op, then its gradient rule with cotangent ``ct`` on output 0 (None on the
@@ -400,7 +459,7 @@ def run_rule(case: Case, arrays: list, ct: np.ndarray):
     eager.bind("ct", ct, out_types[0])
     node = Node.make(case.op, in_names, out_vals, attrs)
     cts = ["ct"] + [None] * (len(out_vals) - 1)
-    result = op.grad(eager.emit, node, cts)
+    result = op.grad(eager.rule_emit(), node, cts)
     assert len(result) == len(arrays), f"{case}: the rule returns {len(result)} cotangents for {len(arrays)} inputs"
     return [None if r is None else eager.env[r] for r in result], eager
 
@@ -463,11 +522,56 @@ def t_class_loss(ins, at):
 
 
 def t_batchnorm(ins, at):
-    z, gamma, beta, rm, rv = ins
+    z, gamma, beta, rm, rv = ins  # (C, m, d...) -> PyTorch's (m, C, d...) and back
     train = at["mode"] == "train"
-    y = F.batch_norm(z.T, rm.detach().clone(), rv.detach().clone(), gamma, beta, training=train,
-                     momentum=at["momentum"], eps=at["eps"]).T
-    return [y, z.mean(dim=1), z.var(dim=1, unbiased=False)] if train else [y]
+    y = F.batch_norm(z.movedim(1, 0), rm.detach().clone(), rv.detach().clone(), gamma, beta, training=train,
+                     momentum=at["momentum"], eps=at["eps"]).movedim(0, 1)
+    rows = z.reshape(z.shape[0], -1)
+    return [y, rows.mean(dim=1), rows.var(dim=1, unbiased=False)] if train else [y]
+
+
+def t_per_unit(v, x):
+    return v.reshape(-1, *(1,) * (x.dim() - 1))
+
+
+def _t_spatial(fn):
+    """A torch.nn.functional op on our (C, m, d...) layout: to (m, C, d...), apply, back."""
+    return lambda ins, at: [fn(ins[0].movedim(1, 0), ins, at).movedim(0, 1)]
+
+
+def _t_pads(at, k):
+    """Symmetric pads as PyTorch's padding, or the input padded explicitly (asymmetric)."""
+    p = at["pads"]
+    return tuple(p[:k]) if tuple(p[:k]) == tuple(p[k:]) else None
+
+
+def _t_conv(ins, at):
+    W, x = ins
+    k = W.dim() - 2
+    xt = x.movedim(1, 0)
+    pad = _t_pads(at, k)
+    if pad is None:  # F.pad takes the last dimension first: (left_w, right_w, top_h, bottom_h)
+        p = at["pads"]
+        xt, pad = F.pad(xt, [v for i in reversed(range(k)) for v in (p[i], p[k + i])]), (0,) * k
+    conv = F.conv1d if k == 1 else F.conv2d
+    return [conv(xt, W, stride=at["stride"], padding=pad, dilation=at["dilation"], groups=at["groups"]).movedim(0, 1)]
+
+
+def _t_pool(kind):
+    def fn(ins, at):
+        x = ins[0].movedim(1, 0)
+        k = x.dim() - 2
+        pad = _t_pads(at, k)
+        assert pad is not None, "the pooling cases use symmetric padding (PyTorch's pools take no other)"
+        if kind == "max":
+            f = F.max_pool1d if k == 1 else F.max_pool2d
+            y = f(x, at["kernel"], at["stride"], pad, at["dilation"], ceil_mode=at["ceil_mode"])
+        else:
+            f = F.avg_pool1d if k == 1 else F.avg_pool2d
+            y = f(x, at["kernel"], at["stride"], pad, ceil_mode=at["ceil_mode"], count_include_pad=at["count_include_pad"])
+        return [y.movedim(0, 1)]
+
+    return fn
 
 
 def t_batchnorm_act(ins, at):
@@ -477,8 +581,14 @@ def t_batchnorm_act(ins, at):
 
 TORCH = {
     "matmul": lambda ins, at: [(ins[0].T if at["ta"] else ins[0]) @ (ins[1].T if at["tb"] else ins[1])],
-    "bias_add": lambda ins, at: [ins[0] + ins[1][:, None]],
-    "bias_add_act": lambda ins, at: [T_ACT[at["act"]](ins[0] + ins[1][:, None], at["negative_slope"])],
+    "bias_add": lambda ins, at: [ins[0] + t_per_unit(ins[1], ins[0])],
+    "bias_add_act": lambda ins, at: [T_ACT[at["act"]](ins[0] + t_per_unit(ins[1], ins[0]), at["negative_slope"])],
+    "conv": _t_conv,
+    "maxpool": _t_pool("max"),
+    "avgpool": _t_pool("avg"),
+    "global_avgpool": _t_spatial(lambda x, ins, at: F.adaptive_avg_pool2d(x, 1) if x.dim() == 4 else F.adaptive_avg_pool1d(x, 1)),
+    "flatten": lambda ins, at: [torch.flatten(ins[0].movedim(1, 0), 1).T],  # nn.Flatten, then (features, m)
+    "unflatten": lambda ins, at: [ins[0].T.reshape(-1, *at["shape"]).movedim(0, 1)],
     **{a: (lambda ins, at, a=a: [T_ACT[a](ins[0], at.get("negative_slope", 0.0))]) for a in ACTIVATIONS},
     "batchnorm": t_batchnorm,
     "batchnorm_act": t_batchnorm_act,
