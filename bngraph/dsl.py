@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .graph import FrozenGraph, GraphBase, check_header
 from .ir import BATCH, NAME_PATTERN, IRError, Node, TensorType, Value
-from .dsl_spatial import SpatialBuilder, input_shape
+from .dsl_spatial import SpatialBuilder, _positive, input_shape
 from .ops import ACTIVATIONS, LOSS_OPS, get_op
 
 _NAME_RE = re.compile(NAME_PATTERN)  # parse(str(g)) == g needs names the parser can read
@@ -267,11 +267,6 @@ class Graph(SpatialBuilder, GraphBase):
         if kind not in LOSS_OPS:
             raise IRError(f"unknown loss {kind!r}; expected one of {', '.join(LOSS_OPS)}")
         return self._loss(kind, pred, target, name)
-
-
-def _positive(where, what, n):
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:  # numpy ints are fine
-        raise IRError(f"{where}: {what} must be a positive integer, got {n!r}")
 
 
 def mlp(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numbers
 
 from . import spatial
-from .ir import IRError, Ints, Value
+from .ir import IRError, Ints, TensorType, Value
 from .ops import get_op
 from .ops_spatial import SPATIAL_RANKS, expect_spatial
 
@@ -62,8 +62,6 @@ class SpatialBuilder:
         (which the pass fold_bias removes before a batch norm)."""
         name = self._claim(name, get_op("conv").prefix, (".W", ".b", ".conv", ""))
         xv, k = self._spatial_input(x, name)
-        from .dsl import _positive
-
         _positive(name, "out_channels", out_channels)
         _positive(name, "groups", groups)
         kernel = per_dim(name, "kernel", kernel, k)
@@ -75,8 +73,6 @@ class SpatialBuilder:
                           f"out_channels ({out_channels})")
         attrs = get_op("conv").normalize_attrs(name, {"stride": stride, "pads": pads, "dilation": dilation, "groups": groups})
         W_shape = (int(out_channels), C // groups, *kernel)
-        from .ir import TensorType
-
         get_op("conv").infer(name, [TensorType(xv.type.dtype, W_shape), xv.type], attrs)  # before any param is added
         W = self.param(f"{name}.W", W_shape)
         if not bias:
@@ -119,6 +115,11 @@ class SpatialBuilder:
         name = self._claim(name, get_op("flatten").prefix)
         xv, _ = self._spatial_input(x, name)
         return self.add_node("flatten", [xv], {}, [name]).out
+
+
+def _positive(where, what, n):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:  # numpy ints are fine
+        raise IRError(f"{where}: {what} must be a positive integer, got {n!r}")
 
 
 def input_shape(name: str, shape) -> tuple:

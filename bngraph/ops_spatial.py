@@ -24,7 +24,7 @@ import math
 
 from . import spatial
 from .ir import BATCH, Ints, IRError, TensorType
-from .ops import OpDef, _expect_arity, _expect_float, _expect_same_dtype, register
+from .opdef import OpDef, _expect_arity, _expect_float, _expect_same_dtype, register
 
 SPATIAL_RANKS = (1, 2)  # spatial dimensions the ops take: conv1d/pool1d and conv2d/pool2d
 
