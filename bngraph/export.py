@@ -42,7 +42,7 @@ class InferenceModel:
     state: dict
     sources: dict
     report: object  # the inference pipeline's PipelineResult (what was folded, and why)
-    n_features: int
+    n_features: int | tuple  # per example: an int, or a spatial input's (C, L) / (C, H, W)
     dtype: np.dtype
     _runtime: object
     _executable: object
@@ -63,7 +63,9 @@ class InferenceModel:
         outs = []
         for a in range(0, X.shape[0], step):
             Xb = X[a:a + step]
-            res = self._executable.run("forward", {name: rt.asarray(Xb.T, self.dtype)}, P, S, None, Xb.shape[0])
+            # (m, features) -> (features, m); a spatial (m, C, d...) -> (C, m, d...): one transpose
+            x = Xb.T if Xb.ndim == 2 else np.ascontiguousarray(np.swapaxes(Xb, 0, 1))
+            res = self._executable.run("forward", {name: rt.asarray(x, self.dtype)}, P, S, None, Xb.shape[0])
             outs.append(np.array(rt.to_numpy(res["out"]).T))
         return np.concatenate(outs)
 

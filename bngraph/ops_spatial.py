@@ -176,12 +176,15 @@ def _pool_out(where, opname, x, attrs) -> tuple:
     _expect_len(where, "kernel", attrs["kernel"], k)
     dilation = attrs.get("dilation", Ints((1,) * k))
     _expect_len(where, "dilation", dilation, k)
-    _expect_len(where, "pads", attrs["pads"], 2 * k)
-    for i in range(k):  # PyTorch's rule: padding at most half the kernel (so no window is padding only)
-        if max(attrs["pads"][i], attrs["pads"][k + i]) * 2 > attrs["kernel"][i]:
-            raise IRError(f"{where}: {opname} padding {'x'.join(map(str, attrs['pads']))} must be at most half the "
-                          f"kernel {'x'.join(map(str, attrs['kernel']))}")
-    return _window_out(where, opname, x.shape[2:], attrs["kernel"], attrs, dilation, attrs["ceil_mode"])
+    out = _window_out(where, opname, x.shape[2:], attrs["kernel"], attrs, dilation, attrs["ceil_mode"])
+    for i in range(k):  # a window of padding only has no maximum (and no mean without the padding)
+        bad = spatial.padding_only_window(x.shape[2 + i], attrs["kernel"][i], attrs["stride"][i], attrs["pads"][i],
+                                          dilation[i], out[i])
+        if bad is not None:
+            raise IRError(f"{where}: {opname} window {bad} along spatial dimension {i + 1} covers padding only "
+                          f"(size {x.shape[2 + i]}, kernel {attrs['kernel'][i]}, stride {attrs['stride'][i]}, "
+                          f"pads {attrs['pads'][i]}/{attrs['pads'][k + i]}, dilation {dilation[i]}): use less padding")
+    return out
 
 
 def _pool_infer(opname):

@@ -64,6 +64,16 @@ def auto_pads(mode: str, in_size, kernel, stride, dilation) -> tuple:
     return tuple(before + after)
 
 
+def padding_only_window(d: int, k: int, s: int, pb: int, dil: int, out: int) -> int | None:
+    """The first of ``out`` windows along a dimension of size ``d`` that reads no input position
+    (padding only), or None: a pool's window must hold at least one value."""
+    for o in range(out):
+        taps = o * s + dil * np.arange(k)  # padded coordinates
+        if not ((taps >= pb) & (taps < pb + d)).any():
+            return o
+    return None
+
+
 def _extra_end(in_size, kernel, stride, pads, dilation, out) -> tuple:
     """Padding past ``pads`` so that every window fits (ceil mode's last window may run past the end)."""
     k = len(in_size)

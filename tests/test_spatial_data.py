@@ -45,8 +45,10 @@ def test_the_dsl_refuses_spatial_shapes_it_cannot_take():
     with pytest.raises(bg.IRError, match=r"c: conv leaves no output: input size 10 with padding 0x0 is smaller than "
                                          r"the \(dilated\) kernel 11"):
         g.conv(x, 4, 6, dilation=2, name="c")
-    with pytest.raises(bg.IRError, match=r"p: maxpool padding 2x2 must be at most half the kernel 3"):
-        g.maxpool(x, 3, padding=2, name="p")
+    with pytest.raises(bg.IRError, match=r"p: maxpool window 0 along spatial dimension 1 covers padding only \(size 10, "
+                                         r"kernel 3, stride 3, pads 3/3, dilation 1\): use less padding"):
+        g.maxpool(x, 3, padding=3, name="p")
+    g.maxpool(x, 3, padding=2, name="p2")  # more than PyTorch takes, but every window reads the input
     with pytest.raises(bg.IRError, match=r"c: kernel must be an int >= 1 or 1 of them"):
         g.conv(x, 4, (3, 3), name="c")
     with pytest.raises(bg.IRError, match=r"c: padding must be an int, 1 or 2 ints, or one of 'valid', 'same'"):

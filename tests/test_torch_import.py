@@ -60,8 +60,8 @@ def test_one_training_step_equals_pytorch():
 
 
 def test_unsupported_modules_are_named():
-    with pytest.raises(bg.IRError, match=r"from_torch: 1 is a Conv1d; bngraph imports"):
-        bg.from_torch(nn.Sequential(nn.Linear(4, 4), nn.Conv1d(1, 1, 1)), 4)
+    with pytest.raises(bg.IRError, match=r"from_torch: 1 is a Conv3d; bngraph imports"):
+        bg.from_torch(nn.Sequential(nn.Linear(4, 4), nn.Conv3d(1, 1, 1)), 4)
     with pytest.raises(bg.IRError, match="momentum=None"):
         bg.from_torch(nn.Sequential(nn.BatchNorm1d(4, momentum=None)), 4)
     with pytest.raises(bg.IRError, match="takes 5 features but receives 4"):

@@ -152,8 +152,9 @@ def _outputs(ctx, g):
             if v[2] is None:
                 spec = OutputSpec(o.name, state_key, ir, "vector")
             else:
-                var, momentum = v[2]
-                spec = OutputSpec(o.name, state_key, ir, "population_var", extra=(f"{key}.batch_var", momentum, var))
+                var, momentum, positions = v[2]
+                spec = OutputSpec(o.name, state_key, ir, "population_var",
+                                  extra=(f"{key}.batch_var", momentum, var, positions))
         else:
             raise UnsupportedNode(show(o.name), "graph output", "is a constant, not computed from the inputs")
         ctx.g.outputs_spec.append(spec)

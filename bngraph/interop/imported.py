@@ -4,8 +4,9 @@ where they came from) and the boundary between the outside layout and the IR's.
 Outside (ONNX, PyTorch) the batch is axis 0: ``X: (N, features...)``; inside the compiler a value is
 ``(features, m)``. Each graph input and output records how it crosses (:class:`InputSpec`,
 :class:`OutputSpec`): a transpose for rows, a reshape when feature or batch axes were flattened, and
-for spatial batch norm ``(N, C, d1, ...) <-> (C, N*d1*...)`` (per-channel statistics over N and the
-spatial axes are exactly the IR's batchnorm on that view); a softmax over axis k of N-D data uses the
+for convolutions and pools ``(N, C, d1[, d2]) <-> (C, N, d1[, d2])`` (the IR's spatial values), for
+spatial batch norm outside a convolutional graph ``(N, C, d1, ...) <-> (C, N*d1*...)`` (per-channel
+statistics over N and the spatial axes are exactly the IR's batchnorm on that view); a softmax over axis k of N-D data uses the
 same change with the features on axis k.
 
 Params are not copied at import: each IR param or state value has a :class:`Tensor` recipe, a
@@ -46,9 +47,10 @@ def literal(array) -> Tensor:
 
 @dataclass(frozen=True)
 class Data:
-    """A batch-sized value: IR value ``ir`` of shape ``(prod(fshape), m)``.
+    """A batch-sized value: IR value ``ir`` of shape ``(prod(fshape), m)`` (a spatial one: ``(C, m, d...)``).
 
-    ``layout``: ``flat`` (outside shape = batch dims + ``fshape``) or ``channels`` (the C features
+    ``layout``: ``flat`` (outside shape = batch dims + ``fshape``), ``spatial`` (outside
+    ``(N, C, d1[, d2])``, the IR value ``(C, m, d1[, d2])``: ``fshape = (C, d1, ...)``) or ``channels`` (the C features
     on outside axis ``caxis``, every other axis flattened into the batch in order: ``(N, C, *spatial)``
     -> ``(C, N*prod(spatial))`` for ``caxis=1``; ``fshape = (C,)``). ``rows``: the batch dims were
     flattened into one axis (after a Flatten). ``head``: 'softmax' or 'log_softmax' over the IR's
@@ -95,6 +97,10 @@ class InputSpec:
         if self.kind == "flat_t":
             self._expect(a.ndim == 2 and a.shape[0] == self.fshape[0], a, f"({self.fshape[0]}, N)")
             return np.ascontiguousarray(a), a.shape[1:]
+        if self.kind == "spatial":  # (N, C, d1, ...) -> (C, N, d1, ...): the IR's spatial layout, one transpose
+            self._expect(a.ndim == 1 + len(self.fshape) and a.shape[1:] == tuple(self.fshape), a,
+                         f"(N, {', '.join(map(str, self.fshape))})")
+            return np.ascontiguousarray(np.swapaxes(a, 0, 1)), a.shape[:1]
         if self.kind == "channels":  # (d0, ..., C, ...) -> (C, the other axes flattened in order)
             k, c = self.axis, self.fshape[0]
             want = f"(N, {c}, ...)" if k == 1 else f"{c} on axis {k} (of at least {max(k + 1, 2)} axes)"
@@ -113,11 +119,13 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """How an IR result leaves: kind ``flat``/``channels`` (a batch-sized value; ``channels``: the
-    features go back to outside axis ``axis``), ``scalar`` (a loss), ``vector`` (per-unit, e.g. a
+    """How an IR result leaves: kind ``flat``/``channels``/``spatial`` (a batch-sized value;
+    ``channels``: the features go back to outside axis ``axis``; ``spatial``: (C, m, d...) back
+    to (N, C, d...)), ``scalar`` (a loss), ``vector`` (per-unit, e.g. a
     running mean) or ``population_var`` (a running variance converted from bngraph's unbiased
-    update to ONNX's: ``rv - (1 - momentum)*var/(m - 1)``, ``extra`` = (the key of the IR batch
-    variance, ONNX momentum, its IR value)). ``head`` is applied over the IR's features axis (axis 0
+    update to ONNX's: ``rv - (1 - momentum)*var/(n - 1)``, ``extra`` = (the key of the IR batch
+    variance, ONNX momentum, its IR value, the positions per example: n = m*positions values per
+    channel of a spatial value)). ``head`` is applied over the IR's features axis (axis 0
     of the ``(features, m)`` result) before the layout changes back: one rule for every layout."""
 
     name: str  # outside name
@@ -144,12 +152,15 @@ class OutputSpec:
             return a.reshape(())
         if self.kind == "vector":
             return a.copy()
-        if self.kind == "population_var":
+        if self.kind == "population_var":  # m counts the examples; each statistic is over m*positions values
             var, momentum = np.asarray(out[self.extra[0]]), self.extra[1]
-            return a - (1 - momentum) * var / max(m - 1, 1)
+            n = m * (self.extra[3] if len(self.extra) > 3 else 1)
+            return a - (1 - momentum) * var / max(n - 1, 1)
         if self.head:  # over the features: axis 0 of the IR's (features, m), whatever the layout outside
             a = HEADS[self.head](a)
-        if self.kind == "channels":  # (C, the other axes flattened) -> C back on its axis
+        if self.kind == "spatial":  # (C, m, d1, ...) -> (N, C, d1, ...)
+            a = np.swapaxes(a, 0, 1).reshape(*batch, a.shape[0], *a.shape[2:])
+        elif self.kind == "channels":  # (C, the other axes flattened) -> C back on its axis
             a = np.moveaxis(a.reshape(a.shape[0], *batch), 0, self.axis)
         else:
             dims = (m,) if self.rows else tuple(batch)
@@ -219,7 +230,7 @@ class ImportedGraph(Graph):
     def check_compilable(self) -> None:
         """A ``bg.Model`` has one forward output: refuse a graph with several, naming them (the
         backend adapter, :mod:`bngraph.onnx_backend`, runs every output of a file)."""
-        data = [s for s in self.outputs_spec if s.kind in ("flat", "channels")]
+        data = [s for s in self.outputs_spec if s.kind in ("flat", "channels", "spatial")]
         if len(data) > 1:
             raise IRError(f"compile: bngraph compiles a graph with one output; this one has {len(data)}: "
                           f"{', '.join(show(s.name) for s in data)} (bngraph.onnx_backend runs every output)")

@@ -25,6 +25,7 @@ from .deps import require
 from .names import show
 from .onnx_import import ALIAS_OPS
 from .onnx_read import UnsupportedNode
+from .onnx_spatial import refuse_indices
 
 EXACT = 2**53  # float64 holds every integer of magnitude < 2**53 exactly
 INTEGER_OPS = ("Add", "Sub", "Mul", "Div")
@@ -91,6 +92,8 @@ class Boundary:
         for o in outputs:
             where = show(o.name)
             node = self.producers.get(self.resolve(o.name))
+            if node is not None and node.op_type == "MaxPool" and o.name in node.output[1:]:
+                refuse_indices(show(node.name or node.output[0]), o.name)
             if node is None or node.op_type not in INTEGER_OPS:
                 op = node.op_type if node is not None else "graph output"
                 raise UnsupportedNode(where, op, f"an integer result: bngraph computes integers in float64 at the "

@@ -9,6 +9,10 @@ import numpy as np
 from .imported import Data, ImportedGraph, InputSpec, Tensor
 from .names import NameMap, show
 from .onnx_read import FLOAT_TYPES, INT_TYPES, UnsupportedNode
+from ..ops_spatial import SPATIAL_RANKS
+
+# the ONNX ops whose presence makes a graph convolutional (its N-D inputs enter in the spatial layout)
+SPATIAL_OP_TYPES = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool")
 
 
 class Context:
@@ -28,6 +32,8 @@ class Context:
         for o in g.output:
             self.consumers[o.name] = self.consumers.get(o.name, 0) + 1
         self.loss = loss
+        # a convolutional graph: its (N, C, d1[, d2]) inputs enter in the IR's spatial layout (C, m, d...)
+        self.spatial = any(n.op_type in SPATIAL_OP_TYPES for n in g.node)
         self.roles: dict = {}  # IR param/state name -> where the file uses it ("ONNX node 'g' (Gemm) input B")
 
     # ---- values ---------------------------------------------------------------------------
@@ -61,7 +67,7 @@ class Context:
         (fewer axes, or a leading 1), else data."""
         if isinstance(v, str) and v in self.pending:
             dims = self.pending[v][1] or ()
-            rank = x.brank + (len(x.fshape) if x.layout == "flat" else 1)
+            rank = x.brank + (1 if x.layout == "channels" else len(x.fshape))
             if len(dims) < rank or (x.brank >= 1 and len(dims) == rank and dims[0] == 1):
                 return self.tensor(v, where, what)
             return self.data(v, where, "", what)
@@ -69,7 +75,7 @@ class Context:
 
     def data(self, v, where, op, what="input") -> Data:
         if isinstance(v, str):  # a graph input whose layout the first use decides
-            return self.lay_out(v, where, op)
+            return self.lay_out(v, where, op, "spatial" if self.spatial_input(v) else "flat")
         if not isinstance(v, Data):
             raise UnsupportedNode(where, op, f"{what} is a constant; bngraph imports ops on batch-sized data "
                                   f"(fold constants before exporting)")
@@ -78,16 +84,24 @@ class Context:
                                   f"only inside its loss, so a Softmax/LogSoftmax is imported as the graph's last op")
         return v
 
+    def spatial_input(self, name) -> bool:
+        """A graph input of a convolutional graph shaped (N, C, d1[, d2]): it enters as the IR's
+        spatial (C, m, d1[, d2]), so that any op, not only a convolution, may read it first."""
+        dims = self.pending[name][1] if name in self.pending else None
+        return self.spatial and dims is not None and len(dims) - 2 in SPATIAL_RANKS
+
     def lay_out(self, name, where, op, kind="flat", axis=None) -> Data:
         """Declare graph input ``name`` as data in the given layout (its first use decides).
         ``flat``: features = the dims from ``axis`` on (default 1), batch = the dims before;
         ``channels``: features = dim ``axis`` (default 1), every other dim flattened into the batch;
-        ``flat_t``: a (features, N) matrix."""
+        ``flat_t``: a (features, N) matrix; ``spatial``: (N, C, d1[, d2]) as the IR's (C, m, d1[, d2])."""
         elem, dims = self.pending.pop(name)
         if elem not in FLOAT_TYPES:
             raise UnsupportedNode(where, op, f"input {show(name)} has ONNX element type {elem}; data must be "
                                   f"float or double")
         rank = len(dims)
+        if kind == "spatial":
+            return self._lay_out_spatial(name, where, op, dims)
         if axis is None:
             axis = 0 if kind == "flat" and rank == 1 else 1 if kind in ("flat", "channels") else 0
         if kind == "channels" and not (rank >= 2 and 0 <= axis < rank):
@@ -109,6 +123,17 @@ class Context:
         self.env[name] = d
         return d
 
+    def _lay_out_spatial(self, name, where, op, dims) -> Data:
+        if len(dims) - 2 not in SPATIAL_RANKS or any(d is None or d < 1 for d in dims[1:]):
+            raise UnsupportedNode(where, op, f"input {show(name)} has shape {_dims(dims)}: expected (N, C, L) or "
+                                  f"(N, C, H, W) with C and the spatial sizes fixed positive numbers")
+        ir = self.names.claim(name, "x")
+        self.g.input(ir, tuple(dims[1:]))
+        self.g.inputs_spec.append(InputSpec(name, ir, "spatial", 1, tuple(dims[1:])))
+        d = Data(ir, tuple(dims[1:]), layout="spatial")
+        self.env[name] = d
+        return d
+
     def param(self, name: str, recipe: Tensor, original=None, role=None) -> None:
         """IR value ``name`` computed by ``recipe``; ``role`` says where the file uses its source,
         for messages about the values (``ONNX node 'g' (Gemm) input B``)."""
@@ -120,6 +145,15 @@ class Context:
 
     def layer_name(self, node, fallback):
         return self.names.claim(node.name or (node.output[0] if node.output else fallback), fallback)
+
+
+def _source(node, i):
+    """The name of a node's input ``i`` (for ``original_names``), or None."""
+    return node.input[i] if len(node.input) > i else None
+
+
+def _role(where, op, what) -> str:
+    return f"ONNX node {where} ({op}) input {what}"
 
 
 def _f32(v) -> float:

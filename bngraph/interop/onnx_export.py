@@ -1,8 +1,9 @@
 """bngraph -> ONNX: ``bg.to_onnx(model, path)`` writes a model's inference graph.
 
 ``EXPORTERS`` is the mapping, one entry per IR op: ``fn(ex, node) -> None`` appends ONNX nodes.
-Layout: the ONNX input is ``x: (N, features)`` and the output ``(N, outputs)`` (the batch on axis 0,
-as ``model.forward`` takes and returns them); the IR's ``matmul W, x`` (W ``(out, in)``) is
+Layout: the ONNX input is ``x: (N, features)`` (``(N, C, L)`` / ``(N, C, H, W)`` for a convolutional
+model) and the output ``(N, outputs)`` (the batch on axis 0, as ``model.forward`` takes and returns
+them); the spatial ops are in :mod:`.onnx_export_spatial`; the IR's ``matmul W, x`` (W ``(out, in)``) is
 ``Gemm(X, W, transB=1)``, with the bias as Gemm's C when a bias_add follows. Batch norm is either
 kept in eval mode (``BatchNormalization`` with ``momentum = 1 - bngraph's``, ONNX's weight of the
 old value) or folded into the weights first (``fold_bn=True``). Names are the IR's, or the
@@ -15,6 +16,7 @@ import numpy as np
 from ..ir import IRError
 from ..printer import format_node
 from .deps import require
+from .onnx_export_spatial import SPATIAL_EXPORTERS
 
 OPSET = 17  # BatchNormalization-15, Gemm-13, Softmax-13: read by onnxruntime >= 1.12
 IR_VERSION = 8
@@ -47,6 +49,32 @@ class Exporter:
             self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(self.values[ir]), n))
         return n
 
+    def bias(self, b: str, z: str) -> str:
+        """A bias_add's per-unit vector: as it is for (features, m) data, (C, 1, ...) for spatial
+        (N, C, d...) data so that ONNX's Add broadcasts it per channel."""
+        rank = self.g.value(z).type.rank
+        if rank == 2:
+            return self.init(b)
+        n = self.name(b)
+        if n not in {t.name for t in self.inits}:
+            a = np.asarray(self.values[b])
+            self.inits.append(self.onnx.numpy_helper.from_array(a.reshape(-1, *(1,) * (rank - 2)), n))
+        return n
+
+    def with_bias(self, node, op: str, ins: list, **attrs):
+        """``op`` (Gemm, Conv) with the bias_add(_act) that is its only user as its bias input, the
+        activation after it; or ``op`` alone."""
+        b = self.fused_bias_user(node)
+        if b is None:
+            self.add(op, ins, [self.name(node.out.name)], node, **attrs)
+            return
+        self.done.add(id(b))
+        act = b.attr.get("act", "identity")
+        out = self.name(b.out.name) if act == "identity" else self.name(node.out.name)
+        self.add(op, ins + [self.init(b.inputs[1])], [out], b, f"/{op}" if act != "identity" else "", **attrs)
+        if act != "identity":
+            self.act(out, self.name(b.out.name), b, act, b.attr.get("negative_slope", 0.0), "")
+
     def add(self, op, ins, outs, node, suffix="", **attrs):
         self.nodes.append(self.onnx.helper.make_node(op, ins, outs, name=node.name + suffix,
                                                      doc_string=format_node(node), **attrs))
@@ -69,17 +97,7 @@ def _matmul(ex, node):
     W, x = node.inputs
     if node.attr["ta"] or node.attr["tb"] or W not in ex.values:
         raise IRError(f"to_onnx: %{node.name} (matmul) is not weights times data; only matmul %W, %x exports")
-    b = ex.fused_bias_user(node)
-    ins = [ex.name(x), ex.init(W)] + ([ex.init(b.inputs[1])] if b is not None else [])
-    if b is None:
-        ex.add("Gemm", ins, [ex.name(node.out.name)], node, transB=1)
-        return
-    ex.done.add(id(b))
-    act = b.attr.get("act", "identity")
-    gemm_out = ex.name(b.out.name) if act == "identity" else ex.name(node.out.name)
-    ex.add("Gemm", ins, [gemm_out], b, "/Gemm" if act != "identity" else "", transB=1)
-    if act != "identity":
-        ex.act(gemm_out, ex.name(b.out.name), b, act, b.attr.get("negative_slope", 0.0), "")
+    ex.with_bias(node, "Gemm", [ex.name(x), ex.init(W)], transB=1)
 
 
 @exporter("bias_add", "bias_add_act")
@@ -87,7 +105,7 @@ def _bias_add(ex, node):
     z, b = node.inputs
     act = node.attr.get("act", "identity")
     mid = ex.name(node.out.name) if act == "identity" else ex.name(node.out.name) + "/pre_act"
-    ex.add("Add", [ex.name(z), ex.init(b)], [mid], node, "/Add" if act != "identity" else "")
+    ex.add("Add", [ex.name(z), ex.bias(b, z)], [mid], node, "/Add" if act != "identity" else "")
     if act != "identity":
         ex.act(mid, ex.name(node.out.name), node, act, node.attr.get("negative_slope", 0.0), "")
 
@@ -171,7 +189,7 @@ def to_onnx(model, path=None, inference: bool = True, fold_bn: bool = False, pro
     (x,) = graph.inputs
     out_ir = graph.output("out")
     out_name = ex.name(out_ir)
-    n_out = graph.value(out_ir).type.shape[0]
+    out_shape = _outside(graph.value(out_ir).type.shape)
     if probabilities:
         head = {"softmax_cross_entropy": "Softmax", "sigmoid_bce": "Sigmoid"}.get(model.loss_kind)
         if head is None:
@@ -179,8 +197,8 @@ def to_onnx(model, path=None, inference: bool = True, fold_bn: bool = False, pro
         ex.nodes.append(onnx.helper.make_node(head, [out_name], ["probabilities"], name="probabilities"))
         out_name = "probabilities"
     g = onnx.helper.make_graph(
-        ex.nodes, graph.name, [onnx.helper.make_tensor_value_info(ex.name(x.name), elem, ["N", x.type.shape[0]])],
-        [onnx.helper.make_tensor_value_info(out_name, elem, ["N", n_out])], ex.inits,
+        ex.nodes, graph.name, [onnx.helper.make_tensor_value_info(ex.name(x.name), elem, _outside(x.type.shape))],
+        [onnx.helper.make_tensor_value_info(out_name, elem, out_shape)], ex.inits,
         doc_string=f"bngraph graph {graph.name}: inference ({'batch norm folded' if fold_bn else 'eval-mode batch norm'})")
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", OPSET)], producer_name="bngraph",
                                ir_version=IR_VERSION)
@@ -191,6 +209,11 @@ def to_onnx(model, path=None, inference: bool = True, fold_bn: bool = False, pro
     if path is not None:
         onnx.save_model(m, str(path))
     return m
+
+
+def _outside(shape) -> list:
+    """An IR value's (features, m) or spatial (C, m, d...) shape as ONNX's (N, features) / (N, C, d...)."""
+    return ["N", shape[0], *shape[2:]]
 
 
 def _export_names(graph, names: dict) -> dict:
@@ -211,3 +234,6 @@ def _export_names(graph, names: dict) -> dict:
             out[v] = n
             taken.add(n)
     return out
+
+
+EXPORTERS.update(SPATIAL_EXPORTERS)  # conv, pools, flatten: bngraph/interop/onnx_export_spatial.py

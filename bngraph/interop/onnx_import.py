@@ -5,7 +5,8 @@
 is one :class:`UnsupportedNode` error naming the node, its op type and why. Conventions converted
 here, explicitly:
 
-* layout: ONNX puts the batch on axis 0, the IR on axis 1 (see :mod:`.imported`);
+* layout: ONNX puts the batch on axis 0, the IR on axis 1 (see :mod:`.imported`); convolutional
+  data (N, C, d...) is the IR's spatial (C, m, d...) (Conv and the pools: :mod:`.onnx_spatial`);
 * Gemm ``Y = alpha*A'B' + beta*C``: ``W = alpha*B'^T`` (the IR's ``(out, in)``), ``b = beta*C``;
 * BatchNormalization ``momentum`` is the weight of the *old* value (default 0.9); bngraph's is the
   weight of the new batch: ``momentum_ir = 1 - momentum_onnx``. ONNX updates the running variance
@@ -21,9 +22,10 @@ import numpy as np
 
 from .imported import Data, InputSpec, Tensor, literal
 from .names import show
-from .onnx_context import _dims, _f32
+from .onnx_context import _dims, _f32, _role, _source
 from ..ops import REDUCTIONS
 from .onnx_read import INT_TYPES, UnsupportedNode, attributes
+from .onnx_spatial import SPATIAL_IMPORTERS, flatten_spatial, per_channel
 
 IMPORTERS: dict = {}
 
@@ -107,14 +109,6 @@ def _gemm(ctx, node, where, ins):
     return [Data(out.name, (N,), brank=1, rows=x.rows, affine=affine)]
 
 
-def _source(node, i):
-    return node.input[i] if len(node.input) > i else None
-
-
-def _role(where, op, what) -> str:
-    return f"ONNX node {where} ({op}) input {what}"
-
-
 @importer("MatMul")
 def _matmul(ctx, node, where, ins):
     attributes(node, {}, where)
@@ -165,14 +159,16 @@ def _add_sub(ctx, node, where, ins):
     b = ctx.operand(b, x, where, "the second operand")
     if not isinstance(b, Tensor):
         return _data_op(ctx, node, where, x, b)
-    if x.layout != "flat":
+    if x.layout == "channels":
         raise UnsupportedNode(where, op, "a constant added to spatial (N, C, ...) data")
     name = ctx.layer_name(node, "bias")
     sign = -1.0 if op == "Sub" and not negate else 1.0
     if negate:
         x = replace(x, ir=ctx.g.add_node("neg", [x.ir], {}, [ctx.names.claim(f"{name}_neg", "neg")]).out.name)
     out = ctx.g.bias_add(x.ir, name=name)
-    ctx.param(f"{name}.b", _per_feature(ctx, b, x.fshape, where, op, "the constant").map(lambda c: sign * c),
+    vec = (per_channel(b, x, where, op, "the constant") if x.layout == "spatial"  # one bias per channel
+           else _per_feature(ctx, b, x.fshape, where, op, "the constant"))
+    ctx.param(f"{name}.b", vec.map(lambda c: sign * c),
               _source(node, 0 if swapped else 1), _role(where, op, "the constant"))
     return [replace(x, ir=out.name, affine=None)]
 
@@ -255,6 +251,8 @@ def _flatten(ctx, node, where, ins):
         x = ctx.lay_out(ins[0], where, "Flatten", "flat", axis)
         return [Data(x.ir, (x.features,), brank=1, rows=True)]
     x = ctx.data(ins[0], where, "Flatten")
+    if x.layout == "spatial":
+        return [flatten_spatial(ctx, node, where, x, at["axis"])]
     rank = (0 if x.rows else 1) + len(x.fshape)
     axis = at["axis"] + rank if at["axis"] < 0 else at["axis"]
     if x.layout != "flat" or axis != (0 if x.rows else 1):
@@ -265,7 +263,7 @@ def _flatten(ctx, node, where, ins):
 
 def _feature_axes(x: Data) -> tuple:
     """The outside axes that the IR's features axis of ``x`` holds (flattened in order)."""
-    if x.layout == "channels":
+    if x.layout in ("channels", "spatial"):  # spatial: the IR's axis 0 is the channels, outside axis 1
         return (x.caxis,)
     start = 1 if x.rows else x.brank
     return tuple(range(start, start + len(x.fshape)))
@@ -299,7 +297,7 @@ def _softmax(ctx, node, where, ins):
             x = ctx.lay_out(v, where, op, "channels", axis)
     else:
         x = ctx.data(v, where, op)
-    rank = (1 if x.rows else x.brank) + (len(x.fshape) if x.layout == "flat" else 1)
+    rank = (1 if x.rows else x.brank) + (1 if x.layout == "channels" else len(x.fshape))
     axis = at["axis"] + rank if at["axis"] < 0 else at["axis"]
     want = (axis,) if new else tuple(range(axis, rank))
     have = _feature_axes(x)
@@ -321,13 +319,14 @@ def _batchnorm(ctx, node, where, ins):
     eps, mom = _f32(at["epsilon"]), _f32(at["momentum"])
     if not (math.isfinite(eps) and eps > 0) or not (0 <= mom <= 1):
         raise UnsupportedNode(where, "BatchNormalization", f"epsilon={eps!r} must be > 0 and momentum={mom!r} in [0, 1]")
-    if isinstance(ins[0], str) and len(ctx.pending[ins[0]][1] or ()) >= 3:
-        x = ctx.lay_out(ins[0], where, "BatchNormalization", "channels")
+    if isinstance(ins[0], str) and len(ctx.pending[ins[0]][1] or ()) >= 3:  # (N, C, d...) -> spatial or (C, N*d...)
+        kind = "spatial" if ctx.spatial_input(ins[0]) else "channels"
+        x = ctx.lay_out(ins[0], where, "BatchNormalization", kind)
     else:
         x = ctx.data(ins[0], where, "BatchNormalization", "X")
-        if len(x.fshape) != 1:
+        if len(x.fshape) != 1 and x.layout != "spatial":
             raise UnsupportedNode(where, "BatchNormalization", f"X has features {x.fshape}: spatial batch norm is "
-                                  f"imported on graph inputs (N, C, ...) only")
+                                  f"imported on graph inputs (N, C, ...) and on convolutional data only")
     C = x.fshape[0]
     params = [_per_feature(ctx, ctx.tensor(t, where, w), (C,), where, "BatchNormalization", w)
               for t, w in zip(ins[1:5], ("scale", "B", "input_mean", "input_var"))]
@@ -340,7 +339,8 @@ def _batchnorm(ctx, node, where, ins):
     if at["training_mode"]:
         ctx.g.training_outputs = True
         outs += [("state", f"{name}.running_mean.next", None),
-                 ("state", f"{name}.running_var.next", (f"{name}.var", mom))]
+                 ("state", f"{name}.running_var.next", (f"{name}.var", mom, math.prod(x.fshape[1:])
+                                                         if x.layout == "spatial" else 1))]
     elif len(node.output) > 1 and any(node.output[1:]):
         raise UnsupportedNode(where, "BatchNormalization", "running statistics outputs need training_mode=1")
     return outs
@@ -423,3 +423,6 @@ def _constant(ctx, node, where, ins):
     if len(given) != 1:
         raise UnsupportedNode(where, "Constant", "needs exactly one value attribute")
     return [literal(np.asarray(at[given[0]]))]
+
+
+IMPORTERS.update(SPATIAL_IMPORTERS)  # Conv, MaxPool, AveragePool, GlobalAveragePool: bngraph/interop/onnx_spatial.py

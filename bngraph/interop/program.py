@@ -49,7 +49,7 @@ class ImportedProgram:
                 raise IRError(f"missing input {spec.name!r}")
             a, b = spec.to_ir(arrays[spec.name], self.dtype)
             used = {v.name for v in self.graph.inputs}
-            n = a.shape[-1] if spec.kind != "labels" else a.shape[0]
+            n = a.shape[0] if spec.kind == "labels" else a.shape[1] if spec.kind == "spatial" else a.shape[-1]
             if m is not None and n != m:
                 raise IRError(f"input {spec.name!r} has a batch of {n}, the other inputs {m}")
             if spec.kind != "labels" and batch is None:

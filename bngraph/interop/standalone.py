@@ -2,7 +2,8 @@
 
 The module is the NumPy target's generated ``forward`` of the inference pipeline (batch norm folded
 into the weights), exactly as ``bngraph emit --inference`` prints it, followed by a small loader
-(``LOADER``): ``output(X)`` takes rows of examples and returns ``(m, outputs)`` like
+(``LOADER``): ``output(X)`` takes examples (rows ``(m, features)``, or ``(m, C, L)`` / ``(m, C, H, W)``
+for a convolutional model) and returns ``(m, outputs)`` like
 ``model.forward``; ``predict(X)`` what ``model.predict`` returns (class indices for a class loss);
 ``predict_proba(X)`` class probabilities, where the loss or the ONNX head has classes. The
 weights are read with ``np.load(..., allow_pickle=False)``.
@@ -26,7 +27,8 @@ LOADER = '''
 import os as _os
 
 WEIGHTS = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), {weights!r})
-N_FEATURES = {n_features}
+N_FEATURES = {n_features}  # per example: an int, or a convolutional model's (C, L) / (C, H, W)
+_SHAPE = N_FEATURES if isinstance(N_FEATURES, tuple) else (N_FEATURES,)
 _PARAMS = None
 
 
@@ -37,7 +39,7 @@ def load_params(path=WEIGHTS):
 
 
 def output(X, params=None):
-    """The model's output for X of shape (m, {n_features}) (rows are examples): (m, outputs), what
+    """The model's output for X of shape (m, {x_shape}) (m examples): (m, outputs), what
     model.forward(X) returns{head_doc}."""
     global _PARAMS
     if params is None:
@@ -45,9 +47,10 @@ def output(X, params=None):
             _PARAMS = load_params()
         params = _PARAMS
     X = np.asarray(X, dtype=DTYPE)
-    if X.ndim != 2 or X.shape[1] != N_FEATURES:
-        raise ValueError(f"X must have shape (m, {{N_FEATURES}}), got {{X.shape}}")
-    x = np.ascontiguousarray(X.T)  # the generated code works on (features, m)
+    if X.ndim != 1 + len(_SHAPE) or X.shape[1:] != _SHAPE:
+        raise ValueError(f"X must have shape (m, {{', '.join(map(str, _SHAPE))}}), got {{X.shape}}")
+    # the generated code works on (features, m), or (C, m, d...) for convolutions: one transpose
+    x = np.ascontiguousarray(X.T if X.ndim == 2 else np.swapaxes(X, 0, 1))
     out = forward(x, params, {{}}, alloc_forward(X.shape[0]))["out"]
     return {head}
 
@@ -182,8 +185,11 @@ def standalone_sources(graph, values: dict, dtype="float32", module: str | None 
         raise IRError(f"standalone code: unknown output head {head!r}; expected softmax or log_softmax")
     loss = graph.loss_node
     doc, predict, proba = PREDICTIONS[head if head is not None or loss is None else loss.op]
+    shape = x.type.shape  # (features, m) or a spatial (C, m, d...)
+    per_example = shape[0] if len(shape) == 2 else (shape[0], *shape[2:])
     src = src.rstrip("\n") + "\n" + LOADER.format(
-        weights=f"{name}.npz", n_features=x.type.shape[0], head=HEADS[head],
+        weights=f"{name}.npz", n_features=per_example, x_shape=", ".join(str(d) for d in (shape[0], *shape[2:])),
+        head=HEADS[head],
         head_doc="" if head is None else f" (the ONNX model's {'Softmax' if head == 'softmax' else 'LogSoftmax'} "
                                          f"applied)",
         predict_doc=doc, predict=f"output(X, params)" if predict == "out" else predict.replace(
@@ -259,9 +265,9 @@ def load_for_deploy(spec: str, seed: int = 0):
         return model.graph, values, None
     if src.kind == "onnx":
         imp = src.imported
-        if imp.inputs_spec and any(s.kind != "flat" or s.axis != 1 for s in imp.inputs_spec):
-            raise IRError(f"{src.path}: standalone code takes (batch, features) rows; this model's input is laid "
-                          f"out differently")
+        if imp.inputs_spec and any(s.kind not in ("flat", "spatial") or s.axis != 1 for s in imp.inputs_spec):
+            raise IRError(f"{src.path}: standalone code takes (batch, features) rows or (batch, C, ...) examples; "
+                          f"this model's input is laid out differently")
         g, out = imp.build(), imp.outputs_spec[0]
         return g.rebuild(outputs=[("out", out.ir), *g.outputs]), imp.bind({}), out.head
     from ..init import init_values

@@ -1,5 +1,7 @@
 """PyTorch -> bngraph: ``bg.from_torch(module, input_features)`` for an ``nn.Sequential`` of Linear,
-BatchNorm1d, ReLU, LeakyReLU, Tanh, Sigmoid, Identity and Flatten (nested Sequentials too).
+BatchNorm1d, ReLU, LeakyReLU, Tanh, Sigmoid, Identity and Flatten (nested Sequentials too), and with
+an input shape ``(C, L)`` / ``(C, H, W)`` of Conv1d/2d, BatchNorm1d/2d, MaxPool1d/2d, AvgPool1d/2d
+and AdaptiveAvgPool1d/2d to one position (:mod:`.torch_spatial`).
 
 Weights, biases, gamma/beta and the running statistics are copied; eps and momentum carry over
 unchanged (PyTorch's momentum is bngraph's: the weight of the new batch). ``TORCH_LAYERS`` is the
@@ -20,6 +22,8 @@ from ..ops import LOSS_OPS, OPS
 from .deps import require
 from .imported import ImportedGraph, InputSpec, OutputSpec, literal
 from .names import NameMap
+from .torch_spatial import SPATIAL_LAYERS, describe, spatial_rank
+from ..dsl_spatial import input_shape
 
 TORCH_LAYERS: dict = {}  # torch.nn class name -> fn(ctx, module, path, x) -> new IR value name
 
@@ -55,6 +59,9 @@ def _features(g, x) -> int:
 
 @layer("Linear")
 def _linear(ctx, mod, path, x):
+    if spatial_rank(ctx.g, x):
+        raise IRError(f"from_torch: {path} (Linear) receives {describe(ctx.g, x)} data; bngraph's Linear takes "
+                      f"(N, features): put an nn.Flatten() before it")
     if mod.in_features != _features(ctx.g, x):
         raise IRError(f"from_torch: {path} (Linear) takes {mod.in_features} features but receives {_features(ctx.g, x)}")
     name = ctx.names.claim(f"fc_{path}", "fc")
@@ -65,17 +72,25 @@ def _linear(ctx, mod, path, x):
     return out
 
 
-@layer("BatchNorm1d")
+BN_RANKS = {"BatchNorm1d": (0, 1), "BatchNorm2d": (2,)}  # spatial dimensions each one takes
+
+
+@layer(*BN_RANKS)
 def _batchnorm(ctx, mod, path, x):
+    kind = next(c.__name__ for c in type(mod).__mro__ if c.__name__ in BN_RANKS)
     if not mod.track_running_stats or mod.running_mean is None:
-        raise IRError(f"from_torch: {path} (BatchNorm1d) has track_running_stats=False; bngraph's batch norm keeps "
+        raise IRError(f"from_torch: {path} ({kind}) has track_running_stats=False; bngraph's batch norm keeps "
                       f"running statistics for eval mode")
     if mod.momentum is None:
-        raise IRError(f"from_torch: {path} (BatchNorm1d) has momentum=None (a cumulative average); bngraph needs "
+        raise IRError(f"from_torch: {path} ({kind}) has momentum=None (a cumulative average); bngraph needs "
                       f"an exponential average's momentum, e.g. 0.1")
+    if spatial_rank(ctx.g, x) not in BN_RANKS[kind]:
+        want = "(N, C) or (N, C, L)" if kind == "BatchNorm1d" else "(N, C, H, W)"
+        raise IRError(f"from_torch: {path} ({kind}) expects {want} data, receives {describe(ctx.g, x)}")
     n = _features(ctx.g, x)
     if mod.num_features != n:
-        raise IRError(f"from_torch: {path} (BatchNorm1d) has {mod.num_features} features but receives {n}")
+        what = "channels" if spatial_rank(ctx.g, x) else "features"
+        raise IRError(f"from_torch: {path} ({kind}) has {mod.num_features} {what} but receives {n}")
     name = ctx.names.claim(f"bn_{path}", "bn")
     out = ctx.g.batchnorm(x, name=name, eps=float(mod.eps), momentum=float(mod.momentum)).name
     torch = require("torch", "bg.from_torch")
@@ -103,6 +118,11 @@ def _flatten(ctx, mod, path, x):
     if mod.start_dim not in (1, -1) or mod.end_dim != -1:
         raise IRError(f"from_torch: {path} (Flatten) with start_dim={mod.start_dim}, end_dim={mod.end_dim}: only "
                       f"Flatten(start_dim=1) is supported (on (batch, features) data it changes nothing)")
+    if spatial_rank(ctx.g, x):  # (N, C, d...) -> (N, C*d1*...), PyTorch's order: the IR's flatten
+        if mod.start_dim != 1:
+            raise IRError(f"from_torch: {path} (Flatten) with start_dim={mod.start_dim} on {describe(ctx.g, x)} data: "
+                          f"only start_dim=1 (keep the batch) is supported")
+        return ctx.g.flatten(x, name=ctx.names.claim(f"flatten_{path}", "flatten")).name
     return x
 
 
@@ -176,9 +196,10 @@ def _convert(ctx, mod, path, x):
     return TORCH_LAYERS[base.__name__](ctx, mod, path, x)
 
 
-def from_torch(module, input_features: int, loss: str | None = "softmax_cross_entropy", name: str = "torch_model",
+def from_torch(module, input_features, loss: str | None = "softmax_cross_entropy", name: str = "torch_model",
                dtype="f32") -> ImportedGraph:
-    """Import ``module`` (an ``nn.Sequential``) taking ``input_features`` features per example.
+    """Import ``module`` (an ``nn.Sequential``) taking ``input_features`` features per example, or
+    examples of shape ``(C, L)`` / ``(C, H, W)`` (data ``(N, C, L)`` / ``(N, C, H, W)``, as the module).
 
     ``loss``: the loss put on the output so the graph can be trained (``softmax_cross_entropy``
     with labels ``y``, ``mse`` or ``sigmoid_bce`` with targets ``y``), or None. ``.compile()``
@@ -194,10 +215,17 @@ def from_torch(module, input_features: int, loss: str | None = "softmax_cross_en
     g = ImportedGraph(names.claim(name, "torch_model"), dtype)
     ctx = _Ctx(g, names)
     x = g.input(names.claim("x"), input_features).name
-    g.inputs_spec.append(InputSpec("x", x, "flat", 1, (int(input_features),)))
+    shape = input_shape("x", input_features)
+    g.inputs_spec.append(InputSpec("x", x, "spatial" if len(shape) > 1 else "flat", 1, shape))
     out = _convert(ctx, module, "", x)
     n_out = _features(g, out)
-    g.outputs_spec.append(OutputSpec("out", "out0", out, "flat", (n_out,)))
+    if spatial_rank(g, out):
+        g.outputs_spec.append(OutputSpec("out", "out0", out, "spatial", (n_out, *g.value(out).type.shape[2:])))
+        if loss is not None:
+            raise IRError(f"from_torch: the module's output is {describe(g, out)} data; loss={loss!r} needs "
+                          f"(N, outputs): end the module with nn.Flatten() (and a Linear), or pass loss=None")
+    else:
+        g.outputs_spec.append(OutputSpec("out", "out0", out, "flat", (n_out,)))
     if loss is not None:
         y = names.claim("y")
         if OPS[loss].class_labels:
@@ -209,3 +237,6 @@ def from_torch(module, input_features: int, loss: str | None = "softmax_cross_en
         g.loss(loss, out, y)
         g.added_loss = True
     return g
+
+
+TORCH_LAYERS.update(SPATIAL_LAYERS)  # Conv1d/2d, pools: bngraph/interop/torch_spatial.py
