@@ -18,6 +18,7 @@ from .backends import Target, get_target, register_target
 from .compiler import emit
 from .dsl import Graph, GraphBuilder, mlp
 from .graph import FrozenGraph, as_graph
+from .htmlreport import report
 from .interop import ImportedGraph, MissingDependency, UnsafeModel, from_onnx, from_torch, to_dot, to_onnx
 from .interpreter import interpret
 from .ir import IRError, Node, TensorType, Value
@@ -33,6 +34,6 @@ __all__ = [
     "ACTIVATIONS", "CheckpointError", "DataError", "Dataset", "DatasetError", "FrozenGraph", "Graph", "GraphBuilder", "History", "INFERENCE_PIPELINE", "IRError", "Model",
     "Node", "OPS", "PASSES", "ParseError", "Pass", "PassError", "PassResult", "PipelineResult", "TRAINING_PIPELINE", "Target", "TensorType", "TrainingDiverged", "Value", "VerifyError",
     "as_graph", "callbacks", "compile", "datasets", "emit", "get_target", "grad_graph", "interpret", "load", "load_dataset", "mlp", "optim", "parse", "passes", "register_target",
-    "run_pipeline", "schedules", "to_inference", "verify",
+    "report", "run_pipeline", "schedules", "to_inference", "verify",
     "ImportedGraph", "MissingDependency", "UnsafeModel", "from_onnx", "from_torch", "to_dot", "to_onnx",
 ]

@@ -26,7 +26,7 @@ SECTIONS = [
         "run_pipeline", "PipelineResult", "to_inference", "Pass", "PassResult", "PASSES", "TRAINING_PIPELINE",
         "INFERENCE_PIPELINE",
         "Target", "register_target", "get_target",
-        "from_onnx", "to_onnx", "from_torch", "to_dot", "ImportedGraph",
+        "from_onnx", "to_onnx", "from_torch", "to_dot", "ImportedGraph", "report",
         "IRError", "ParseError", "VerifyError", "PassError", "DataError", "DatasetError", "CheckpointError",
         "TrainingDiverged", "MissingDependency", "UnsafeModel",
     ]),

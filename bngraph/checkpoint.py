@@ -42,6 +42,8 @@ def meta(model) -> dict:
         "step": model.step, "epoch": model.epoch, "fit": model.fit_state,
         "optimizer": None if opt is None else {"type": type(opt).__name__},
         **({"cli": model.cli_run} if getattr(model, "cli_run", None) is not None else {}),
+        **({"history": {"epochs": list(model.history), "stop_reason": model.history.stop_reason}}
+           if getattr(model, "history", None) else {}),  # every epoch of fit: bg.report's training curves
     }
 
 
@@ -137,6 +139,12 @@ def _check_meta(path, m):
     problem = _cli_run_problem(m.get("cli"))
     if problem:
         raise CheckpointError(f"{path}: damaged checkpoint: metadata 'cli' {problem}")
+    h = m.get("history")
+    if h is not None and not (isinstance(h, dict) and isinstance(h.get("epochs"), list)
+                              and all(isinstance(r, dict) for r in h["epochs"])
+                              and (h.get("stop_reason") is None or isinstance(h["stop_reason"], str))):
+        raise CheckpointError(f"{path}: damaged checkpoint: metadata 'history' is {h!r:.80}, expected "
+                              f"{{'epochs': [one dict per epoch], 'stop_reason': null or a sentence}}")
 
 
 # ---- the command line's record of a run (bngraph train; restored by --resume) -----------------
@@ -250,7 +258,17 @@ def restore(model, m, arrays, optimizer, path):
     model.step, model.epoch = int(m["step"]), int(m["epoch"])
     model.fit_state = m.get("fit")
     model.cli_run = m.get("cli")  # the command line's settings of the run, if it made it
+    model.history = _history(m.get("history"))
     model.optimizer = optimizer
+
+
+def _history(h):
+    """The epochs a checkpoint recorded, as a ``History`` (empty when it recorded none)."""
+    from .training import History
+
+    out = History((h or {}).get("epochs", []))
+    out.stop_reason = (h or {}).get("stop_reason")
+    return out
 
 
 def _check_fit_position(path, f, model):

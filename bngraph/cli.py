@@ -1,4 +1,4 @@
-"""The ``bngraph`` command: train, emit, show.
+"""The ``bngraph`` command: train, emit, show, report.
 
     bngraph train                     # the default MLP with batch norm on the built-in digits
     bngraph emit model.py:net         # the generated code
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .version import __version__
 
     p.add_argument("--version", action="version", version=f"bngraph {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,emit,show}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,emit,show,report}", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (default: an MLP with batch norm on the built-in digits)")
     t.add_argument("model", nargs="?", help=f"{MODEL_FORMS} (a new run from its weights); default: the built-in "
@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="FILE", help="write the picture: FILE.svg or FILE.png (needs Graphviz's dot), "
                    "or FILE.dot")
     s.set_defaults(func=cmd_show)
+
+    from .htmlreport.cli import add_parser as add_report_parser  # bngraph report: the HTML report (bngraph/htmlreport/)
+
+    add_report_parser(sub, MODEL_FORMS)
     return p
 
 

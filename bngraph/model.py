@@ -88,6 +88,7 @@ class Model:
         self.optimizer = None
         self.epoch = 0  # epochs completed by fit
         self.fit_state = None  # fit's seed, batch size and place in an epoch (bngraph.training), saved in checkpoints
+        self.history = History()  # every epoch fit has run on this model (checkpoints carry it; bg.report draws it)
         self._describe_io()
         # the training step (bngraph/step.py): programs, flat buffers, checks, update, commit, the
         # step count and capture, owned by one object; a target may bring its own (the CUDA guarded step)
@@ -327,7 +328,7 @@ class Model:
     def fit(self, X: ArrayLike, y: ArrayLike, optimizer=None, epochs: int = 1, batch_size: int | None = None,
             shuffle: bool | None = None, seed: int | None = None, validation_data: tuple | None = None,
             verbose: bool | None = None, lr_schedule=None, checkpoint: str | os.PathLike | None = None,
-            callbacks: list | None = None) -> History:
+            callbacks: list | None = None, report: str | os.PathLike | None = None) -> History:
         """Train for ``epochs`` more epochs; returns the per-epoch history.
 
         Mini-batches t = 1..T per epoch, reshuffled each epoch from (seed, epoch number) so that
@@ -342,9 +343,11 @@ class Model:
         stopping, best-model checkpoints, your own). ``checkpoint``: a path saved (atomically)
         after every epoch. Ctrl-C stops at the next step boundary (KeyboardInterrupt; the model is
         as after a whole step, and a checkpoint saved then resumes mid-epoch). ``verbose``: None
-        = a progress bar on a terminal and one line per epoch, False = quiet."""
+        = a progress bar on a terminal and one line per epoch, False = quiet. ``report``: a path where
+        the HTML report of the model (``bg.report``: graph, passes, code, training curves) is written
+        at the end of training."""
         return training.fit(self, X, y, optimizer, epochs, batch_size, shuffle, seed, validation_data, verbose,
-                            lr_schedule, checkpoint, callbacks=callbacks)
+                            lr_schedule, checkpoint, callbacks=callbacks, report=report)
 
     def summary(self, print_fn=None) -> None:
         """Print the layers (ops, output shapes, parameters), the totals and what the passes

@@ -62,7 +62,7 @@ class History(list):
 
 def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = None, shuffle: bool | None = None,
         seed: int | None = None, validation_data=None, verbose=None, lr_schedule=None, checkpoint: str | None = None,
-        announce_stop: bool = True, callbacks=None) -> History:
+        announce_stop: bool = True, callbacks=None, report=None) -> History:
     """``Model.fit``: see its docstring. ``announce_stop=False``: a stop (a divergence, a callback's)
     is not printed (the caller reports ``history.stop_reason`` itself, as the command line does)."""
     inputs = model.inputs
@@ -84,6 +84,8 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
     callbacks = CallbackList(callbacks)
     if checkpoint:
         check_writable(checkpoint, "fit checkpoint")
+    if report:
+        check_writable(report, "fit report")
     n = X.shape[0]
     if inputs.batch_statistics and (n < 2 or batch_size < 2):
         raise DataError(f"fit: batch norm needs at least 2 examples per batch (got {n} examples, "
@@ -123,6 +125,10 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
     callbacks.call("on_train_end", model, {"history": history, "stop_reason": history.stop_reason})
     if history.stop_reason and announce_stop:
         bar.line(history.stop_reason)
+    if report:
+        from .htmlreport import report as write_report
+
+        bar.line(f"wrote report {write_report(model, report, target=model.target)}")
     return history
 
 
@@ -185,6 +191,7 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
                 history.stop_reason = (f"stopped early at epoch {ep}, step {steps.stopped_at} of {T} "
                                        f"(global step {model.step + 1}): {steps.stop_reason}")
                 history.diverged = True
+                _remember(model, None, history.stop_reason)
                 bar.close()
                 return
             rec = {"epoch": ep, "loss": float(np.mean(pos["losses"])), "steps": T,
@@ -195,9 +202,11 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
             model.epoch = ep
             model.fit_state["position"] = None
             history.append(rec)
+            _remember(model, rec, None)
             if schedule is not None:
                 schedule.epoch_end(model, rec)  # ReduceLROnPlateau takes its metric
             history.stop_reason = callbacks.call("on_epoch_end", model, ep, rec)
+            _remember(model, None, history.stop_reason)
             bar.close()
             bar.line(format_record(rec))
             if checkpoint:
@@ -205,6 +214,19 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
             if history.stop_reason:
                 break
         interrupts.check(model, None)  # a Ctrl-C during the last validation or save
+
+
+def _remember(model, record, stop_reason):
+    """The model's own history of every epoch (``model.history``, which checkpoints carry): the
+    epoch's record, or how its last fit stopped."""
+    log = getattr(model, "history", None)
+    if not isinstance(log, History):
+        return
+    if record is not None:
+        log.append(record)
+        log.stop_reason = None
+    else:
+        log.stop_reason = stop_reason
 
 
 class _Unread:
