@@ -11,7 +11,12 @@
    (``Adam(fused=True, capturable=True)``) and ``torch.compile`` (its compile time apart); the
    kernels and cuBLAS calls per bngraph step; the fused batch-norm forward kernel's bandwidth
    against a device-to-device copy of the same tensor. One table on stdout, every record in JSON.
+3. A small CNN (:func:`cnn`: two conv3x3+BN+ReLU+maxpool blocks, 16 and 32 channels, a linear head,
+   1x28x28 random data) at batch 64 and 256: bngraph's step (im2col + cuBLAS, spatial batch norm)
+   eager and in its CUDA graph against the same net in PyTorch/cuDNN, eager and in a CUDA graph.
 Nothing is installed: the machine needs CuPy, PyTorch with CUDA, and this checkout.
+``--emulator`` runs only the CNN's bngraph step on the CPU emulator (a few steps, host time): that
+the script and the CNN's kernels run, without a GPU.
 """
 from __future__ import annotations
 
@@ -49,15 +54,38 @@ def cuda_median(step, cp, n):
     return float(np.median(times))
 
 
-def bngraph_rows(widths, m, n, cp):
+CNN_BATCHES = (64, 256)
+
+
+def cnn():
+    """The CNN row's net, 1x28x28 -> 10 classes, float32 (PyTorch's twin: :func:`torch_cnn`)."""
+    g = bg.Graph("cnn", "f32")
+    x, y = g.input("x", (1, 28, 28)), g.labels("y", 10)
+    h = x
+    for k, c in enumerate((16, 32), 1):
+        h = g.maxpool(g.relu(g.batchnorm(g.conv(h, c, 3, padding=1, name=f"conv{k}"), name=f"bn{k}")), 2)
+    g.softmax_cross_entropy(g.matmul(g.flatten(h), 10, name="out"), y)
+    return g
+
+
+def cnn_data(m):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((m, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, m)
+
+
+def bngraph_rows(widths, m, n, cp, graph=None, data=None):
     """bngraph's step as fit runs it: enqueued (``Model._submit``), the losses read after the timed
-    steps (fit reads once per logging interval), so no step waits for a host read."""
+    steps (fit reads once per logging interval), so no step waits for a host read. ``graph``,
+    ``data``: another net than ``bg.mlp(widths)`` (the CNN) and its batch."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((m, widths[0])).astype(np.float32)
     y = rng.integers(0, widths[-1], m)
+    if data is not None:
+        X, y = data
+    make = graph or (lambda: bg.mlp(widths))
     out = {}
     for label, kw in (("bngraph eager", {}), ("bngraph CUDA graph", {"cuda_graph": True})):
-        model = bg.compile(bg.mlp(widths), target="cuda", **kw)
+        model = bg.compile(make(), target="cuda", **kw)
         opt = bg.optim.Adam(lr=1e-4)
 
         def step(model=model, opt=opt):
@@ -68,7 +96,7 @@ def bngraph_rows(widths, m, n, cp):
         losses = model._collect()
         assert model.trainer.guarded is not None and all(np.isfinite(losses))
     # launches per step: the driver's kernels and cuBLAS calls, and the guarded step's own
-    model = bg.compile(bg.mlp(widths), target="cuda")
+    model = bg.compile(make(), target="cuda")
     opt = bg.optim.Adam(lr=1e-4)
     model.train_step(X, y, opt)
     exe, guarded, counts = model.executable, model.trainer.guarded, {"kernels": 0, "gemm": 0}
@@ -106,7 +134,16 @@ def bn_bandwidth(model, X, cp):
     return t_bn, t_copy, 2 * z.nbytes / (t_bn * 1e-3) / 1e12
 
 
-def torch_rows(widths, m, n):
+def torch_cnn(torch):
+    """The CNN of :func:`cnn` in PyTorch (no conv bias: bngraph folds it away before batch norm)."""
+    nn, layers, c_in = torch.nn, [], 1
+    for c in (16, 32):
+        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
+
+
+def torch_rows(widths, m, n, cnn_net=False):
     import torch
     import torch.nn.functional as F
 
@@ -115,13 +152,15 @@ def torch_rows(widths, m, n):
     dev = torch.device("cuda")
 
     def make():
+        if cnn_net:
+            return torch_cnn(torch).to(dev)
         layers = []
         for a, b in zip(widths[:-2], widths[1:-1]):
             layers += [torch.nn.Linear(a, b), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
         layers.append(torch.nn.Linear(widths[-2], widths[-1]))
         return torch.nn.Sequential(*layers).to(dev)
 
-    x = torch.randn(m, widths[0], device=dev)
+    x = torch.randn(m, *((1, 28, 28) if cnn_net else (widths[0],)), device=dev)
     y = torch.randint(0, widths[-1], (m,), device=dev)
 
     def timed(step):
@@ -164,20 +203,21 @@ def torch_rows(widths, m, n):
         opt.step()
     out["PyTorch CUDA graph"] = timed(graph.replay)
 
-    net = make()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)
-    cnet = torch.compile(net)
-    t0 = time.perf_counter()
+    if not cnn_net:  # the CNN row: eager and CUDA graph (torch.compile's minutes are the MLP rows')
+        net = make()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)
+        cnet = torch.compile(net)
+        t0 = time.perf_counter()
 
-    def compiled():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(cnet(x), y).backward()
-        opt.step()
+        def compiled():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(cnet(x), y).backward()
+            opt.step()
 
-    compiled()
-    torch.cuda.synchronize()
-    out["torch.compile compile s"] = time.perf_counter() - t0
-    out["torch.compile"] = timed(compiled)
+        compiled()
+        torch.cuda.synchronize()
+        out["torch.compile compile s"] = time.perf_counter() - t0
+        out["torch.compile"] = timed(compiled)
     return out
 
 
@@ -191,9 +231,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="20 steps per median instead of 200")
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--emulator", action="store_true", help="only the CNN's bngraph step on the CPU emulator")
+    ap.add_argument("--cnn-only", action="store_true", help="only the CNN rows (after the tests)")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.json"))
     args = ap.parse_args(argv)
     n = 20 if args.quick else 200
+    if args.emulator:
+        return emulator_cnn()
     if not args.skip_tests:
         r = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rs",
                             os.path.join(os.path.dirname(HERE), "tests", "test_cuda_gpu.py")])
@@ -202,7 +246,7 @@ def main(argv=None):
 
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
     records = []
-    for widths, m in CONFIGS:
+    for widths, m in [] if args.cnn_only else CONFIGS:
         name = f"{'-'.join(map(str, widths))} b{m}"
         rec = {"config": name}
         try:
@@ -215,6 +259,18 @@ def main(argv=None):
             rec["bngraph error"] = f"{type(e).__name__}: {e}"
         try:
             rec.update(torch_rows(widths, m, n))
+        except Exception as e:  # noqa: BLE001
+            rec["torch error"] = f"{type(e).__name__}: {e}"
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    for m in CNN_BATCHES:
+        rec = {"config": f"CNN 1x28x28 conv16-conv32 b{m}"}
+        try:
+            rec.update(bngraph_rows([784, 10], m, n, cp, graph=cnn, data=cnn_data(m))[0])
+        except Exception as e:  # noqa: BLE001
+            rec["bngraph error"] = f"{type(e).__name__}: {e}"
+        try:
+            rec.update(torch_rows([784, 10], m, n, cnn_net=True))
         except Exception as e:  # noqa: BLE001
             rec["torch error"] = f"{type(e).__name__}: {e}"
         records.append(rec)
@@ -234,6 +290,19 @@ def main(argv=None):
     with open(args.json, "w") as f:
         json.dump(records, f, indent=2)
     print(f"records: {args.json}")
+
+
+def emulator_cnn(m=8, steps=3):
+    """The CNN's guarded training step on the CPU emulator: host seconds a step, finite losses."""
+    X, y = cnn_data(m)
+    model = bg.compile(cnn(), target="cuda", device="emulator")
+    opt = bg.optim.Adam(lr=1e-3)
+    t0 = time.perf_counter()
+    losses = [model.train_step(X, y, opt) for _ in range(steps)]
+    dt = (time.perf_counter() - t0) / steps
+    assert all(np.isfinite(losses)), losses
+    print(f"CNN b{m} on the CPU emulator: {dt:.3f} s a step, losses {', '.join(f'{v:.4f}' for v in losses)}")
+    return losses
 
 
 if __name__ == "__main__":

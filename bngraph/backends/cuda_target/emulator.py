@@ -148,8 +148,9 @@ def _c_arg(a):
 
 
 def gemm(ta, tb, M, N, K, A, B, C):
-    """Row-major C (M, N) = op(A) @ op(B), as cuBLAS computes it on a GPU."""
-    np.matmul(A.T if ta else A, B.T if tb else B, out=C)
+    """Row-major C (M, N) = op(A) @ op(B), as cuBLAS computes it on a GPU; 3-D operands (batch,
+    rows, cols) are one product per batch entry (cuBLAS's strided-batched GEMM: grouped convolutions)."""
+    np.matmul(A.swapaxes(-1, -2) if ta else A, B.swapaxes(-1, -2) if tb else B, out=C)
     return C
 
 

@@ -20,10 +20,11 @@ array, and a second kernel adds them up in a fixed order. A row's extra kernels 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ...ir import BATCH
+from ...ir import BATCH, TensorType
 from ...ops import LOSS_AND_GRAD, loss_options
 from ..cstyle import CStyleLanguage
 from ..lowering import Lowering
@@ -65,8 +66,27 @@ def node_act(node) -> Act:
 
 
 def rows(t) -> int:
-    """The fixed leading dimension (units) of a (features, m) value."""
+    """The fixed leading dimension (units, channels) of a (features, m) or (channels, m, d...) value."""
     return t.shape[0]
+
+
+def positions(t) -> int:
+    """The positions per example of a spatial value (channels, m, d1, ...): d1*...; 1 for (features, m)."""
+    return math.prod(t.shape[2:])
+
+
+def row_length(t) -> dict:
+    """The host driver's length of one unit's row, ``n`` and as the kernels' ``int m`` argument
+    ``ni``: the batch m of a (features, m) value, m*d1*... of a spatial one (per-channel batch norm,
+    bias and bias gradient run on the (channels, m*d1*...) view, the same kernels)."""
+    d = positions(t)
+    return dict(n="m", ni="mi") if t.rank == 2 else dict(n=f"m * {d}", ni=f"np.int32(m * {d})")
+
+
+def unit_view(t):
+    """A spatial value as its (channels, m*d1*...) view, typed (channels, m): the per-unit kernels'
+    shape when their ``m`` is the row length."""
+    return t if t.rank == 2 else TensorType(t.dtype, (t.shape[0], BATCH))
 
 
 def numel(t) -> str:
@@ -123,6 +143,9 @@ class Kernel(Lowering):
 
     spec: Callable[[At], KernelSpec] | None = None
     host: str | Callable[[dict], str] = "launch.py.j2"
+    # batch-sized temporaries of their own shape (im2col's columns): at -> {name: TensorType}, each
+    # a buffer ``B["<first output>.<name>"]`` of the plan (CudaRenderer.plan adds them)
+    buffers: Callable[[At], dict] | None = None
 
     def host_for(self, attrs: dict) -> str:
         """The driver template for a node with these attributes."""
@@ -159,10 +182,11 @@ def elementwise(body: Callable[[At], dict]) -> Kernel:
 
     def spec(at: At) -> KernelSpec:
         e = body(at)
+        n = e.get("n", "m")  # the kernel's m: the batch, or a spatial value's row length (bias_add)
         return KernelSpec([cin(nm, ct) for nm, ct in e["inputs"]] + [cout(o) for o in e["outputs"]],
                           list(at.node.inputs[:len(e["inputs"])]), list(at.step.outs),
-                          f"grid({e['size'].replace('(long long)m', 'm')})",
-                          dict(size=e["size"], row=e["row"], body=e["body"]))
+                          f"grid({e['size'].replace('(long long)m', n)})",
+                          dict(size=e["size"], row=e["row"], body=e["body"], n=n, ni=e.get("ni", "mi")))
 
     return Kernel("elementwise.cu.j2", spec=spec)
 
@@ -180,9 +204,9 @@ def pointwise(expr: Callable[..., str]) -> Kernel:
 
 
 def _bias_add(at):
-    act = node_act(at.node)
-    return {"inputs": [("z", "real"), ("b", "real")], "outputs": ["y"], "size": numel(at.outs[0]),
-            "row": True, "body": ["const real x = z[i] + b[r];", f"y[i] = {act.apply('x')};"]}
+    act = node_act(at.node)  # a spatial value: per channel, on the (channels, m*d...) view (m: the row length)
+    return {"inputs": [("z", "real"), ("b", "real")], "outputs": ["y"], "size": numel(unit_view(at.outs[0])),
+            "row": True, "body": ["const real x = z[i] + b[r];", f"y[i] = {act.apply('x')};"], **row_length(at.outs[0])}
 
 
 def _activation(at):
@@ -233,7 +257,7 @@ def _row_grid(at) -> str:
 
 def _bn_forward_spec(at):
     n, ins = at.node, list(at.node.inputs)
-    ctx = dict(rows=rows(at.ins[0]), eps=repr(n.attr["eps"]), act=node_act(n))
+    ctx = dict(rows=rows(at.ins[0]), eps=repr(n.attr["eps"]), act=node_act(n), **row_length(at.ins[0]))
     if n.attr["mode"] == "train":
         names = ["z", "gamma", "beta", "y", "mean", "var_out"]
         return KernelSpec([cin(x) for x in names[:3]] + [cout(x) for x in names[3:]], ins[:3], list(at.step.outs),
@@ -259,7 +283,7 @@ def _bn_backward_spec(at):
                       list(n.inputs[:len(names)]), list(at.step.outs), _row_grid(at),
                       dict(rows=units, eps=repr(n.attr["eps"]), train=n.attr["mode"] == "train", act=act,
                            fused_act=with_act, dy=dy, dy_cached=lambda k: dy(k, "dac[{}]", "ac[{}]"),
-                           combine_grid=f"{units} * segs"),
+                           combine_grid=f"{units} * segs", **row_length(at.ins[0])),
                       more=dict(partial=[x for x in names if x != "gamma"],
                                 combine=names + ["dz", "dgamma", "dbeta"]))
 
@@ -269,13 +293,14 @@ def _running_update_spec(at):
     return KernelSpec([cin("running_mean"), cin("running_var"), cin("mean"), cin("var"),
                        cout("running_mean_next"), cout("running_var_next")],
                       list(at.node.inputs[:4]), list(at.step.outs), f"grid({units})",
-                      dict(rows=units, momentum=repr(at.node.attr["momentum"])))
+                      dict(rows=units, momentum=repr(at.node.attr["momentum"]), **row_length(at.ins[4])))
 
 
 def _sum_batch_spec(at):
     units = rows(at.ins[0])
     return KernelSpec([cin("x"), cout("s")], list(at.node.inputs[:1]), list(at.step.outs), _row_grid(at),
-                      dict(rows=units, combine_grid=str(min(units, 65535))), more=dict(partial=["x"], combine=["s"]))
+                      dict(rows=units, combine_grid=str(min(units, 65535)), **row_length(at.ins[0])),
+                      more=dict(partial=["x"], combine=["s"]))
 
 
 # ---- losses: a loss, its gradient, or both (<loss>_and_grad): the batch cut into parts, a block each

@@ -217,7 +217,7 @@ CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 # and checks each argument instead of guessing (an int where size_t is due, a double for a float*):
 # name -> (restype, argtypes). Handles and streams are pointers, enums and cublasStatus_t are C ints,
 # device arrays are void*. tests/test_cuda_cublas_api.py checks this table against the real header.
-_i, _p = ctypes.c_int, ctypes.c_void_p
+_i, _p, _ll = ctypes.c_int, ctypes.c_void_p, ctypes.c_longlong
 _GEMM = (_p, _i, _i, _i, _i, _i)  # handle, transa, transb, m, n, k
 CUBLAS_PROTOTYPES = {
     "cublasGetProperty": (_i, (_i, ctypes.POINTER(_i))),                # libraryPropertyType, int*
@@ -230,6 +230,11 @@ CUBLAS_PROTOTYPES = {
                                     _p, _i)),  # alpha, A, lda, B, ldb, beta, C, ldc
     "cublasDgemm_v2": (_i, _GEMM + (ctypes.POINTER(ctypes.c_double), _p, _i, _p, _i,
                                     ctypes.POINTER(ctypes.c_double), _p, _i)),
+    # grouped convolutions: alpha, A, lda, strideA, B, ldb, strideB, beta, C, ldc, strideC, batchCount
+    "cublasSgemmStridedBatched": (_i, _GEMM + (ctypes.POINTER(ctypes.c_float), _p, _i, _ll, _p, _i, _ll,
+                                               ctypes.POINTER(ctypes.c_float), _p, _i, _ll, _i)),
+    "cublasDgemmStridedBatched": (_i, _GEMM + (ctypes.POINTER(ctypes.c_double), _p, _i, _ll, _p, _i, _ll,
+                                               ctypes.POINTER(ctypes.c_double), _p, _i, _ll, _i)),
 }
 
 
@@ -371,10 +376,19 @@ class Cublas:
         if self.handle is None:
             raise RuntimeError("cuBLAS used after close(): the model's runtime was closed")
         dt = C.dtype
+        ops = (self.handle, CUBLAS_OP_T if tb else CUBLAS_OP_N, CUBLAS_OP_T if ta else CUBLAS_OP_N,
+               ctypes.c_int(N), ctypes.c_int(M), ctypes.c_int(K), ctypes.byref(self.one[dt]))
+        if C.ndim == 3:  # (batch, rows, cols) operands, contiguous: one strided-batched GEMM (a grouped conv)
+            fn = self.lib.cublasSgemmStridedBatched if dt == np.float32 else self.lib.cublasDgemmStridedBatched
+            stride = lambda a: ctypes.c_longlong(a.shape[1] * a.shape[2])  # noqa: E731
+            status = fn(*ops, ctypes.c_void_p(B.data.ptr), ctypes.c_int(B.shape[2]), stride(B),
+                        ctypes.c_void_p(A.data.ptr), ctypes.c_int(A.shape[2]), stride(A),
+                        ctypes.byref(self.zero[dt]), ctypes.c_void_p(C.data.ptr), ctypes.c_int(N), stride(C),
+                        ctypes.c_int(C.shape[0]))
+            self._check("strided-batched gemm", status)
+            return C
         fn = self.lib.cublasSgemm_v2 if dt == np.float32 else self.lib.cublasDgemm_v2
-        status = fn(self.handle, CUBLAS_OP_T if tb else CUBLAS_OP_N, CUBLAS_OP_T if ta else CUBLAS_OP_N,
-                    ctypes.c_int(N), ctypes.c_int(M), ctypes.c_int(K), ctypes.byref(self.one[dt]),
-                    ctypes.c_void_p(B.data.ptr), ctypes.c_int(B.shape[1]),
+        status = fn(*ops, ctypes.c_void_p(B.data.ptr), ctypes.c_int(B.shape[1]),
                     ctypes.c_void_p(A.data.ptr), ctypes.c_int(A.shape[1]),
                     ctypes.byref(self.zero[dt]), ctypes.c_void_p(C.data.ptr), ctypes.c_int(N))
         self._check("gemm", status)
