@@ -14,6 +14,8 @@ from typing import Callable
 
 from ...ops import LOSS_AND_GRAD, loss_options
 from ..lowering import Lowering
+from . import spatial_code
+from .spatial_code import Units
 
 # --------------------------------------------------------------------------------------------
 # Activations: y = g(x) written into dst (dst may be x itself: in place), and g' from the output y
@@ -97,7 +99,7 @@ def _bn_backward_context(node, ins):
     return {"train": node.attr["mode"] == "train", "fused_act": fused, "da": ins[0],
             "a": ins[1] if node.op == "batchnorm_act_grad" else None,
             "z": ins[-4], "gamma": ins[-3], "mean": ins[-2], "var": ins[-1],
-            "units": node.outputs[0].type.shape[0]}
+            "units": node.outputs[0].type.shape[0], "view": Units(node.outputs[0].type)}
 
 
 def _bn_forward(attrs):
@@ -135,14 +137,38 @@ ACTIVATION = Lowering("activation.j2")
 # the generated code hands to ``rows`` (the runtime's runs long ones in lanes on host threads).
 BN_FORWARD = Lowering(_bn_forward, temps=("s", "t", "rows"),
                       context=lambda node, ins: {"act": node_act(node) or Act("identity"),  # plain batchnorm: identity
-                                                 "units": node.outputs[0].type.shape[0]})
+                                                 "units": node.outputs[0].type.shape[0],
+                                                 "view": Units(node.outputs[0].type)})
 BN_BACKWARD = Lowering("batchnorm_grad.j2", temps=("dy", "rows"), temp_buffers=_bn_backward_buffers,
                        context=_bn_backward_context)
 
+# The per-unit ops on a spatial value (C, m, d..) read it as its (C, m*d..) view (spatial_code.Units);
+# the spatial ops' contexts need their inputs' types, which the renderer hands them on the node
+# (node.input_types).
+BIAS_ADD = Lowering("bias_add.j2", context=lambda node, ins: {"view": Units(node.outputs[0].type)})
+CONV = Lowering("conv.j2", temps=("xp", "cols"), context=spatial_code.conv_context)
+
+SPATIAL_LOWERINGS = {
+    "conv": CONV,
+    "conv_grad_weight": Lowering("conv_grad_weight.j2", temps=("xp", "cols"),
+                                 context=spatial_code.conv_grad_weight_context),
+    "conv_grad_input": Lowering("conv_grad_input.j2", temps=("dcols", "dxp"),
+                                context=spatial_code.conv_grad_input_context),
+    "maxpool": Lowering("maxpool.j2", temps=("xp",), context=spatial_code.pool_context),
+    "avgpool": Lowering("avgpool.j2", temps=("xp",), context=spatial_code.pool_context),
+    "maxpool_grad": Lowering("maxpool_grad.j2", temps=("xp", "dxp", "taken", "nan", "hit"),
+                             context=spatial_code.pool_grad_context),
+    "avgpool_grad": Lowering("avgpool_grad.j2", temps=("share", "dxp"), context=spatial_code.pool_grad_context),
+    "global_avgpool": Lowering("global_avgpool.j2", context=spatial_code.global_avgpool_context),
+    "global_avgpool_grad": Lowering("global_avgpool_grad.j2", context=spatial_code.global_avgpool_context),
+    "flatten": Lowering("flatten.j2", context=spatial_code.flatten_context),
+    "unflatten": Lowering("unflatten.j2", context=spatial_code.flatten_context),
+}
+
 LOWERINGS = {
     "matmul": Lowering("matmul.j2", context=_matmul_context),
-    "bias_add": Lowering("bias_add.j2"),
-    "bias_add_act": Lowering("bias_add.j2"),
+    "bias_add": BIAS_ADD,
+    "bias_add_act": BIAS_ADD,
     "identity": Lowering("identity.j2", alias=True),
     "relu": ACTIVATION,
     "leaky_relu": ACTIVATION,
@@ -150,13 +176,13 @@ LOWERINGS = {
     "sigmoid": ACTIVATION,
     "batchnorm": BN_FORWARD,  # = batchnorm_act with act=identity: z*s + t, one template
     "batchnorm_act": BN_FORWARD,
-    "running_update": Lowering("running_update.j2"),
+    "running_update": Lowering("running_update.j2", context=lambda node, ins: {"view": Units(node.input_types[4])}),
     "log_softmax": Lowering("log_softmax.j2"),
     "softmax_cross_entropy": CLASS_LOSS,
     "nll": CLASS_LOSS,
     "mse": Lowering("mse.j2"),
     "sigmoid_bce": Lowering("sigmoid_bce.j2"),
-    "sum_batch": Lowering("sum_batch.j2"),
+    "sum_batch": Lowering("sum_batch.j2", context=lambda node, ins: {"view": Units(node.input_types[0])}),
     **{op: UFUNC for op in UFUNCS},
     "act_grad": Lowering("act_grad.j2"),
     "batchnorm_grad": BN_BACKWARD,
@@ -167,6 +193,7 @@ LOWERINGS = {
     "mse_grad": Lowering("mse_grad.j2"),
     "sigmoid_bce_grad": Lowering("sigmoid_bce_grad.j2"),
     "fill": Lowering("fill.j2", const=True),  # the seed dL/dL of the backward pass (autodiff)
+    **SPATIAL_LOWERINGS,
 }
 
 

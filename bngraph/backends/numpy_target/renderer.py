@@ -14,12 +14,13 @@ from ...version import __version__
 from ..base import Rendered, Renderer, template_env
 from ..lowering import Plan
 from .lowerings import LOWERINGS, Act, node_act
+from .spatial_code import LOOP_VARS
 
 
 class NumpyRenderer(Renderer):
     target = "numpy"
     lowerings = LOWERINGS
-    reserved = ("np", "P", "S", "G", "B", "m", "DTYPE", "rows")
+    reserved = ("np", "P", "S", "G", "B", "m", "DTYPE", "rows", *LOOP_VARS)
 
     def __init__(self):
         self.env = template_env("numpy")
@@ -48,7 +49,7 @@ class NumpyRenderer(Renderer):
                 act=node_act(n), activation=Act,
             )
             if step.lowering.context is not None:
-                ctx.update(step.lowering.context(n, ins))
+                ctx.update(step.lowering.context(TypedNode(n, [plan.types[i] for i in n.inputs]), ins))
             code = self.env.get_template(step.template).render(**ctx)
             body.append("    # " + format_node(n))
             body.extend("    # " + note for note in plan.reuse_notes(step))
@@ -66,6 +67,17 @@ class NumpyRenderer(Renderer):
             arrays=arrays, buffers=[(k, array_of[k]) for k, _ in plan.buffers], has_grads=plan.has_grads,
             buffer_summary=plan.buffer_summary() or "B: no buffers",
         ).rstrip("\n")
+
+
+class TypedNode:
+    """A node as a lowering's context sees it: the node, and ``input_types`` (its inputs' types,
+    which a spatial op's code needs: a conv's kernel is its weight's shape)."""
+
+    def __init__(self, node, input_types):
+        self._node, self.input_types = node, input_types
+
+    def __getattr__(self, name):
+        return getattr(self._node, name)
 
 
 def _shape_expr(t) -> str:
