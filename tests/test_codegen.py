@@ -405,6 +405,10 @@ def test_the_equivalence_tests_cover_every_op():
     from test_arch_tables import fused_graphs
 
     seen.update(n.op for g in fused_graphs() for n in g.nodes)
+    from test_numpy_spatial import spatial_graphs  # tests/test_numpy_spatial.py runs these against the interpreter
+
+    seen.update(n.op for make in spatial_graphs().values() for passes in (None, [])
+                for p in build_programs(make(), "float64", passes).programs.values() for n in p.nodes)
     missing = sorted(set(bg.OPS) - seen)
     assert not missing, f"ops never exercised by the codegen equivalence tests: {missing}"
 

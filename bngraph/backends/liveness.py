@@ -21,8 +21,9 @@ from ..ir import BATCH
 
 
 def is_batch_sized(t) -> bool:
-    """A ``(features, m)`` value: what gets a buffer per batch size, and what may share one."""
-    return t.rank == 2 and BATCH in t.shape
+    """A ``(features, m)`` value or a spatial ``(C, m, d...)`` one: what gets a buffer per batch
+    size, and what may share one."""
+    return (t.rank == 2 and BATCH in t.shape) or (t.rank > 2 and t.shape[1] == BATCH)
 
 
 def live_ranges(plan) -> dict:

@@ -29,10 +29,10 @@ def train_step(x, y, P, S, G, B):
     conv1_conv_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_conv_cols = np.lib.stride_tricks.sliding_window_view(conv1_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
     conv1_conv_cols = np.ascontiguousarray(conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
-    conv1_conv = np.empty((8, m, 8, 8), DTYPE)
+    conv1_conv = B["conv1.conv"]
     np.matmul(P["conv1.W"].reshape(8, 9), conv1_conv_cols, out=conv1_conv.reshape(8, m * 64))  # y = W @ cols
     # %relu1: f32[8,m,8,8], %bn1.mean: f32[8], %bn1.var: f32[8] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %conv1.conv, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
-    relu1, bn1_mean, bn1_var = np.empty((8, m, 8, 8), DTYPE), np.empty(8, DTYPE), np.empty(8, DTYPE)
+    relu1, bn1_mean, bn1_var = B["relu1"], np.empty(8, DTYPE), np.empty(8, DTYPE)
 
     def relu1_rows(z, a, mean, var, gamma, beta):  # a block of units (rows): each unit's statistics are its own
         z.sum(axis=1, out=mean)  # batch mean, per unit
@@ -50,7 +50,7 @@ def train_step(x, y, P, S, G, B):
     bn1_running_mean_next = (1 - 0.1) * S["bn1.running_mean"] + 0.1 * bn1_mean
     bn1_running_var_next = (1 - 0.1) * S["bn1.running_var"] + 0.1 * bn1_var * (m * 64 / (m * 64 - 1))  # unbiased batch variance over the m * 64 values per channel
     # %pool1: f32[8,m,4,4] = maxpool[dilation=1x1, kernel=2x2, pads=0x0x0x0, stride=2x2] %relu1
-    pool1 = np.empty((8, m, 4, 4), DTYPE)
+    pool1 = B["pool1"]
     pool1.fill(-np.inf)
     for i, j in np.ndindex(2, 2):  # the maximum of each 2x2 window: one vectorized maximum per kernel offset (strided slices, no copy)
         np.maximum(pool1, relu1[:, :, i:i + 7:2, j:j + 7:2], out=pool1)
@@ -58,10 +58,10 @@ def train_step(x, y, P, S, G, B):
     conv2_conv_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_conv_cols = np.lib.stride_tricks.sliding_window_view(conv2_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
     conv2_conv_cols = np.ascontiguousarray(conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
-    conv2_conv = np.empty((16, m, 4, 4), DTYPE)
+    conv2_conv = B["conv2.conv"]
     np.matmul(P["conv2.W"].reshape(2, 8, 36), conv2_conv_cols, out=conv2_conv.reshape(2, 8, m * 16))  # y = W @ cols per group (one batched matmul)
     # %relu2: f32[16,m,4,4], %bn2.mean: f32[16], %bn2.var: f32[16] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %conv2.conv, %bn2.gamma, %bn2.beta, %bn2.running_mean, %bn2.running_var
-    relu2, bn2_mean, bn2_var = np.empty((16, m, 4, 4), DTYPE), np.empty(16, DTYPE), np.empty(16, DTYPE)
+    relu2, bn2_mean, bn2_var = B["relu2"], np.empty(16, DTYPE), np.empty(16, DTYPE)
 
     def relu2_rows(z, a, mean, var, gamma, beta):  # a block of units (rows): each unit's statistics are its own
         z.sum(axis=1, out=mean)  # batch mean, per unit
@@ -79,7 +79,7 @@ def train_step(x, y, P, S, G, B):
     bn2_running_mean_next = (1 - 0.1) * S["bn2.running_mean"] + 0.1 * bn2_mean
     bn2_running_var_next = (1 - 0.1) * S["bn2.running_var"] + 0.1 * bn2_var * (m * 16 / (m * 16 - 1))  # unbiased batch variance over the m * 16 values per channel
     # %pool2: f32[16,m,1,1] = global_avgpool %relu2
-    pool2 = np.mean(relu2, axis=(2, 3), keepdims=True)  # the mean over the 4x4 positions, per channel and example
+    pool2 = np.mean(relu2, axis=(2, 3), keepdims=True, out=B["pool2"])  # the mean over the 4x4 positions, per channel and example
     # %flatten1: f32[16,m] = flatten %pool2
     flatten1 = B["flatten1"]
     np.copyto(flatten1.reshape(16, 1, 1, m), np.moveaxis(pool2, 1, -1))  # (C, m, d..) -> (C, d.., m): each example's features in PyTorch's order (c, d..), one copy
@@ -108,13 +108,14 @@ def train_step(x, y, P, S, G, B):
     # B["flatten1.grad"] reuses the array of B["flatten1"] (no longer read)
     flatten1_grad = np.matmul(P["out.W"].T, out_grad, out=B["flatten1.grad"])
     # %pool2.grad: f32[16,m,1,1] = unflatten[shape=16x1x1] %flatten1.grad
-    pool2_grad = np.empty((16, m, 1, 1), DTYPE)
+    # B["pool2.grad"] reuses the array of B["pool2"] (no longer read)
+    pool2_grad = B["pool2.grad"]
     np.copyto(pool2_grad, np.moveaxis(flatten1_grad.reshape(16, 1, 1, m), -1, 1))  # (C*d.., m) -> (C, d.., m) -> (C, m, d..), one copy
     # %relu2.grad: f32[16,m,4,4] = global_avgpool_grad[in_size=4x4] %pool2.grad
-    relu2_grad = np.empty((16, m, 4, 4), DTYPE)
+    relu2_grad = B["relu2.grad"]
     np.divide(pool2_grad, 16, out=relu2_grad)  # dx = dy / (4*4) at every position (broadcast)
     # %conv2.conv.grad: f32[16,m,4,4], %bn2.gamma.grad: f32[16], %bn2.beta.grad: f32[16] = batchnorm_act_grad[act=relu, eps=1e-05, mode=train, negative_slope=0.0] %relu2.grad, %relu2, %conv2.conv, %bn2.gamma, %bn2.mean, %bn2.var
-    conv2_conv_grad, bn2_gamma_grad, bn2_beta_grad = np.empty((16, m, 4, 4), DTYPE), G["bn2.gamma"], G["bn2.beta"]
+    conv2_conv_grad, bn2_gamma_grad, bn2_beta_grad = B["conv2.conv.grad"], G["bn2.gamma"], G["bn2.beta"]
 
     def conv2_conv_grad_rows(da, a, dy, z, gamma, mean, var, dz, dgamma, dbeta):  # a block of units (rows)
         np.multiply(da, (a > 0), out=dy)  # dy = da * relu'(z~), from the output a
@@ -141,10 +142,11 @@ def train_step(x, y, P, S, G, B):
     pool1_grad_dxp = np.zeros((8, m, 6, 6), DTYPE)  # dx in padded coordinates (6x6), cropped at the end
     for i, j in np.ndindex(3, 3):  # col2im: each kernel offset's columns added back where im2col read them (9 vectorized adds, no scatter)
         pool1_grad_dxp[:, :, i:i + 4, j:j + 4] += pool1_grad_dcols[:, i, j]
-    pool1_grad = np.empty((8, m, 4, 4), DTYPE)
+    pool1_grad = B["pool1.grad"]
     np.copyto(pool1_grad, pool1_grad_dxp[:, :, 1:5, 1:5])  # dx: the input's positions, without the padding
     # %relu1.grad: f32[8,m,8,8] = maxpool_grad[dilation=1x1, kernel=2x2, pads=0x0x0x0, stride=2x2] %pool1.grad, %relu1, %pool1
-    relu1_grad = np.zeros((8, m, 8, 8), DTYPE)  # dx: the kernel offsets' contributions are added into it
+    relu1_grad = B["relu1.grad"]
+    relu1_grad.fill(0)  # dx: the kernel offsets' contributions are added into it
     relu1_grad_taken = np.zeros(pool1.shape, bool)  # the windows whose maximum has its gradient already
     relu1_grad_nan = np.isnan(pool1)  # a window holding a NaN has it for its maximum
     for i, j in np.ndindex(2, 2):  # each window's dy goes to its maximum, the first in row-major order when tied (PyTorch's choice): 4 vectorized passes
@@ -154,7 +156,7 @@ def train_step(x, y, P, S, G, B):
         relu1_grad[:, :, i:i + 7:2, j:j + 7:2] += np.where(relu1_grad_hit, pool1_grad, 0)
         relu1_grad_taken |= relu1_grad_hit
     # %conv1.conv.grad: f32[8,m,8,8], %bn1.gamma.grad: f32[8], %bn1.beta.grad: f32[8] = batchnorm_act_grad[act=relu, eps=1e-05, mode=train, negative_slope=0.0] %relu1.grad, %relu1, %conv1.conv, %bn1.gamma, %bn1.mean, %bn1.var
-    conv1_conv_grad, bn1_gamma_grad, bn1_beta_grad = np.empty((8, m, 8, 8), DTYPE), G["bn1.gamma"], G["bn1.beta"]
+    conv1_conv_grad, bn1_gamma_grad, bn1_beta_grad = B["conv1.conv.grad"], G["bn1.gamma"], G["bn1.beta"]
 
     def conv1_conv_grad_rows(da, a, dy, z, gamma, mean, var, dz, dgamma, dbeta):  # a block of units (rows)
         np.multiply(da, (a > 0), out=dy)  # dy = da * relu'(z~), from the output a
@@ -194,20 +196,43 @@ def train_step(x, y, P, S, G, B):
 
 def alloc_train_step(m):
     """Buffers for train_step at batch size m: one per batch-sized value written with out=.
-    B: 5 batch-sized buffers in 3 arrays (buffers whose lives do not overlap share one), 2 small buffers of their own."""
-    a0 = np.empty((16, m), DTYPE)
-    a1 = np.empty((10, m), DTYPE)
-    a2 = np.empty((10, m), DTYPE)
+    B: 19 batch-sized buffers in 16 arrays (buffers whose lives do not overlap share one)."""
+    a0 = np.empty((8, m, 8, 8), DTYPE)
+    a1 = np.empty((8, m, 8, 8), DTYPE)
+    a2 = np.empty((8, m, 4, 4), DTYPE)
     a3 = np.empty((16, m, 4, 4), DTYPE)
-    a4 = np.empty((8, m, 8, 8), DTYPE)
+    a4 = np.empty((16, m, 4, 4), DTYPE)
+    a5 = np.empty((16, m, 1, 1), DTYPE)
+    a6 = np.empty((16, m), DTYPE)
+    a7 = np.empty((10, m), DTYPE)
+    a8 = np.empty((10, m), DTYPE)
+    a9 = np.empty((16, m, 4, 4), DTYPE)
+    a10 = np.empty((16, m, 4, 4), DTYPE)
+    a11 = np.empty((16, m, 4, 4), DTYPE)
+    a12 = np.empty((8, m, 4, 4), DTYPE)
+    a13 = np.empty((8, m, 8, 8), DTYPE)
+    a14 = np.empty((8, m, 8, 8), DTYPE)
+    a15 = np.empty((8, m, 8, 8), DTYPE)
     return {
-        "flatten1": a0,
-        "out.matmul": a1,
-        "out": a2,
-        "out.grad": a1,
-        "flatten1.grad": a0,
-        "conv2.conv.grad.dy": a3,
-        "conv1.conv.grad.dy": a4,
+        "conv1.conv": a0,
+        "relu1": a1,
+        "pool1": a2,
+        "conv2.conv": a3,
+        "relu2": a4,
+        "pool2": a5,
+        "flatten1": a6,
+        "out.matmul": a7,
+        "out": a8,
+        "out.grad": a7,
+        "flatten1.grad": a6,
+        "pool2.grad": a5,
+        "relu2.grad": a9,
+        "conv2.conv.grad": a11,
+        "conv2.conv.grad.dy": a10,
+        "pool1.grad": a12,
+        "relu1.grad": a13,
+        "conv1.conv.grad": a15,
+        "conv1.conv.grad.dy": a14,
     }
 
 
@@ -218,16 +243,16 @@ def forward(x, P, S, B):
     conv1_conv_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_conv_cols = np.lib.stride_tricks.sliding_window_view(conv1_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
     conv1_conv_cols = np.ascontiguousarray(conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
-    conv1_conv = np.empty((8, m, 8, 8), DTYPE)
+    conv1_conv = B["conv1.conv"]
     np.matmul(P["conv1.W"].reshape(8, 9), conv1_conv_cols, out=conv1_conv.reshape(8, m * 64))  # y = W @ cols
     # %relu1: f32[8,m,8,8] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %conv1.conv, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
     relu1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(running_var + eps), per unit
     relu1_t = P["bn1.beta"] - S["bn1.running_mean"] * relu1_s  # t = beta - running_mean * s, per unit
-    relu1 = np.multiply(conv1_conv, relu1_s[:, None, None, None])  # relu(z*s + t), in place in the output buffer
+    relu1 = np.multiply(conv1_conv, relu1_s[:, None, None, None], out=B["relu1"])  # relu(z*s + t), in place in the output buffer
     relu1 += relu1_t[:, None, None, None]
     np.maximum(relu1, 0, out=relu1)
     # %pool1: f32[8,m,4,4] = maxpool[dilation=1x1, kernel=2x2, pads=0x0x0x0, stride=2x2] %relu1
-    pool1 = np.empty((8, m, 4, 4), DTYPE)
+    pool1 = B["pool1"]
     pool1.fill(-np.inf)
     for i, j in np.ndindex(2, 2):  # the maximum of each 2x2 window: one vectorized maximum per kernel offset (strided slices, no copy)
         np.maximum(pool1, relu1[:, :, i:i + 7:2, j:j + 7:2], out=pool1)
@@ -235,16 +260,16 @@ def forward(x, P, S, B):
     conv2_conv_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_conv_cols = np.lib.stride_tricks.sliding_window_view(conv2_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
     conv2_conv_cols = np.ascontiguousarray(conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
-    conv2_conv = np.empty((16, m, 4, 4), DTYPE)
+    conv2_conv = B["conv2.conv"]
     np.matmul(P["conv2.W"].reshape(2, 8, 36), conv2_conv_cols, out=conv2_conv.reshape(2, 8, m * 16))  # y = W @ cols per group (one batched matmul)
     # %relu2: f32[16,m,4,4] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %conv2.conv, %bn2.gamma, %bn2.beta, %bn2.running_mean, %bn2.running_var
     relu2_s = P["bn2.gamma"] / np.sqrt(S["bn2.running_var"] + 1e-05)  # s = gamma / sqrt(running_var + eps), per unit
     relu2_t = P["bn2.beta"] - S["bn2.running_mean"] * relu2_s  # t = beta - running_mean * s, per unit
-    relu2 = np.multiply(conv2_conv, relu2_s[:, None, None, None])  # relu(z*s + t), in place in the output buffer
+    relu2 = np.multiply(conv2_conv, relu2_s[:, None, None, None], out=B["relu2"])  # relu(z*s + t), in place in the output buffer
     relu2 += relu2_t[:, None, None, None]
     np.maximum(relu2, 0, out=relu2)
     # %pool2: f32[16,m,1,1] = global_avgpool %relu2
-    pool2 = np.mean(relu2, axis=(2, 3), keepdims=True)  # the mean over the 4x4 positions, per channel and example
+    pool2 = np.mean(relu2, axis=(2, 3), keepdims=True, out=B["pool2"])  # the mean over the 4x4 positions, per channel and example
     # %flatten1: f32[16,m] = flatten %pool2
     flatten1 = B["flatten1"]
     np.copyto(flatten1.reshape(16, 1, 1, m), np.moveaxis(pool2, 1, -1))  # (C, m, d..) -> (C, d.., m): each example's features in PyTorch's order (c, d..), one copy
@@ -259,14 +284,26 @@ def forward(x, P, S, B):
 
 def alloc_forward(m):
     """Buffers for forward at batch size m: one per batch-sized value written with out=.
-    B: 3 batch-sized buffers in 3 arrays."""
-    a0 = np.empty((16, m), DTYPE)
-    a1 = np.empty((10, m), DTYPE)
-    a2 = np.empty((10, m), DTYPE)
+    B: 9 batch-sized buffers in 9 arrays."""
+    a0 = np.empty((8, m, 8, 8), DTYPE)
+    a1 = np.empty((8, m, 8, 8), DTYPE)
+    a2 = np.empty((8, m, 4, 4), DTYPE)
+    a3 = np.empty((16, m, 4, 4), DTYPE)
+    a4 = np.empty((16, m, 4, 4), DTYPE)
+    a5 = np.empty((16, m, 1, 1), DTYPE)
+    a6 = np.empty((16, m), DTYPE)
+    a7 = np.empty((10, m), DTYPE)
+    a8 = np.empty((10, m), DTYPE)
     return {
-        "flatten1": a0,
-        "out.matmul": a1,
-        "out": a2,
+        "conv1.conv": a0,
+        "relu1": a1,
+        "pool1": a2,
+        "conv2.conv": a3,
+        "relu2": a4,
+        "pool2": a5,
+        "flatten1": a6,
+        "out.matmul": a7,
+        "out": a8,
     }
 
 
@@ -277,10 +314,10 @@ def forward_train(x, P, S, B):
     conv1_conv_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_conv_cols = np.lib.stride_tricks.sliding_window_view(conv1_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
     conv1_conv_cols = np.ascontiguousarray(conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
-    conv1_conv = np.empty((8, m, 8, 8), DTYPE)
+    conv1_conv = B["conv1.conv"]
     np.matmul(P["conv1.W"].reshape(8, 9), conv1_conv_cols, out=conv1_conv.reshape(8, m * 64))  # y = W @ cols
     # %relu1: f32[8,m,8,8], %bn1.mean: f32[8], %bn1.var: f32[8] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %conv1.conv, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
-    relu1, bn1_mean, bn1_var = np.empty((8, m, 8, 8), DTYPE), np.empty(8, DTYPE), np.empty(8, DTYPE)
+    relu1, bn1_mean, bn1_var = B["relu1"], np.empty(8, DTYPE), np.empty(8, DTYPE)
 
     def relu1_rows(z, a, mean, var, gamma, beta):  # a block of units (rows): each unit's statistics are its own
         z.sum(axis=1, out=mean)  # batch mean, per unit
@@ -295,7 +332,7 @@ def forward_train(x, P, S, B):
 
     rows(relu1_rows, conv1_conv.reshape(8, -1), relu1.reshape(8, -1), bn1_mean, bn1_var, P["bn1.gamma"], P["bn1.beta"])  # in lanes of units on host threads when large; on the (8, m * 64) views: a channel's batch and positions as one row
     # %pool1: f32[8,m,4,4] = maxpool[dilation=1x1, kernel=2x2, pads=0x0x0x0, stride=2x2] %relu1
-    pool1 = np.empty((8, m, 4, 4), DTYPE)
+    pool1 = B["pool1"]
     pool1.fill(-np.inf)
     for i, j in np.ndindex(2, 2):  # the maximum of each 2x2 window: one vectorized maximum per kernel offset (strided slices, no copy)
         np.maximum(pool1, relu1[:, :, i:i + 7:2, j:j + 7:2], out=pool1)
@@ -303,10 +340,10 @@ def forward_train(x, P, S, B):
     conv2_conv_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_conv_cols = np.lib.stride_tricks.sliding_window_view(conv2_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
     conv2_conv_cols = np.ascontiguousarray(conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
-    conv2_conv = np.empty((16, m, 4, 4), DTYPE)
+    conv2_conv = B["conv2.conv"]
     np.matmul(P["conv2.W"].reshape(2, 8, 36), conv2_conv_cols, out=conv2_conv.reshape(2, 8, m * 16))  # y = W @ cols per group (one batched matmul)
     # %relu2: f32[16,m,4,4], %bn2.mean: f32[16], %bn2.var: f32[16] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %conv2.conv, %bn2.gamma, %bn2.beta, %bn2.running_mean, %bn2.running_var
-    relu2, bn2_mean, bn2_var = np.empty((16, m, 4, 4), DTYPE), np.empty(16, DTYPE), np.empty(16, DTYPE)
+    relu2, bn2_mean, bn2_var = B["relu2"], np.empty(16, DTYPE), np.empty(16, DTYPE)
 
     def relu2_rows(z, a, mean, var, gamma, beta):  # a block of units (rows): each unit's statistics are its own
         z.sum(axis=1, out=mean)  # batch mean, per unit
@@ -321,7 +358,7 @@ def forward_train(x, P, S, B):
 
     rows(relu2_rows, conv2_conv.reshape(16, -1), relu2.reshape(16, -1), bn2_mean, bn2_var, P["bn2.gamma"], P["bn2.beta"])  # in lanes of units on host threads when large; on the (16, m * 16) views: a channel's batch and positions as one row
     # %pool2: f32[16,m,1,1] = global_avgpool %relu2
-    pool2 = np.mean(relu2, axis=(2, 3), keepdims=True)  # the mean over the 4x4 positions, per channel and example
+    pool2 = np.mean(relu2, axis=(2, 3), keepdims=True, out=B["pool2"])  # the mean over the 4x4 positions, per channel and example
     # %flatten1: f32[16,m] = flatten %pool2
     flatten1 = B["flatten1"]
     np.copyto(flatten1.reshape(16, 1, 1, m), np.moveaxis(pool2, 1, -1))  # (C, m, d..) -> (C, d.., m): each example's features in PyTorch's order (c, d..), one copy
@@ -336,14 +373,26 @@ def forward_train(x, P, S, B):
 
 def alloc_forward_train(m):
     """Buffers for forward_train at batch size m: one per batch-sized value written with out=.
-    B: 3 batch-sized buffers in 3 arrays."""
-    a0 = np.empty((16, m), DTYPE)
-    a1 = np.empty((10, m), DTYPE)
-    a2 = np.empty((10, m), DTYPE)
+    B: 9 batch-sized buffers in 9 arrays."""
+    a0 = np.empty((8, m, 8, 8), DTYPE)
+    a1 = np.empty((8, m, 8, 8), DTYPE)
+    a2 = np.empty((8, m, 4, 4), DTYPE)
+    a3 = np.empty((16, m, 4, 4), DTYPE)
+    a4 = np.empty((16, m, 4, 4), DTYPE)
+    a5 = np.empty((16, m, 1, 1), DTYPE)
+    a6 = np.empty((16, m), DTYPE)
+    a7 = np.empty((10, m), DTYPE)
+    a8 = np.empty((10, m), DTYPE)
     return {
-        "flatten1": a0,
-        "out.matmul": a1,
-        "out": a2,
+        "conv1.conv": a0,
+        "relu1": a1,
+        "pool1": a2,
+        "conv2.conv": a3,
+        "relu2": a4,
+        "pool2": a5,
+        "flatten1": a6,
+        "out.matmul": a7,
+        "out": a8,
     }
 
 
@@ -354,16 +403,16 @@ def evaluate(x, y, P, S, B):
     conv1_conv_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_conv_cols = np.lib.stride_tricks.sliding_window_view(conv1_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
     conv1_conv_cols = np.ascontiguousarray(conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
-    conv1_conv = np.empty((8, m, 8, 8), DTYPE)
+    conv1_conv = B["conv1.conv"]
     np.matmul(P["conv1.W"].reshape(8, 9), conv1_conv_cols, out=conv1_conv.reshape(8, m * 64))  # y = W @ cols
     # %relu1: f32[8,m,8,8] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %conv1.conv, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
     relu1_s = P["bn1.gamma"] / np.sqrt(S["bn1.running_var"] + 1e-05)  # s = gamma / sqrt(running_var + eps), per unit
     relu1_t = P["bn1.beta"] - S["bn1.running_mean"] * relu1_s  # t = beta - running_mean * s, per unit
-    relu1 = np.multiply(conv1_conv, relu1_s[:, None, None, None])  # relu(z*s + t), in place in the output buffer
+    relu1 = np.multiply(conv1_conv, relu1_s[:, None, None, None], out=B["relu1"])  # relu(z*s + t), in place in the output buffer
     relu1 += relu1_t[:, None, None, None]
     np.maximum(relu1, 0, out=relu1)
     # %pool1: f32[8,m,4,4] = maxpool[dilation=1x1, kernel=2x2, pads=0x0x0x0, stride=2x2] %relu1
-    pool1 = np.empty((8, m, 4, 4), DTYPE)
+    pool1 = B["pool1"]
     pool1.fill(-np.inf)
     for i, j in np.ndindex(2, 2):  # the maximum of each 2x2 window: one vectorized maximum per kernel offset (strided slices, no copy)
         np.maximum(pool1, relu1[:, :, i:i + 7:2, j:j + 7:2], out=pool1)
@@ -371,16 +420,16 @@ def evaluate(x, y, P, S, B):
     conv2_conv_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_conv_cols = np.lib.stride_tricks.sliding_window_view(conv2_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
     conv2_conv_cols = np.ascontiguousarray(conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
-    conv2_conv = np.empty((16, m, 4, 4), DTYPE)
+    conv2_conv = B["conv2.conv"]
     np.matmul(P["conv2.W"].reshape(2, 8, 36), conv2_conv_cols, out=conv2_conv.reshape(2, 8, m * 16))  # y = W @ cols per group (one batched matmul)
     # %relu2: f32[16,m,4,4] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %conv2.conv, %bn2.gamma, %bn2.beta, %bn2.running_mean, %bn2.running_var
     relu2_s = P["bn2.gamma"] / np.sqrt(S["bn2.running_var"] + 1e-05)  # s = gamma / sqrt(running_var + eps), per unit
     relu2_t = P["bn2.beta"] - S["bn2.running_mean"] * relu2_s  # t = beta - running_mean * s, per unit
-    relu2 = np.multiply(conv2_conv, relu2_s[:, None, None, None])  # relu(z*s + t), in place in the output buffer
+    relu2 = np.multiply(conv2_conv, relu2_s[:, None, None, None], out=B["relu2"])  # relu(z*s + t), in place in the output buffer
     relu2 += relu2_t[:, None, None, None]
     np.maximum(relu2, 0, out=relu2)
     # %pool2: f32[16,m,1,1] = global_avgpool %relu2
-    pool2 = np.mean(relu2, axis=(2, 3), keepdims=True)  # the mean over the 4x4 positions, per channel and example
+    pool2 = np.mean(relu2, axis=(2, 3), keepdims=True, out=B["pool2"])  # the mean over the 4x4 positions, per channel and example
     # %flatten1: f32[16,m] = flatten %pool2
     flatten1 = B["flatten1"]
     np.copyto(flatten1.reshape(16, 1, 1, m), np.moveaxis(pool2, 1, -1))  # (C, m, d..) -> (C, d.., m): each example's features in PyTorch's order (c, d..), one copy
@@ -400,12 +449,24 @@ def evaluate(x, y, P, S, B):
 
 def alloc_evaluate(m):
     """Buffers for evaluate at batch size m: one per batch-sized value written with out=.
-    B: 3 batch-sized buffers in 3 arrays."""
-    a0 = np.empty((16, m), DTYPE)
-    a1 = np.empty((10, m), DTYPE)
-    a2 = np.empty((10, m), DTYPE)
+    B: 9 batch-sized buffers in 9 arrays."""
+    a0 = np.empty((8, m, 8, 8), DTYPE)
+    a1 = np.empty((8, m, 8, 8), DTYPE)
+    a2 = np.empty((8, m, 4, 4), DTYPE)
+    a3 = np.empty((16, m, 4, 4), DTYPE)
+    a4 = np.empty((16, m, 4, 4), DTYPE)
+    a5 = np.empty((16, m, 1, 1), DTYPE)
+    a6 = np.empty((16, m), DTYPE)
+    a7 = np.empty((10, m), DTYPE)
+    a8 = np.empty((10, m), DTYPE)
     return {
-        "flatten1": a0,
-        "out.matmul": a1,
-        "out": a2,
+        "conv1.conv": a0,
+        "relu1": a1,
+        "pool1": a2,
+        "conv2.conv": a3,
+        "relu2": a4,
+        "pool2": a5,
+        "flatten1": a6,
+        "out.matmul": a7,
+        "out": a8,
     }
