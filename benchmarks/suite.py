@@ -6,6 +6,8 @@ Rows (float32, ReLU, batch norm, softmax cross-entropy):
 * sweeps (Adam): the big net's width 256..4096 at b256, and its batch 16..4096;
 * inference: eval mode, bngraph's inference pipeline (batch norm folded into the weights) against
   PyTorch's ``module.eval()`` under ``torch.inference_mode()``, as examples per second;
+* cnn: the training step of a small CNN (two conv + batch norm + ReLU + max pool blocks, a linear
+  head) on 1x28x28 inputs against PyTorch eager (benchmarks/cnn.py);
 * memory: the peak resident memory of a training step (Adam), both sides, each in a fresh process.
 Every timed row also times its floor (floors.py) in the same interleaved rounds (timing.py).
 """
@@ -19,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import floors, memory
+from . import cnn, floors, memory
 from .sides import (Config, bngraph_inference, bngraph_step, torch_inference, torch_step)
 from .timing import Meter, interleaved, wait_for_quiet
 
@@ -32,7 +34,8 @@ def plan(quick: bool, sweeps: bool = True) -> dict:
     """The rows to run: {'train': [(Config, compile?, groups)], 'inference': [...], 'memory': [...]}."""
     if quick:
         return {"train": [(Config(TINY, 16, "adam"), False, ("main",))],
-                "inference": [(TINY, 64)], "memory": [Config(TINY, 16, "adam")]}
+                "inference": [(TINY, 64)], "cnn": [cnn.CnnConfig((4, 8), 8, "adam", side=12)],
+                "memory": [Config(TINY, 16, "adam")]}
     rows: dict = {}
     for opt in ("adam", "momentum"):
         for cfg in (Config(SMALL, 32, opt), Config(BIG, 64, opt), Config(BIG, 256, opt), Config(BIG, 1024, opt)):
@@ -44,6 +47,7 @@ def plan(quick: bool, sweeps: bool = True) -> dict:
             rows.setdefault(Config(BIG, b, "adam"), []).append("batch")
     return {"train": [(cfg, "main" in groups, tuple(groups)) for cfg, groups in rows.items()],
             "inference": [(SMALL, 1024), (BIG, 64), (BIG, 1024)],
+            "cnn": [cnn.CnnConfig((16, 32), 64, "adam"), cnn.CnnConfig((16, 32), 64, "momentum")],
             "memory": [Config(SMALL, 32, "adam"), Config(BIG, 64, "adam"), Config(BIG, 256, "adam"),
                        Config(BIG, 1024, "adam")]}
 
@@ -189,6 +193,11 @@ def run(args, env: dict, log=print) -> dict:
         for widths, batch in todo["inference"]:
             log(f"  inference {'-'.join(map(str, widths))} b{batch} ...")
             report["rows"].append(runner.inference_row(widths, batch))
+    if args.cnn:
+        for cfg in todo["cnn"]:
+            log(f"  train {cfg.label} ...")
+            report["rows"].append(cnn.row(runner, cfg))
+            log("    " + format_row(report["rows"][-1]))
     if args.memory:
         for cfg in todo["memory"]:
             log(f"  memory {cfg.label} ...")
@@ -201,7 +210,7 @@ def run(args, env: dict, log=print) -> dict:
 
 def _settings(args) -> dict:
     keys = ("threads", "rounds", "warmup", "warmup_seconds", "block", "gap", "threshold", "max_rounds_factor", "max_seconds",
-            "quick", "compile", "sweeps", "inference", "memory", "blas_timeout")
+            "quick", "compile", "sweeps", "inference", "cnn", "memory", "blas_timeout")
     return {k: getattr(args, k) for k in keys}
 
 

@@ -193,3 +193,40 @@ def model_path(spec: str | None) -> str | None:
     if not spec:
         return None
     return spec if os.path.isfile(spec) else spec.partition(":")[0]
+
+
+# ---- the data as the model sees it -----------------------------------------------------------
+
+
+def model_example_shape(graph) -> tuple | None:
+    """One example's shape at the model's feature input: ``(features,)``, or a spatial input's
+    ``(C, L)`` / ``(C, H, W)``; None when the graph has no loss or not exactly one feature input."""
+    loss = graph.loss_node if graph.has_output("loss") else None
+    if loss is None:
+        return None
+    features = [v for v in graph.inputs if v.name != loss.inputs[1]]
+    if len(features) != 1:
+        return None
+    s = features[0].type.shape  # (features, m), or (C, m, d...)
+    return (s[0],) if len(s) == 2 else (s[0], *s[2:])
+
+
+def shaped_for(ds, graph):
+    """The data set with each example shaped as the model's input takes it, where the sizes match:
+    flat rows (the built-in digits' 64 pixels, a file's (N, C*H*W)) become the (C, H, W) images a
+    convolutional model takes, images the flat rows an MLP takes (row-major: PyTorch's order).
+    Unchanged otherwise (the check against the model then says what does not fit)."""
+    from .datasets import DatasetError
+
+    shape = model_example_shape(graph) if graph is not None else None
+    if shape is None:
+        return ds
+    try:
+        return ds.reshaped(shape)
+    except DatasetError:
+        return ds
+
+
+def example_words(shape) -> str:
+    """'64 features' or 'images of shape (1, 8, 8)'."""
+    return f"{shape[0]} features" if len(shape) == 1 else f"images of shape {tuple(shape)}"

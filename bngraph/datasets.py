@@ -1,6 +1,7 @@
 """Small built-in and user data sets, samples by rows (as scikit-learn and PyTorch).
 
-``X`` is float64 ``(n, features)``; ``y`` is read as the model's loss takes it (``loss=``, as
+``X`` is float64 ``(n, features)``, or ``(n, C, L)`` / ``(n, C, H, W)`` images for a convolutional
+model (channels first, as PyTorch); ``y`` is read as the model's loss takes it (``loss=``, as
 ``fit`` checks it: one checker, :func:`bngraph.datacheck.check_targets`): int64 ``(n,)`` class
 labels for a class loss (the default), float64 ``(n,)`` or ``(n, k)`` targets for ``mse``, and the
 same in [0, 1] for ``sigmoid_bce``. The compiler's layout is ``(features, m)``: a mini-batch is
@@ -12,6 +13,9 @@ transposed once when it is fed (see docs/ir.md).
 * ``load_npz(path)``: a user file with arrays ``X`` and ``y`` (and optionally ``X_test``,
   ``y_test``); every problem is a :class:`DatasetError` whose one-line message names the key/row.
 * ``load_dataset("digits" | "path/to/file.npz")``.
+* ``Dataset.reshaped(shape)``: the same data with each example reshaped to a model's input shape,
+  e.g. the digits' 64 pixels as ``(1, 8, 8)`` images for a convolutional model (``bngraph train``
+  does this itself when the sizes match).
 
 Splits are seeded (the same ``seed`` always gives the same split) and stratified where the targets
 have classes (each class keeps its share in the test set; binary targets by their side of 0.5);
@@ -52,8 +56,9 @@ def target_kind(loss: str | None) -> str:
 
 @dataclass(repr=False)
 class Dataset:
-    """Train and test splits, samples by rows: X float64 (n, features); y int64 (n,) in
-    [0, num_classes) (``targets == "classes"``), else float64 (n,) or (n, outputs)."""
+    """Train and test splits, samples by rows: X float64 (n, features), or (n, C, L) / (n, C, H, W)
+    images; y int64 (n,) in [0, num_classes) (``targets == "classes"``), else float64 (n,) or
+    (n, outputs)."""
 
     name: str
     X_train: np.ndarray
@@ -65,8 +70,31 @@ class Dataset:
 
     @property
     def num_features(self) -> int:
-        """Columns of X: the features per example."""
-        return self.X_train.shape[1]
+        """Columns of X: the features per example (of an image: channels x positions)."""
+        return int(np.prod(self.X_train.shape[1:]))
+
+    @property
+    def example_shape(self) -> tuple:
+        """One example's shape: ``(features,)``, or an image's ``(C, L)`` / ``(C, H, W)``."""
+        return tuple(self.X_train.shape[1:])
+
+    def reshaped(self, shape) -> "Dataset":
+        """The same data with each example of X as ``shape`` (an int: flat features; or an image's
+        ``(C, L)`` / ``(C, H, W)``, a model's ``n_features``), in row-major order: a flat row of
+        C*H*W features becomes the image whose channels, rows and columns it lists, PyTorch's
+        ``X.reshape(n, C, H, W)`` (and an image becomes its flat row). ``self`` when the shape is
+        already ``shape``; a :class:`DatasetError` when the sizes differ or both are images of
+        different shapes (no silent re-layout of one image shape into another)."""
+        want = (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
+        have = self.example_shape
+        if want == have:
+            return self
+        if int(np.prod(want)) != self.num_features or (len(want) > 1 and len(have) > 1):
+            raise DatasetError(f"dataset {self.name}: examples of shape {have} ({self.num_features} values) cannot be "
+                               f"read as {_shape_words(want)}; expected {int(np.prod(want))} features per example"
+                               f"{'' if len(want) == 1 else f' or images of shape {want}'}")
+        X_train, X_test = (X.reshape(len(X), *want) for X in (self.X_train, self.X_test))
+        return Dataset(self.name, X_train, self.y_train, X_test, self.y_test, self.num_classes, self.targets)
 
     @property
     def num_outputs(self) -> int:
@@ -79,8 +107,14 @@ class Dataset:
         what = (f"{self.num_classes} classes" if self.targets == "classes" else
                 f"{self.num_outputs} target{'s' if self.num_outputs != 1 else ''} "
                 f"({'in [0, 1]' if self.targets == 'probabilities' else 'real-valued'})")
-        return (f"Dataset({self.name!r}: train X{self.X_train.shape}, test X{self.X_test.shape}, "
-                f"{self.num_features} features, {what})")
+        per = (f"{self.num_features} features" if len(self.example_shape) == 1 else
+               f"{'x'.join(map(str, self.example_shape))} images")
+        return f"Dataset({self.name!r}: train X{self.X_train.shape}, test X{self.X_test.shape}, {per}, {what})"
+
+
+def _shape_words(shape) -> str:
+    """'64 features' or 'images of shape (1, 8, 8)'."""
+    return f"{shape[0]} features" if len(shape) == 1 else f"images of shape {tuple(shape)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,18 +175,20 @@ def split_rows(y: np.ndarray, fraction: float, seed=0, targets: str = "classes")
 
 
 def _check_X(where: str, key: str, X: np.ndarray) -> np.ndarray:
-    if X.ndim != 2:
-        raise DatasetError(f"{where}: {key} must be 2-D (samples, features), got shape {X.shape}")
+    if X.ndim not in (2, 3, 4):
+        raise DatasetError(f"{where}: {key} must be 2-D (samples, features), got shape {X.shape}; or images: "
+                           f"(samples, channels, length) / (samples, channels, height, width)")
     if X.dtype.kind not in "biuf":
         raise DatasetError(f"{where}: {key} must hold numbers, got dtype {X.dtype}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
+    if 0 in X.shape:
         raise DatasetError(f"{where}: {key} is empty, shape {X.shape}")
     X = X.astype(np.float64)
     bad = ~np.isfinite(X)
     if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise DatasetError(f"{where}: {key} row {row} column {col} is {X[row, col]} "
-                           f"({int(bad.any(axis=1).sum())} rows with NaN/inf); expected finite numbers")
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        at = f"column {first[1]}" if X.ndim == 2 else f"at {first[1:]} (channel, position)"
+        raise DatasetError(f"{where}: {key} row {first[0]} {at} is {X[first]} "
+                           f"({int(bad.reshape(len(X), -1).any(axis=1).sum())} rows with NaN/inf); expected finite numbers")
     return X
 
 
@@ -194,9 +230,13 @@ def _read_npz(path, dtype=None, loss=None, ignore_index=None, where=None) -> dic
     arrays["y"] = _check_y(where, "y", arrays["y"], "X", len(arrays["X"]), loss, dtype, ignore_index)
     if "X_test" in arrays:
         arrays["X_test"] = _check_X(where, "X_test", arrays["X_test"])
-        if arrays["X_test"].shape[1] != arrays["X"].shape[1]:
-            raise DatasetError(f"{where}: X_test has {arrays['X_test'].shape[1]} features but X has "
-                               f"{arrays['X'].shape[1]}; expected the same number")
+        test_shape, train_shape = arrays["X_test"].shape[1:], arrays["X"].shape[1:]
+        if test_shape != train_shape:
+            if len(test_shape) == len(train_shape) == 1:
+                raise DatasetError(f"{where}: X_test has {test_shape[0]} features but X has {train_shape[0]}; "
+                                   f"expected the same number")
+            raise DatasetError(f"{where}: X_test has {_shape_words(test_shape)} but X has "
+                               f"{_shape_words(train_shape)}; expected the same shape per example")
         arrays["y_test"] = _check_y(where, "y_test", arrays["y_test"], "X_test", len(arrays["X_test"]), loss, dtype,
                                     ignore_index)
         if arrays["y_test"].shape[1:] != arrays["y"].shape[1:]:
@@ -217,8 +257,9 @@ def _check_fits(where: str, key: str, X: np.ndarray, dtype):
     with np.errstate(over="ignore"):
         bad = ~np.isfinite(X.astype(dtype))
     if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise DatasetError(f"{where}: {key} row {row} column {col} is {X[row, col].item()!r}, which overflows "
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        at = f"column {first[1]}" if X.ndim == 2 else f"at {first[1:]}"
+        raise DatasetError(f"{where}: {key} row {first[0]} {at} is {X[first].item()!r}, which overflows "
                            f"{dtype.name} (the model's dtype; its largest value is {np.finfo(dtype).max:.4g})")
 
 
@@ -291,7 +332,8 @@ def _make(name: str, arrays: dict, test_fraction, seed, where: str | None = None
 
 
 def load_npz(path, test_fraction: float = 0.2, seed=0, dtype=None, loss=None, ignore_index=None) -> Dataset:
-    """A data set from a .npz file with ``X`` (n, features) numbers and targets ``y`` as ``loss`` takes them.
+    """A data set from a .npz file with ``X`` (n, features) numbers (or images (n, C, L) / (n, C, H, W))
+    and targets ``y`` as ``loss`` takes them.
 
     ``loss``: the model's loss op (None: a class loss). A class loss (softmax_cross_entropy, nll)
     takes ``y`` (n,) integer labels >= 0 (whole-number floats are accepted, a fraction is refused;

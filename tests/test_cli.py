@@ -215,7 +215,7 @@ def test_show_passes_and_inference(capsys):
 @pytest.fixture
 def bad_data(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "wrongshape.npz", X=rng.standard_normal((20, 4, 2)), y=np.zeros(20, int))
+    np.savez(tmp_path / "wrongshape.npz", X=rng.standard_normal((20, 4, 2, 1, 1)), y=np.zeros(20, int))
     np.savez(tmp_path / "negative.npz", X=rng.standard_normal((20, 4)), y=np.full(20, -1))
     np.savez(tmp_path / "fivelabels.npz", X=rng.standard_normal((40, 4)), y=np.arange(40) % 5)
     np.savez(tmp_path / "count.npz", X=rng.standard_normal((20, 4)), y=np.zeros(19, int))
@@ -254,7 +254,7 @@ ERRORS = [
     ("missing-dataset", ["train", "--dataset", "{tmp}/missing.npz"], r"missing\.npz: no such file"),
     ("unknown-dataset", ["train", "--dataset", "iris.csv"], r"unknown data set 'iris\.csv'"),
     ("dataset-wrong-shape", ["train", "--dataset", "{tmp}/wrongshape.npz"],
-     r"wrongshape\.npz: X must be 2-D \(samples, features\), got shape \(20, 4, 2\)"),
+     r"wrongshape\.npz: X must be 2-D \(samples, features\), got shape \(20, 4, 2, 1, 1\)"),
     ("dataset-negative-labels", ["train", "--dataset", "{tmp}/negative.npz"],
      r"negative\.npz: y: label -1 at row 0 is out of range: expected label >= 0"),
     ("dataset-label-count", ["train", "--dataset", "{tmp}/count.npz"],

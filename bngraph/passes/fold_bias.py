@@ -16,7 +16,8 @@ def fold_bias(g) -> PassResult:
     """batchnorm(bias_add(z, b)) -> batchnorm(z)   # train: b is dead; eval: running_mean -= b
 
     BN subtracts the per-unit mean of its input, so a per-unit constant added before it cancels:
-    mean(z + b) = mean(z) + b. The running mean, learned with the bias, is remapped to
+    mean(z + b) = mean(z) + b. On a spatial value (C, m, d...) a conv's bias is per channel and
+    spatial BN's mean is per channel over the batch and the positions: it cancels the same way. The running mean, learned with the bias, is remapped to
     ``running_mean - b`` (eval: the same outputs; train: it keeps tracking the same quantity). The
     bias param goes when nothing else reads it. Repeats until nothing changes (a chain of bias_adds
     before one BN folds completely).
@@ -36,7 +37,7 @@ def _fold_once(g) -> PassResult:
     vals = g.values()
     replaced: dict = {}  # id(old node) -> new node
     dropped: set = set()  # ids of removed nodes
-    folds = []  # (bias name, running_mean name, bn label, bias_add output)
+    folds = []  # (bias name, running_mean name, bn label, bias_add output, what the mean is over)
     notes = []
     for n in g.nodes:
         if n.op != "bias_add":
@@ -69,7 +70,9 @@ def _fold_once(g) -> PassResult:
         if upd is not None and upd.inputs[4] == out:
             replaced[id(upd)] = upd.replace(inputs=(*upd.inputs[:4], z))
         dropped.add(id(n))
-        folds.append((b, rm, bn_label(bn), out))
+        # a spatial value (C, m, d...): each channel's mean is over the batch and the positions
+        over = " over the batch and positions" if vals[out].type.rank > 2 else ""
+        folds.append((b, rm, bn_label(bn), out, over))
     if not folds:
         return PassResult(g, (), None, tuple(notes))
 
@@ -79,8 +82,8 @@ def _fold_once(g) -> PassResult:
     new = g.rebuild(nodes=nodes, params=params)
     new_uses = Uses(new)
     changes = []
-    for b, rm, label, out in folds:
-        why = f"cancelled by {label}'s mean subtraction; {rm} absorbs it"
+    for b, rm, label, out, over in folds:
+        why = f"cancelled by {label}'s mean subtraction{over}; {rm} absorbs it"
         if b in removed_names:
             changes.append(f"removed {b} ({count_words(numel(vals[b]), 'parameter')}): {why}")
         else:

@@ -1,4 +1,4 @@
-"""fold_bn_into_weights: an eval-mode batchnorm after a matmul disappears into the weights."""
+"""fold_bn_into_weights: an eval-mode batchnorm after a matmul or a conv disappears into the weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,13 +11,16 @@ from .base import (PassError, PassResult, Uses, bn_label, count_words, describe,
 VALID_WHEN = (
     "inference graphs only (every batchnorm in eval mode: it then normalizes with constants, the "
     "running statistics). Refused (PassError) on a training graph. Only for matmul W, x without "
-    "ta/tb, where W is a param read by that matmul alone and each intermediate value has one user."
+    "ta/tb, or conv W, x (any stride, padding, dilation, groups: BN's channels are the conv's output "
+    "channels, axis 0 of W), where W is a param read by that node alone and each intermediate value "
+    "has one user."
 )
 
 
 @dataclass(frozen=True)
 class _Fold:
     label: str  # bn1
+    op: str  # matmul | conv
     W: str
     b: str | None
     gamma: str
@@ -31,10 +34,12 @@ class _Fold:
 
 @graph_pass("fold_bn_into_weights", VALID_WHEN)
 def fold_bn_into_weights(g) -> PassResult:
-    """batchnorm[eval](matmul(W, x) [+ b]) -> matmul(W', x) + b'   # W' = s[:,None]*W, b' = t + s*b; s = gamma/sqrt(rv+eps), t = beta - rm*s
+    """batchnorm[eval](matmul|conv(W, x) [+ b]) -> matmul|conv(W', x) + b'   # W' = s*W per output unit (axis 0), b' = t + s*b; s = gamma/sqrt(rv+eps), t = beta - rm*s
 
     In eval mode BN(z) = z*s + t with constant per-unit s, t, so it folds into the affine layer
-    before it. The result is ``matmul %W_folded, %x`` then ``bias_add_act[act]`` (from a
+    before it: a matmul's W (units, features) row by row, a conv's W (F, C/groups, k...) output
+    channel by output channel (spatial BN's s and t are per channel). The result is
+    ``matmul %W_folded, %x`` (or the conv with its attributes) then ``bias_add_act[act]`` (from a
     ``batchnorm_act``) or ``bias_add`` (from a plain ``batchnorm`` or ``act=identity``), whose
     output keeps the BN output's name. New params: ``<W>_folded`` and ``<prefix of W>.b_folded``;
     W, b, gamma, beta and the running statistics are removed (unless something else reads them).
@@ -73,10 +78,10 @@ def fold_bn_into_weights(g) -> PassResult:
             continue
         taken.update((W_f, b_f))
         _, gamma, beta, rm, rv = bn.inputs
-        folds.append(_Fold(label, W, b, gamma, beta, rm, rv, bn.attr["eps"], W_f, b_f))
+        folds.append(_Fold(label, mm.op, W, b, gamma, beta, rm, rv, bn.attr["eps"], W_f, b_f))
         act = bn.attr.get("act", "identity")
         out = Value(bn.out.name, bn.out.type)
-        new_mm = make_node("matmul", (W_f, x), mm.outputs)
+        new_mm = make_node(mm.op, (W_f, x), mm.outputs, mm.attr)
         if act == "identity":
             new_add = make_node("bias_add", (mm.out.name, b_f), (out,))
         else:
@@ -115,7 +120,8 @@ def fold_bn_into_weights(g) -> PassResult:
         added = numel(vals[f.W]) + vals[f.W].type.shape[0]
         kept = [n for n in (f.W, f.b, f.gamma, f.beta, f.rm, f.rv) if n and n not in removed]
         b_term = "t + s*b" if f.b else "t"
-        s = (f"folded {f.label} into {f.W_folded} and {f.b_folded}: W' = s[:,None]*W, b' = {b_term}, "
+        w_term = "s[:,None]*W" if f.op == "matmul" else "W*s per output channel (axis 0)"
+        s = (f"folded {f.label} into {f.W_folded} and {f.b_folded}: W' = {w_term}, b' = {b_term}, "
              f"s = gamma/sqrt(running_var+eps), t = beta - running_mean*s; removed {', '.join(gone_p)} "
              f"({count_words(count, 'parameter')})")
         if gone_s:
@@ -132,7 +138,7 @@ def fold_bn_into_weights(g) -> PassResult:
             gamma, beta, rm, rv, W = (need(values, name, "fold_bn_into_weights", why)
                                       for name in (f.gamma, f.beta, f.rm, f.rv, f.W))
             s, t = bn_scale_shift(gamma, beta, rm, rv, f.eps)
-            out[f.W_folded] = s[:, None] * W
+            out[f.W_folded] = s.reshape(-1, *(1,) * (W.ndim - 1)) * W  # row i (output channel i) times s[i]
             out[f.b_folded] = t + s * need(values, f.b, "fold_bn_into_weights", why) if f.b else t
         for name in removed:
             out.pop(name, None)
@@ -149,10 +155,10 @@ def _match(bn, uses: Uses, vals: dict, prod: dict):
     if p is not None and p.op == "bias_add":
         bias_node = p
         p = prod.get(p.inputs[0])
-    if p is None or p.op != "matmul":
-        return f"its input %{z} is not produced by a matmul (optionally followed by a bias_add)"
+    if p is None or p.op not in ("matmul", "conv"):
+        return f"its input %{z} is not produced by a matmul or a conv (optionally followed by a bias_add)"
     mm = p
-    if mm.attr["ta"] or mm.attr["tb"]:
+    if mm.op == "matmul" and (mm.attr["ta"] or mm.attr["tb"]):
         return f"matmul %{mm.name} has transposed operands (ta/tb); only matmul W, x is folded"
     W = mm.inputs[0]
     if vals[W].kind != "param":
