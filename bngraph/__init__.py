@@ -12,7 +12,7 @@
 """
 from .version import __version__
 
-from . import callbacks, datasets, optim, passes, schedules
+from . import callbacks, datasets, distributed, optim, passes, schedules
 from .autodiff import grad_graph
 from .backends import Target, get_target, register_target
 from .compiler import emit
@@ -33,7 +33,7 @@ from .verifier import VerifyError, verify
 __all__ = [
     "ACTIVATIONS", "CheckpointError", "DataError", "Dataset", "DatasetError", "FrozenGraph", "Graph", "GraphBuilder", "History", "INFERENCE_PIPELINE", "IRError", "Model",
     "Node", "OPS", "PASSES", "ParseError", "Pass", "PassError", "PassResult", "PipelineResult", "TRAINING_PIPELINE", "Target", "TensorType", "TrainingDiverged", "Value", "VerifyError",
-    "as_graph", "callbacks", "compile", "datasets", "emit", "get_target", "grad_graph", "interpret", "load", "load_dataset", "mlp", "optim", "parse", "passes", "register_target",
+    "as_graph", "callbacks", "compile", "datasets", "distributed", "emit", "get_target", "grad_graph", "interpret", "load", "load_dataset", "mlp", "optim", "parse", "passes", "register_target",
     "report", "run_pipeline", "schedules", "to_inference", "verify",
     "ImportedGraph", "MissingDependency", "UnsafeModel", "from_onnx", "from_torch", "to_dot", "to_onnx",
 ]

@@ -35,6 +35,7 @@ SECTIONS = [
                                            "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "OneCycleLR",
                                            "SequentialLR", "ReduceLROnPlateau", "parse", "from_config", "recorded"]),
     ("bngraph.callbacks", "bg.callbacks", ["Callback", "LambdaCallback", "EarlyStopping", "ModelCheckpoint"]),
+    ("bngraph.distributed", "bg.distributed", ["init", "replicas", "Replicas", "Distributed", "DistributedError"]),
     ("bngraph.passes", "bngraph.passes", ["graph_pass", "register", "Uses", "compose"]),
     ("bngraph.passes.base", "bngraph.passes.base", ["make_node", "need"]),
     ("bngraph.init", "bngraph.init", ["init_values"]),

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target", default=None, help="numpy or cuda; default numpy (resuming: the checkpoint's)")
     t.add_argument("--device", default=None, help="the target's device: cuda takes a GPU index (default 0) or "
                                                   "'emulator' (its kernels on the CPU)")
+    t.add_argument("--distributed", action="store_true", help="data parallel: run under mpiexec -n N, each rank on "
+                   "its shard of every batch, batch norm synchronized (docs/distributed.md)")
     t.add_argument("--cuda-graph", action="store_true", help="cuda: capture the training step once per batch "
                                                              "size and replay it")
     t.add_argument("--dtype", default=None, choices=("float32", "float64"),

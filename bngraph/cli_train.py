@@ -26,6 +26,7 @@ against this machine's memory. Then:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 
@@ -34,8 +35,8 @@ import numpy as np
 from . import checkpoint, optim, training
 from .cli_callbacks import ResumableEarlyStopping, kept_weights, monitor_of, schedule_of
 from .cli_report import header, metrics_line, note, nothing_saved_note, print_written, write_report
-from .cliutil import (DEFAULT_LR, OPTIMIZERS, CLIError, default_model, load_model, model_path, parse_passes,
-                      refuse_same_files)
+from .cliutil import (DEFAULT_LR, OPTIMIZERS, CLIError, default_model, example_words, load_model, model_example_shape,
+                      model_path, parse_passes, refuse_same_files, shaped_for)
 from .datasets import load_dataset, split_rows
 from .fileio import check_writable
 
@@ -43,6 +44,11 @@ EXIT_INTERRUPTED = 130
 
 
 def train(args) -> int:
+    if getattr(args, "distributed", False):  # mpiexec -n N bngraph train --distributed (docs/distributed.md)
+        from .distributed import init
+
+        if not init().is_root:  # rank 0 alone prints, writes the report and the checkpoints
+            args.quiet, args.json, args.save, args.no_save, args.other_rank = True, None, None, True, True
     save = save_path(args)
     for flag, path in (("--save", args.save), ("--json", args.json)):
         if path:
@@ -73,6 +79,7 @@ def train(args) -> int:
                        f"--dataset out to resume")
     if graph is None:
         graph = default_model(ds.num_features, ds.num_classes)
+        ds = shaped_for(ds, graph)  # images as the flat rows the MLP takes
     _check_against_data(graph, ds, _mismatch_hint(args, meta, src, graph))
     X_train, y_train, val = _validation_split(ds, cfg["val_fraction"], cfg["seed"])
     monitor = monitor_of(val)
@@ -146,7 +153,8 @@ def train(args) -> int:
     if args.json:
         written.append(("wrote report", args.json, None))
     write_report(args.json, report)
-    print(metrics_line("test", final))
+    if not getattr(args, "other_rank", False):  # data parallel: rank 0 alone prints
+        print(metrics_line("test", final))
     print_written(written)
     if hist.stop_reason:
         note(f"bngraph: {hist.stop_reason}", args.quiet)  # early stopping
@@ -182,10 +190,12 @@ WHY = {"seed": "the data split and the shuffling depend on it", "dtype": "it is 
 
 
 def data_fingerprint(ds) -> str:
-    """SHA-256 of a data set's splits (shapes, dtypes and bytes): the data a run was trained on."""
+    """SHA-256 of a data set's splits (shapes, dtypes and bytes): the data a run was trained on.
+    Examples count as flat rows, so that images and the flat rows they are read from (shaped_for)
+    are the same data."""
     h = hashlib.sha256()
     for a in (ds.X_train, ds.y_train, ds.X_test, ds.y_test):
-        a = np.ascontiguousarray(a)
+        a = np.ascontiguousarray(a.reshape(len(a), -1) if a.ndim > 2 else a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -318,8 +328,10 @@ def _graph(args, meta, src, dtype):
 
 
 def _dataset(args, cfg, meta, graph):
-    """The data set, its targets read as the model's loss takes them (the default model: classes).
-    Resuming without --dataset, the recorded file must still be there."""
+    """The data set, its targets read as the model's loss takes them (the default model: classes),
+    its examples shaped as the model's input takes them where the sizes match (the digits' 64
+    pixels as (1, 8, 8) images for a convolutional model: cliutil.shaped_for). Resuming without
+    --dataset, the recorded file must still be there."""
     name = cfg["dataset"]
     if meta is not None and args.dataset is None and name != "digits" and not os.path.isfile(name):
         raise CLIError(f"the data set {name} of the run saved in {args.resume} is missing (moved or deleted?): give "
@@ -330,7 +342,7 @@ def _dataset(args, cfg, meta, graph):
 
         loss = graph.loss_node.op
         ignore = loss_options(graph.loss_node.attr)[1]
-    return load_dataset(name, seed=cfg["seed"], dtype=cfg["dtype"], loss=loss, ignore_index=ignore)
+    return shaped_for(load_dataset(name, seed=cfg["seed"], dtype=cfg["dtype"], loss=loss, ignore_index=ignore), graph)
 
 
 def _model(args, src, graph, cfg, device):
@@ -371,10 +383,13 @@ def _check_against_data(graph, ds, hint=""):
     if not graph.has_output("loss") or graph.loss_node is None:
         return  # compiling says what is missing
     labels = graph.loss_node.inputs[1]
-    features = [v for v in graph.inputs if v.name != labels]
-    if len(features) == 1 and features[0].type.shape[0] != ds.num_features:
-        raise CLIError(f"the model's input takes {features[0].type.shape[0]} features but dataset {ds.name} has "
-                       f"{ds.num_features}{hint}")
+    want = model_example_shape(graph)
+    if want is not None and want != ds.example_shape:
+        if len(want) == len(ds.example_shape) == 1:
+            raise CLIError(f"the model's input takes {want[0]} features but dataset {ds.name} has "
+                           f"{ds.num_features}{hint}")
+        raise CLIError(f"the model's input takes {example_words(want)} ({math.prod(want)} values per example) but "
+                       f"dataset {ds.name} has {example_words(ds.example_shape)}{hint}")
     target = next((v for v in graph.inputs if v.name == labels), None)
     if target is None:
         return

@@ -16,6 +16,7 @@ from numpy.typing import ArrayLike
 
 from . import checkpoint, training
 from .compiler import PROGRAM_DOCS, build_programs
+from .distributed.program import agreed, distribute_programs, resolve
 from .datacheck import check_assignments, check_batch_size, check_model_size, check_seed
 from .errors import CheckpointError, DataError, ProgramError, TrainingDiverged  # noqa: F401  (re-exported)
 from .flat import FlatLayout
@@ -49,7 +50,7 @@ class Model:
     """
 
     def __init__(self, graph, target="numpy", dtype="float32", seed=0, passes=None, print_after=False, device=None,
-                 cuda_graph=False, weights=None):
+                 cuda_graph=False, weights=None, distributed=None):
         from .backends import get_target
 
         target_def = get_target(target)
@@ -66,6 +67,8 @@ class Model:
         self.graph = built.graph
         self.programs = built.programs
         self.report = built.pipeline
+        self.distributed = resolve(distributed)  # data parallel (bngraph.distributed): train_step for the replicas
+        self.programs, self.distributed_changes = distribute_programs(self.programs, self.distributed)
         loaded = target_def.load(self.programs, built.source.dtype, self.graph.name, docs=PROGRAM_DOCS, device=device)
         self.sources = loaded.rendered.sources
         self.source = "\n".join(self.sources.values())
@@ -95,7 +98,8 @@ class Model:
         self.trainer = TrainingStep(StepContext(self.runtime, self.executable, self.layout, self._P, self._G, self._S,
                                                 tuple(k.removeprefix("state.") for k in self._state_keys), self.dtype,
                                                 self._feeds, self._host_feeds,
-                                                lambda program, feeds, m: self._run(program, feeds, m)),
+                                                lambda program, feeds, m: self._run(program, feeds, m),
+                                                replicas=self.distributed and self.distributed.replicas),
                                     capture=cuda_graph)
         self.original_names = dict(getattr(graph, "original_names", None) or {}) if weights is None else {}
 
@@ -236,6 +240,11 @@ class Model:
 
         Everything is checked before anything changes; a NaN/inf loss or gradient raises
         TrainingDiverged and leaves params, state and the optimizer untouched."""
+        X, y = agreed(self.distributed, self._check_batch, xb, yb)  # data parallel: bad data on one shard stops all
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the step checks for NaN/inf itself
+            return self.trainer.run(X, y, self._optimizer(optimizer))
+
+    def _check_batch(self, xb, yb) -> tuple:
         X = self._check_x(xb, "train_step")
         y = self._check_y(yb, X.shape[0], "train_step")
         if X.shape[0] < 2 and self.inputs.batch_statistics:
@@ -244,8 +253,7 @@ class Model:
                 "with the mini-batch's own variance, which is 0 for a single example (PyTorch raises 'Expected "
                 "more than 1 value per channel when training'). fit() merges a last batch of one example into "
                 "the batch before it.")
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # the step checks for NaN/inf itself
-            return self.trainer.run(X, y, self._optimizer(optimizer))
+        return X, y
 
     def _optimizer(self, optimizer):
         return training.use_optimizer(self, optimizer)
@@ -426,7 +434,7 @@ read_checkpoint = checkpoint.read
 
 def compile(graph, target: str = "numpy", dtype: str = "float32", seed: int = 0, passes: list | None = None,
             print_after: bool = False, device: int | str | None = None, cuda_graph: bool = False,
-            weights: str | dict | None = None) -> Model:
+            weights: str | dict | None = None, distributed=None) -> Model:
     """Compile ``graph`` for ``target``: run the training pipeline (or ``passes``), differentiate,
     generate and load the code, and set the starting values. ``device`` picks the target's
     device (the numpy target runs on the host; cuda: a GPU index, or "emulator" for the CPU).
@@ -439,4 +447,4 @@ def compile(graph, target: str = "numpy", dtype: str = "float32", seed: int = 0,
     from those, draw the rest. Values go through the passes' remap (a bias folded into batch norm
     moves into its running mean) and are checked like ``set_params``."""
     return Model(graph, target=target, dtype=dtype, seed=seed, passes=passes, print_after=print_after, device=device,
-                 cuda_graph=cuda_graph, weights=weights)
+                 cuda_graph=cuda_graph, weights=weights, distributed=distributed)

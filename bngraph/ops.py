@@ -775,3 +775,5 @@ def needs_batch_statistics(graph) -> bool:
 
 # the spatial ops (conv, pooling, flatten) register themselves into OPS; bngraph.ops_spatial
 from . import ops_spatial  # noqa: E402,F401
+# the collective ops (allreduce, synchronized batch norm) register themselves into OPS; bngraph.ops_collective
+from . import ops_collective  # noqa: E402,F401

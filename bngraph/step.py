@@ -53,6 +53,7 @@ class StepContext:
     host_feeds: Callable          # (X, y) -> the same as contiguous host arrays
     run: Callable                 # (program, feeds, m) -> its outputs, run on these buffers
     owner: Any = None             # the TrainingStep whose count ``step`` reads
+    replicas: Any = None          # data parallel: the communicator (bngraph.distributed), else None
     _outputs: tuple = field(default=(None, ()), init=False, repr=False, compare=False)  # (updated, outputs)
 
     @property
@@ -158,6 +159,15 @@ class HostStep:
         return losses
 
     def run(self, X, y, optimizer) -> float:
+        """One step (:meth:`_run`); data parallel, all or nothing on every replica: a step refused
+        on one is refused on all (bngraph.distributed.step)."""
+        if self.context.replicas is None:
+            return self._run(X, y, optimizer)
+        from .distributed.step import replicated_run
+
+        return replicated_run(self, X, y, optimizer)
+
+    def _run(self, X, y, optimizer, hook=None) -> float:
         """One step on checked data. All or nothing: the program writes only gradients and
         buffers; its outputs, the loss, the gradients and the new running statistics are checked
         before the update; an optimizer that is not a built-in updates a snapshot it is rolled back
@@ -173,6 +183,8 @@ class HostStep:
                                   X.shape[0])
         else:
             out = ctx.run("train_step", ctx.feeds(X, y), X.shape[0])
+        if hook is not None:  # data parallel: the gradient hook, then the checks are agreed on
+            hook("gradients")
         if not required <= out.keys():
             missing = [k for k in ("loss", *outputs) if k not in out]
             raise ProgramError(f"the generated train_step returned no {', '.join(missing)} (it returned "
@@ -193,6 +205,8 @@ class HostStep:
                            "running statistics (their sum overflows)")
                 raise TrainingDiverged(f"the new {bad} contains NaN or inf at step {ctx.step + 1} (a batch variance "
                                        f"overflowed?); nothing was updated")
+        if hook is not None:
+            hook("checked")
         self.update(optimizer, g_bound)
         for k, new in zip(ctx.updated, new_state):
             ctx.state[k][...] = new
@@ -292,8 +306,8 @@ class TrainingStep:
     def _implementation(self, optimizer):
         """The target's guarded step for ``optimizer`` when its next step can be one, else the host step."""
         self.host.optimizer = optimizer
-        if not (isinstance(optimizer, Optimizer) and optimizer.fused):
-            return self.host
+        if not (isinstance(optimizer, Optimizer) and optimizer.fused) or self.context.replicas is not None:
+            return self.host  # data parallel: the host step, whose gradient hook sums over the replicas
         g = self.guarded
         if g is None or g.optimizer is not optimizer:
             if g is not None and g.pending:

@@ -91,6 +91,9 @@ def fit(model, X, y, optimizer=None, epochs: int = 1, batch_size: int | None = N
         raise DataError(f"fit: batch norm needs at least 2 examples per batch (got {n} examples, "
                         f"batch_size {batch_size})")
     optimizer = use_optimizer(model, optimizer)
+    rep = model.trainer.context.replicas  # data parallel: rank 0 alone prints and writes files
+    if rep is not None and not rep.is_root:
+        verbose, checkpoint, report = False, None, None
     bar = Progress(verbose)
     config = {"seed": seed, "batch_size": batch_size, "shuffle": shuffle, "n": n}
     position = last.get("position")
@@ -162,6 +165,8 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
             t0, first = time.perf_counter(), pos["done"]
             steps = _Unread(model, optimizer, pos, schedule is not None)
             for t in range(pos["done"] + 1, T + 1):
+                if model.trainer.context.replicas is not None:  # a Ctrl-C on one rank stops them all here
+                    interrupts.agree(model.trainer.context.replicas)
                 if interrupts.requested and steps.collect():
                     break
                 interrupts.check(model, T)
@@ -170,7 +175,9 @@ def _loop(model, X, y, optimizer, epochs, batch_size, shuffle, seed, validation,
                 try:
                     if schedule is not None:
                         optimizer.lr = schedule.lr(ep, model.step + 1)
-                    due = model.trainer.submit(X[order[a:b]], y[order[a:b]], optimizer)
+                    rows = order[a:b] if model.trainer.context.replicas is None else \
+                        model.trainer.context.replicas.shard(order[a:b])  # this rank's part of the global batch
+                    due = model.trainer.submit(X[rows], y[rows], optimizer)
                 except BaseException:
                     if schedule is not None and old_lr is not None:
                         optimizer.lr = old_lr  # the failed step changed nothing, its lr included
@@ -272,6 +279,7 @@ class _StepBoundaryInterrupts:
 
     def __init__(self):
         self.requested = False
+        self.where = ""  # data parallel: " (Ctrl-C on rank r)"
         self._old = None
 
     def __enter__(self):
@@ -285,6 +293,12 @@ class _StepBoundaryInterrupts:
             raise KeyboardInterrupt("interrupted twice: stopped at once")
         self.requested = True
 
+    def agree(self, replicas):
+        """Data parallel: every rank learns of a Ctrl-C on any rank, at the same step boundary."""
+        got = replicas.gather_messages(b"1" if self.requested else b"")
+        if any(got):
+            self.requested, self.where = True, f" (Ctrl-C on rank {next(r for r, m in enumerate(got) if m)})"
+
     def check(self, model, steps):
         if self.requested:
             self.requested = False
@@ -293,8 +307,8 @@ class _StepBoundaryInterrupts:
                 pos = model.fit_state["position"] = None
             where = (f"epoch {pos['epoch']}, after step {pos['done']} of {steps}" if pos and steps
                      else f"the end of epoch {model.epoch}")
-            raise StepBoundaryInterrupt(f"fit: interrupted at {where} (global step {model.step}); the model is "
-                                        f"as after that step")
+            raise StepBoundaryInterrupt(f"fit: interrupted{self.where} at {where} (global step {model.step}); the "
+                                        f"model is as after that step")
 
     def __exit__(self, *exc):
         if self._old is not None:

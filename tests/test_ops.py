@@ -102,6 +102,7 @@ def _cases() -> list:
     c.append(Case("sigmoid_bce_grad", [("x", (N, BATCH)), ("prob", (N, BATCH)), ("x", ())]))
     c += [Case("fill", [], dict(value=2.5, dtype=dt)) for dt in ("f32", "f64")]
     c += _spatial_cases()
+    c += _collective_cases()
     # a loss and its gradient as one node (bngraph.passes.fuse_loss_grad): the gradient's inputs
     c += [Case(f"{case.op[:-len('_grad')]}_and_grad", case.inputs, case.attrs) for case in list(c)
           if case.op in ("softmax_cross_entropy_grad", "nll_grad", "mse_grad", "sigmoid_bce_grad")]
@@ -153,6 +154,26 @@ def _spatial_cases() -> list:
         c.append(Case("running_update", [("x", (N,)), ("pos", (N,)), ("x", (N,)), ("pos", (N,)), ("x", shape)]))
         c += [Case("bias_add", [("x", shape), ("x", (N,))]), Case("sum_batch", [("x", shape)]),
               Case("bias_add_act", [("x", shape), ("x", (N,))], dict(act="sigmoid"))]
+    return c
+
+
+
+def _collective_cases() -> list:
+    """bngraph.ops_collective: allreduce (one replica: the identity) and synchronized batch norm's pieces."""
+    z, u, n = ("x", (N, BATCH)), ("x", (N,)), ("pos", ())
+    c = [Case("allreduce", [z]), Case("allreduce", [("x", (N, BATCH, 5))])]
+    for shape in ((N, BATCH), (N, BATCH, 5)):
+        zz = ("x", shape)
+        c.append(Case("bn_partial_sum", [zz]))
+        c.append(Case("bn_partial_m2", [zz, u, n]))
+        c += [Case("batchnorm_sync", [zz, u, u, u, ("pos", (N,)), n], a) for a in ({}, dict(act="relu"))]
+        for a in ({}, dict(act="tanh")):
+            c.append(Case("batchnorm_sync_reduce", [zz, ("prob", shape), zz, u, ("pos", (N,))], a))
+            c.append(Case("batchnorm_sync_grad", [zz, ("prob", shape), zz, u, u, ("pos", (N,)), u, u, n], a))
+    c.append(Case("running_update_sync", [u, ("pos", (N,)), u, ("pos", (N,)), n], dict(momentum=0.2)))
+    c += [Case("loss_count", [("x", (K, BATCH)), ("labels", K)]),
+          Case("loss_count", [("x", (K, BATCH)), ("labels", K), ("pos", (K,))], dict(ignore_index=1)),
+          Case("loss_count", [("x", (N, BATCH)), ("x", (N, BATCH))], dict(loss="mse"))]
     return c
 
 
@@ -602,6 +623,7 @@ TORCH = {
     "mul": lambda ins, at: [ins[0] * ins[1]],
     "div": lambda ins, at: [ins[0] / ins[1]],
     "neg": lambda ins, at: [-ins[0]],
+    "allreduce": lambda ins, at: [x.clone() for x in ins],  # one replica: the sum over replicas is the identity
 }
 
 

@@ -17,6 +17,7 @@ from ..base import Rendered, Renderer, template_env
 from ..liveness import live_ranges, previous_occupants, share
 from ..lowering import LoweringError, Plan
 from . import lowerings_spatial  # noqa: F401  (registers the spatial ops' rows into LOWERINGS)
+from . import lowerings_collective  # noqa: F401  (registers the collective ops' rows into LOWERINGS)
 from .lowerings import CUDA, LOWERINGS, At, HostCode, Kernel
 
 BLOCK = 256  # threads per block (a power of two: block_sum halves it)

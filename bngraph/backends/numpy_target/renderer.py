@@ -13,6 +13,7 @@ from ...printer import format_node
 from ...version import __version__
 from ..base import Rendered, Renderer, template_env
 from ..lowering import Plan
+from . import lowerings_collective  # noqa: F401  (registers the collective ops' rows into LOWERINGS)
 from .lowerings import LOWERINGS, Act, node_act
 from .spatial_code import LOOP_VARS
 
