@@ -409,6 +409,11 @@ def test_the_equivalence_tests_cover_every_op():
 
     seen.update(n.op for make in spatial_graphs().values() for passes in (None, [])
                 for p in build_programs(make(), "float64", passes).programs.values() for n in p.nodes)
+    # tests/test_distributed.py trains a replicated model (one replica) like the plain one
+    import distributed_scenarios
+    from bngraph.distributed import Distributed, Local
+
+    seen.update(n.op for p in distributed_scenarios.model(Distributed(Local())).programs.values() for n in p.nodes)
     missing = sorted(set(bg.OPS) - seen)
     assert not missing, f"ops never exercised by the codegen equivalence tests: {missing}"
 
