@@ -286,7 +286,7 @@ class CNNTwin:
     """A bngraph CNN and the same torch nn.Sequential holding the same values (no conv bias before a
     batch norm, so that no fold of a bias has to be mirrored)."""
 
-    def __init__(self, dim: int, seed: int = 0):
+    def __init__(self, dim: int, seed: int = 0, target: str = "numpy", device=None):
         g = bg.Graph(f"cnn{dim}d", "f64")
         self.shape = (3, 10) if dim == 1 else (3, 9, 8)
         x, y = g.input("x", self.shape), g.labels("y", 5)
@@ -295,7 +295,7 @@ class CNNTwin:
         h = g.tanh(g.conv(g.maxpool(h, 2, ceil_mode=True), 4, 2, padding=1, groups=2, name="c2"))  # a bias, no BN
         h = g.batchnorm(g.avgpool(h, 2, stride=1, padding=1, count_include_pad=False), name="bn2")
         g.softmax_cross_entropy(g.matmul(g.flatten(h), 5, name="out"), y)
-        self.model = bg.compile(g, dtype="float64", seed=seed)
+        self.model = bg.compile(g, dtype="float64", seed=seed, target=target, device=device)
         Conv, BN = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
         MaxPool, AvgPool = (nn.MaxPool1d, nn.AvgPool1d) if dim == 1 else (nn.MaxPool2d, nn.AvgPool2d)
         out_size = self.model.programs["train_step"].value("bn2").type.shape
@@ -357,10 +357,16 @@ OPTIMIZERS = {
 }
 
 
+TARGETS = {"numpy": ("numpy", None), "cuda-emulator": ("cuda", "emulator")}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("dim", [1, 2], ids=["conv1d-bn1d", "conv2d-bn2d"])
-def test_cnn_training_steps_and_outputs_equal_torch(dim, opt):
-    tw = CNNTwin(dim, seed=dim)
+def test_cnn_training_steps_and_outputs_equal_torch(dim, opt, target):
+    """On every target (the CUDA target's kernels through the emulator): two training steps,
+    the params, running statistics, eval and train-mode outputs and evaluate, against PyTorch."""
+    tw = CNNTwin(dim, seed=dim, target=TARGETS[target][0], device=TARGETS[target][1])
     ours, theirs = OPTIMIZERS[opt]
     ob, ot = ours(), theirs(list(tw.names.values()))
     for step, m in enumerate((6, 5)):  # two steps (the second sees momentum / Adam's moments)
