@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint, with its "
                                                     "settings (a flag that contradicts them is refused)")
     t.add_argument("--json", metavar="PATH", help="write the per-epoch history and final metrics as JSON")
+    t.add_argument("--html", metavar="PATH", help="write the HTML report of the trained model (graph, passes, code, "
+                                                  "training curves: bngraph report) at the end")
     t.add_argument("--passes", help="comma-separated pass names (default: the training pipeline; resuming: the "
                                     "checkpoint's)")
     t.add_argument("--schedule", metavar="SPEC", help="a learning-rate schedule (bg.schedules.parse): step:STEP_SIZE"

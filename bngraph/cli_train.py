@@ -49,8 +49,9 @@ def train(args) -> int:
 
         if not init().is_root:  # rank 0 alone prints, writes the report and the checkpoints
             args.quiet, args.json, args.save, args.no_save, args.other_rank = True, None, None, True, True
+            args.html = None
     save = save_path(args)
-    for flag, path in (("--save", args.save), ("--json", args.json)):
+    for flag, path in (("--save", args.save), ("--json", args.json), ("--html", args.html)):
         if path:
             check_writable(path, flag)  # before hours of training, not after
     if save and not args.save:
@@ -65,7 +66,8 @@ def train(args) -> int:
     cfg = _settings(args, meta, src)
     dataset_path = None if cfg["dataset"] == "digits" else cfg["dataset"]
     refuse_same_files([("MODEL", model_path(args.model)), ("--resume", args.resume), ("--dataset", dataset_path),
-                       ("--save", save), ("--json", args.json)], allowed=[("--save", "--resume")])
+                       ("--save", save), ("--json", args.json), ("--html", args.html)],
+                      allowed=[("--save", "--resume")])
     graph = _graph(args, meta, src, cfg["dtype"])  # None: the default model, sized by the data
     ds = _dataset(args, cfg, meta, graph)
     fingerprint = data_fingerprint(ds)
@@ -153,6 +155,11 @@ def train(args) -> int:
     if args.json:
         written.append(("wrote report", args.json, None))
     write_report(args.json, report)
+    if args.html:  # the HTML report of the trained model, its curves from this run's history
+        from .htmlreport import report as html_report
+
+        html_report(model, args.html, target=model.target)
+        written.append(("wrote HTML report", args.html, None))
     if not getattr(args, "other_rank", False):  # data parallel: rank 0 alone prints
         print(metrics_line("test", final))
     print_written(written)

@@ -94,6 +94,17 @@ def test_fit_report_writes_the_page_at_the_end_and_says_where(tmp_path, capsys):
         model.fit(X, y, epochs=1, report=tmp_path / "missing" / "r.html")
 
 
+def test_train_writes_the_html_report_and_says_where(tmp_path, capsys):
+    out = tmp_path / "train.html"
+    assert main(["train", "--epochs", "2", "--quiet", "--no-save", "--html", str(out)]) == 0
+    assert f"wrote HTML report {out}" in capsys.readouterr().out.splitlines()
+    text = out.read_text()
+    check_report(text, bg.TRAINING_PIPELINE)
+    training = text[text.index('id="training"'):]
+    assert training[training.index("<tbody>"):training.index("</tbody>")].count("<tr>") == 2  # both epochs
+    assert main(["train", "--epochs", "1", "--quiet", "--no-save", "--html", str(tmp_path / "no" / "r.html")]) == 2
+
+
 def test_onnx_file_report(tmp_path, capsys):
     need("onnx")
     X, y = _data()
