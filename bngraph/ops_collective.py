@@ -254,10 +254,12 @@ def loss_count(ins, attrs):
     pred = ins[0]
     if attrs["loss"] in ("mse", "sigmoid_bce"):
         return (np.asarray(pred.size, pred.dtype),)
-    labels, ignore = np.asarray(ins[1]), attrs.get("ignore_index")
-    keep = np.ones(labels.shape, bool) if ignore is None else labels != ignore
+    # array-module generic (NumPy, or CuPy's arrays through NumPy's dispatch on the CUDA target): no
+    # np.asarray of the labels or of the sum, which CuPy refuses (no implicit copy to the host)
+    labels, ignore = ins[1], attrs.get("ignore_index")
+    keep = np.ones_like(labels, dtype=bool) if ignore is None else labels != ignore
     w = keep.astype(pred.dtype) if len(ins) < 3 else np.where(keep, ins[2][np.where(keep, labels, 0)], 0)
-    return (np.asarray(w.sum(), pred.dtype),)  # bngraph.ops.class_weights' w_i, summed
+    return (w.sum().astype(pred.dtype),)  # bngraph.ops.class_weights' w_i, summed
 
 
 register(OpDef(
