@@ -40,7 +40,9 @@ class Lowering:
     ``template``: a file under ``templates/<target>/``, or ``attrs -> file name`` when the op has
     variants (train/eval...): the variant is chosen here, in Python, not inside the template.
     ``temps``: per-unit temporaries, named ``<first output>.<temp>``. ``temp_buffers``: batch-sized
-    temporaries shaped like the first output (``attrs -> names`` when it depends on a variant).
+    temporaries shaped like the first output (``attrs -> names`` when it depends on a variant), or
+    as ``temp_buffer_types(node, input types)`` says (``{temp: TensorType}``: a conv's im2col
+    columns, typed ``(C*k*o, m)``).
     ``alias``: the output is the input itself (identity): no buffer, no code beyond a name.
     ``context``: ``(node, input expressions) -> dict`` of extra template variables computed in Python.
     ``const``: the output is a compile-time constant (``fill``): no buffer and no code; a target
@@ -50,6 +52,7 @@ class Lowering:
     template: str | Callable[[dict], str]
     temps: tuple = ()
     temp_buffers: tuple | Callable[[dict], tuple] = ()
+    temp_buffer_types: Callable | None = None
     alias: bool = False
     context: Callable | None = None
     const: bool = False
@@ -278,10 +281,11 @@ def plan_program(name: str, g, lowerings: dict, target: str, reserved=(), buffer
         first = n.outputs[0].name
         temps = {t: namer(f"{first}.{t}") for t in low.temps}
         tbufs = {}
+        ttypes = low.temp_buffer_types(n, [types[i] for i in n.inputs]) if low.temp_buffer_types else {}
         for t in low.temp_buffers_for(n.attr):
             key = f"{first}.{t}"
             tbufs[t] = key
-            buffers.append((key, n.outputs[0].type))
+            buffers.append((key, ttypes.get(t, n.outputs[0].type)))
         steps.append(Step(n, low, low.template_for(n.attr), outs, dests, temps, tbufs))
 
     batch = next(((v.name, list(v.type.shape).index(BATCH)) for v in g.inputs if BATCH in v.type.shape), None)

@@ -146,13 +146,16 @@ BN_BACKWARD = Lowering("batchnorm_grad.j2", temps=("dy", "rows"), temp_buffers=_
 # the spatial ops' contexts need their inputs' types, which the renderer hands them on the node
 # (node.input_types).
 BIAS_ADD = Lowering("bias_add.j2", context=lambda node, ins: {"view": Units(node.outputs[0].type)})
-CONV = Lowering("conv.j2", temps=("xp", "cols"), context=spatial_code.conv_context)
+CONV = Lowering("conv.j2", temps=("xp", "cols"), temp_buffers=("cols",), temp_buffer_types=spatial_code.cols_types,
+               context=spatial_code.conv_context)
 
 SPATIAL_LOWERINGS = {
     "conv": CONV,
-    "conv_grad_weight": Lowering("conv_grad_weight.j2", temps=("xp", "cols"),
+    "conv_grad_weight": Lowering("conv_grad_weight.j2", temps=("xp", "cols"), temp_buffers=("cols",),
+                                 temp_buffer_types=spatial_code.cols_types,
                                  context=spatial_code.conv_grad_weight_context),
-    "conv_grad_input": Lowering("conv_grad_input.j2", temps=("dcols", "dxp"),
+    "conv_grad_input": Lowering("conv_grad_input.j2", temps=("dcols", "dxp"), temp_buffers=("dcols",),
+                                temp_buffer_types=spatial_code.cols_types,
                                 context=spatial_code.conv_grad_input_context),
     "maxpool": Lowering("maxpool.j2", temps=("xp",), context=spatial_code.pool_context),
     "avgpool": Lowering("avgpool.j2", temps=("xp",), context=spatial_code.pool_context),

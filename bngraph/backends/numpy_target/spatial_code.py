@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 from ... import spatial
+from ...ir import BATCH, TensorType
 
 LOOP_VARS = ("i", "j")  # the kernel offset of the col2im and pooling-gradient loops (reserved names)
 
@@ -188,13 +189,36 @@ def _conv_matrices(W_type, groups, out):
     return (groups, F // groups, Cg * K), (groups, Cg * K, by_m(O)), (groups, F // groups, by_m(O))
 
 
+def cols_types(node, in_types) -> dict:
+    """The planned buffers of conv and conv_grad_weight (``cols``: im2col's columns) and of
+    conv_grad_input (``dcols``): (C*k1*...*o1*..., m), the (C*k, m*o) matrix's elements as a
+    batch-sized value, so that they come from the plan (an array reused every step, shared by
+    liveness) instead of a fresh allocation per step (which costs more than the copy itself)."""
+    if node.op == "conv_grad_input":
+        W_t, dy_t = in_types
+        C, kernel, out = W_t.shape[1] * node.attr["groups"], W_t.shape[2:], dy_t.shape[2:]
+    else:
+        x_t = in_types[1]
+        kernel = node.attr["kernel"] if node.op == "conv_grad_weight" else in_types[0].shape[2:]
+        C = x_t.shape[0]
+        out = spatial.out_shape(x_t.shape[2:], kernel, node.attr["stride"], node.attr["pads"], node.attr["dilation"])
+    name = "dcols" if node.op == "conv_grad_input" else "cols"
+    return {name: TensorType(in_types[0].dtype, (C * math.prod(kernel) * math.prod(out), BATCH))}
+
+
+def _cols_view(x_t, w: Window) -> str:
+    """The columns buffer as (C, k1.., m, o1..): the transposed windows view is copied into it."""
+    return tuple_text((x_t.shape[0], *w.kernel, "m", *w.out))
+
+
 def conv_context(node, ins):
     """conv %W, %x: im2col of x, then y = W @ cols (per group)."""
     W_t, x_t = node.input_types
     w = _conv_window(node, x_t, W_t)
     wm, cols, ym = _conv_matrices(W_t, node.attr["groups"], w.out)
     return {"win": w, "x": ins[1], "w_mat": tuple_text(wm), "cols_shape": tuple_text(cols), "y_mat": tuple_text(ym),
-            "new": new_array(node.outputs[0].type), "groups": node.attr["groups"], "sizes": sizes}
+            "cols_view": _cols_view(x_t, w), "new": new_array(node.outputs[0].type), "groups": node.attr["groups"],
+            "sizes": sizes}
 
 
 def conv_grad_weight_context(node, ins):
@@ -204,8 +228,8 @@ def conv_grad_weight_context(node, ins):
     w = _conv_window(node, x_t, W_t)
     wm, cols, ym = _conv_matrices(W_t, node.attr["groups"], w.out)
     return {"win": w, "x": ins[1], "w_mat": tuple_text(wm), "cols_shape": tuple_text(cols), "y_mat": tuple_text(ym),
-            "transpose": _transpose(node.attr["groups"]), "new": new_array(W_t), "groups": node.attr["groups"],
-            "sizes": sizes}
+            "cols_view": _cols_view(x_t, w), "transpose": _transpose(node.attr["groups"]), "new": new_array(W_t),
+            "groups": node.attr["groups"], "sizes": sizes}
 
 
 class Dx:
@@ -243,10 +267,10 @@ def conv_grad_input_context(node, ins):
     x_t = node.outputs[0].type
     w = _conv_window(node, x_t, W_t)
     groups = node.attr["groups"]
-    wm, _, ym = _conv_matrices(W_t, groups, w.out)
+    wm, cols, ym = _conv_matrices(W_t, groups, w.out)
     dcols = tuple_text((x_t.shape[0], *w.kernel, "m", *w.out))
     return {"win": w, "w_mat": tuple_text(wm), "transpose": _transpose(groups), "y_mat": tuple_text(ym),
-            "dcols_shape": dcols, "groups": groups, **_grad_arrays(w, x_t)}
+            "cols_shape": tuple_text(cols), "dcols_shape": dcols, "groups": groups, **_grad_arrays(w, x_t)}
 
 
 def _pool_window(node, x_type, dilation):

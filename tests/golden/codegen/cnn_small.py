@@ -28,7 +28,8 @@ def train_step(x, y, P, S, G, B):
     # %conv1.conv: f32[8,m,8,8] = conv[dilation=1x1, groups=1, pads=1x1x1x1, stride=1x1] %conv1.W, %x
     conv1_conv_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_conv_cols = np.lib.stride_tricks.sliding_window_view(conv1_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
-    conv1_conv_cols = np.ascontiguousarray(conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
+    np.copyto(B["conv1.conv.cols"].reshape(1, 3, 3, m, 8, 8), conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*8*8) in one copy, into its planned array
+    conv1_conv_cols = B["conv1.conv.cols"].reshape(9, m * 64)
     conv1_conv = B["conv1.conv"]
     np.matmul(P["conv1.W"].reshape(8, 9), conv1_conv_cols, out=conv1_conv.reshape(8, m * 64))  # y = W @ cols
     # %relu1: f32[8,m,8,8], %bn1.mean: f32[8], %bn1.var: f32[8] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %conv1.conv, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
@@ -57,7 +58,8 @@ def train_step(x, y, P, S, G, B):
     # %conv2.conv: f32[16,m,4,4] = conv[dilation=1x1, groups=2, pads=1x1x1x1, stride=1x1] %conv2.W, %pool1
     conv2_conv_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_conv_cols = np.lib.stride_tricks.sliding_window_view(conv2_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
-    conv2_conv_cols = np.ascontiguousarray(conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
+    np.copyto(B["conv2.conv.cols"].reshape(8, 3, 3, m, 4, 4), conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*4*4) in one copy, into its planned array
+    conv2_conv_cols = B["conv2.conv.cols"].reshape(2, 36, m * 16)  # in 2 groups of rows
     conv2_conv = B["conv2.conv"]
     np.matmul(P["conv2.W"].reshape(2, 8, 36), conv2_conv_cols, out=conv2_conv.reshape(2, 8, m * 16))  # y = W @ cols per group (one batched matmul)
     # %relu2: f32[16,m,4,4], %bn2.mean: f32[16], %bn2.var: f32[16] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %conv2.conv, %bn2.gamma, %bn2.beta, %bn2.running_mean, %bn2.running_var
@@ -131,14 +133,17 @@ def train_step(x, y, P, S, G, B):
 
     rows(conv2_conv_grad_rows, relu2_grad.reshape(16, -1), relu2.reshape(16, -1), B["conv2.conv.grad.dy"].reshape(16, -1), conv2_conv.reshape(16, -1), P["bn2.gamma"], bn2_mean, bn2_var, conv2_conv_grad.reshape(16, -1), bn2_gamma_grad, bn2_beta_grad)  # in lanes of units on host threads when large; on the (16, m * 16) views: a channel's batch and positions as one row
     # %conv2.W.grad: f32[16,4,3,3] = conv_grad_weight[dilation=1x1, groups=2, kernel=3x3, pads=1x1x1x1, stride=1x1] %conv2.conv.grad, %pool1
+    # B["conv2.W.grad.cols"] reuses the array of B["conv2.conv.cols"] (no longer read)
     conv2_W_grad_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_W_grad_cols = np.lib.stride_tricks.sliding_window_view(conv2_W_grad_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
-    conv2_W_grad_cols = np.ascontiguousarray(conv2_W_grad_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
+    np.copyto(B["conv2.W.grad.cols"].reshape(8, 3, 3, m, 4, 4), conv2_W_grad_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*4*4) in one copy, into its planned array
+    conv2_W_grad_cols = B["conv2.W.grad.cols"].reshape(2, 36, m * 16)  # in 2 groups of rows
     conv2_W_grad = G["conv2.W"]
     np.matmul(conv2_conv_grad.reshape(2, 8, m * 16), conv2_W_grad_cols.transpose(0, 2, 1), out=conv2_W_grad.reshape(2, 8, 36))  # dW = dy @ cols^T per group (one batched matmul)
     # %pool1.grad: f32[8,m,4,4] = conv_grad_input[dilation=1x1, groups=2, in_size=4x4, pads=1x1x1x1, stride=1x1] %conv2.W, %conv2.conv.grad
-    pool1_grad_dcols = np.matmul(P["conv2.W"].reshape(2, 8, 36).transpose(0, 2, 1), conv2_conv_grad.reshape(2, 8, m * 16))  # dcols = W^T @ dy per group (one batched matmul)
-    pool1_grad_dcols = pool1_grad_dcols.reshape(8, 3, 3, m, 4, 4)  # (C, 3x3, m, 4x4): the rows of im2col
+    # B["pool1.grad.dcols"] reuses the array of B["conv2.W.grad.cols"] (no longer read)
+    np.matmul(P["conv2.W"].reshape(2, 8, 36).transpose(0, 2, 1), conv2_conv_grad.reshape(2, 8, m * 16), out=B["pool1.grad.dcols"].reshape(2, 36, m * 16))  # dcols = W^T @ dy per group (one batched matmul), into its planned array
+    pool1_grad_dcols = B["pool1.grad.dcols"].reshape(8, 3, 3, m, 4, 4)  # (C, 3x3, m, 4x4): the rows of im2col
     pool1_grad_dxp = np.zeros((8, m, 6, 6), DTYPE)  # dx in padded coordinates (6x6), cropped at the end
     for i, j in np.ndindex(3, 3):  # col2im: each kernel offset's columns added back where im2col read them (9 vectorized adds, no scatter)
         pool1_grad_dxp[:, :, i:i + 4, j:j + 4] += pool1_grad_dcols[:, i, j]
@@ -172,9 +177,11 @@ def train_step(x, y, P, S, G, B):
 
     rows(conv1_conv_grad_rows, relu1_grad.reshape(8, -1), relu1.reshape(8, -1), B["conv1.conv.grad.dy"].reshape(8, -1), conv1_conv.reshape(8, -1), P["bn1.gamma"], bn1_mean, bn1_var, conv1_conv_grad.reshape(8, -1), bn1_gamma_grad, bn1_beta_grad)  # in lanes of units on host threads when large; on the (8, m * 64) views: a channel's batch and positions as one row
     # %conv1.W.grad: f32[8,1,3,3] = conv_grad_weight[dilation=1x1, groups=1, kernel=3x3, pads=1x1x1x1, stride=1x1] %conv1.conv.grad, %x
+    # B["conv1.W.grad.cols"] reuses the array of B["conv1.conv.cols"] (no longer read)
     conv1_W_grad_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_W_grad_cols = np.lib.stride_tricks.sliding_window_view(conv1_W_grad_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
-    conv1_W_grad_cols = np.ascontiguousarray(conv1_W_grad_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
+    np.copyto(B["conv1.W.grad.cols"].reshape(1, 3, 3, m, 8, 8), conv1_W_grad_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*8*8) in one copy, into its planned array
+    conv1_W_grad_cols = B["conv1.W.grad.cols"].reshape(9, m * 64)
     conv1_W_grad = G["conv1.W"]
     np.matmul(conv1_conv_grad.reshape(8, m * 64), conv1_W_grad_cols.T, out=conv1_W_grad.reshape(8, 9))  # dW = dy @ cols^T
     return {
@@ -196,43 +203,50 @@ def train_step(x, y, P, S, G, B):
 
 def alloc_train_step(m):
     """Buffers for train_step at batch size m: one per batch-sized value written with out=.
-    B: 19 batch-sized buffers in 16 arrays (buffers whose lives do not overlap share one)."""
-    a0 = np.empty((8, m, 8, 8), DTYPE)
+    B: 24 batch-sized buffers in 18 arrays (buffers whose lives do not overlap share one)."""
+    a0 = np.empty((576, m), DTYPE)
     a1 = np.empty((8, m, 8, 8), DTYPE)
-    a2 = np.empty((8, m, 4, 4), DTYPE)
-    a3 = np.empty((16, m, 4, 4), DTYPE)
-    a4 = np.empty((16, m, 4, 4), DTYPE)
-    a5 = np.empty((16, m, 1, 1), DTYPE)
-    a6 = np.empty((16, m), DTYPE)
-    a7 = np.empty((10, m), DTYPE)
-    a8 = np.empty((10, m), DTYPE)
-    a9 = np.empty((16, m, 4, 4), DTYPE)
-    a10 = np.empty((16, m, 4, 4), DTYPE)
+    a2 = np.empty((8, m, 8, 8), DTYPE)
+    a3 = np.empty((8, m, 4, 4), DTYPE)
+    a4 = np.empty((1152, m), DTYPE)
+    a5 = np.empty((16, m, 4, 4), DTYPE)
+    a6 = np.empty((16, m, 4, 4), DTYPE)
+    a7 = np.empty((16, m, 1, 1), DTYPE)
+    a8 = np.empty((16, m), DTYPE)
+    a9 = np.empty((10, m), DTYPE)
+    a10 = np.empty((10, m), DTYPE)
     a11 = np.empty((16, m, 4, 4), DTYPE)
-    a12 = np.empty((8, m, 4, 4), DTYPE)
-    a13 = np.empty((8, m, 8, 8), DTYPE)
-    a14 = np.empty((8, m, 8, 8), DTYPE)
+    a12 = np.empty((16, m, 4, 4), DTYPE)
+    a13 = np.empty((16, m, 4, 4), DTYPE)
+    a14 = np.empty((8, m, 4, 4), DTYPE)
     a15 = np.empty((8, m, 8, 8), DTYPE)
+    a16 = np.empty((8, m, 8, 8), DTYPE)
+    a17 = np.empty((8, m, 8, 8), DTYPE)
     return {
-        "conv1.conv": a0,
-        "relu1": a1,
-        "pool1": a2,
-        "conv2.conv": a3,
-        "relu2": a4,
-        "pool2": a5,
-        "flatten1": a6,
-        "out.matmul": a7,
-        "out": a8,
-        "out.grad": a7,
-        "flatten1.grad": a6,
-        "pool2.grad": a5,
-        "relu2.grad": a9,
-        "conv2.conv.grad": a11,
-        "conv2.conv.grad.dy": a10,
-        "pool1.grad": a12,
-        "relu1.grad": a13,
-        "conv1.conv.grad": a15,
-        "conv1.conv.grad.dy": a14,
+        "conv1.conv": a1,
+        "conv1.conv.cols": a0,
+        "relu1": a2,
+        "pool1": a3,
+        "conv2.conv": a5,
+        "conv2.conv.cols": a4,
+        "relu2": a6,
+        "pool2": a7,
+        "flatten1": a8,
+        "out.matmul": a9,
+        "out": a10,
+        "out.grad": a9,
+        "flatten1.grad": a8,
+        "pool2.grad": a7,
+        "relu2.grad": a11,
+        "conv2.conv.grad": a13,
+        "conv2.conv.grad.dy": a12,
+        "conv2.W.grad.cols": a4,
+        "pool1.grad": a14,
+        "pool1.grad.dcols": a4,
+        "relu1.grad": a15,
+        "conv1.conv.grad": a17,
+        "conv1.conv.grad.dy": a16,
+        "conv1.W.grad.cols": a0,
     }
 
 
@@ -242,7 +256,8 @@ def forward(x, P, S, B):
     # %conv1.conv: f32[8,m,8,8] = conv[dilation=1x1, groups=1, pads=1x1x1x1, stride=1x1] %conv1.W, %x
     conv1_conv_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_conv_cols = np.lib.stride_tricks.sliding_window_view(conv1_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
-    conv1_conv_cols = np.ascontiguousarray(conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
+    np.copyto(B["conv1.conv.cols"].reshape(1, 3, 3, m, 8, 8), conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*8*8) in one copy, into its planned array
+    conv1_conv_cols = B["conv1.conv.cols"].reshape(9, m * 64)
     conv1_conv = B["conv1.conv"]
     np.matmul(P["conv1.W"].reshape(8, 9), conv1_conv_cols, out=conv1_conv.reshape(8, m * 64))  # y = W @ cols
     # %relu1: f32[8,m,8,8] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %conv1.conv, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
@@ -259,7 +274,8 @@ def forward(x, P, S, B):
     # %conv2.conv: f32[16,m,4,4] = conv[dilation=1x1, groups=2, pads=1x1x1x1, stride=1x1] %conv2.W, %pool1
     conv2_conv_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_conv_cols = np.lib.stride_tricks.sliding_window_view(conv2_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
-    conv2_conv_cols = np.ascontiguousarray(conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
+    np.copyto(B["conv2.conv.cols"].reshape(8, 3, 3, m, 4, 4), conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*4*4) in one copy, into its planned array
+    conv2_conv_cols = B["conv2.conv.cols"].reshape(2, 36, m * 16)  # in 2 groups of rows
     conv2_conv = B["conv2.conv"]
     np.matmul(P["conv2.W"].reshape(2, 8, 36), conv2_conv_cols, out=conv2_conv.reshape(2, 8, m * 16))  # y = W @ cols per group (one batched matmul)
     # %relu2: f32[16,m,4,4] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %conv2.conv, %bn2.gamma, %bn2.beta, %bn2.running_mean, %bn2.running_var
@@ -284,26 +300,30 @@ def forward(x, P, S, B):
 
 def alloc_forward(m):
     """Buffers for forward at batch size m: one per batch-sized value written with out=.
-    B: 9 batch-sized buffers in 9 arrays."""
-    a0 = np.empty((8, m, 8, 8), DTYPE)
+    B: 11 batch-sized buffers in 11 arrays."""
+    a0 = np.empty((576, m), DTYPE)
     a1 = np.empty((8, m, 8, 8), DTYPE)
-    a2 = np.empty((8, m, 4, 4), DTYPE)
-    a3 = np.empty((16, m, 4, 4), DTYPE)
-    a4 = np.empty((16, m, 4, 4), DTYPE)
-    a5 = np.empty((16, m, 1, 1), DTYPE)
-    a6 = np.empty((16, m), DTYPE)
-    a7 = np.empty((10, m), DTYPE)
-    a8 = np.empty((10, m), DTYPE)
+    a2 = np.empty((8, m, 8, 8), DTYPE)
+    a3 = np.empty((8, m, 4, 4), DTYPE)
+    a4 = np.empty((1152, m), DTYPE)
+    a5 = np.empty((16, m, 4, 4), DTYPE)
+    a6 = np.empty((16, m, 4, 4), DTYPE)
+    a7 = np.empty((16, m, 1, 1), DTYPE)
+    a8 = np.empty((16, m), DTYPE)
+    a9 = np.empty((10, m), DTYPE)
+    a10 = np.empty((10, m), DTYPE)
     return {
-        "conv1.conv": a0,
-        "relu1": a1,
-        "pool1": a2,
-        "conv2.conv": a3,
-        "relu2": a4,
-        "pool2": a5,
-        "flatten1": a6,
-        "out.matmul": a7,
-        "out": a8,
+        "conv1.conv": a1,
+        "conv1.conv.cols": a0,
+        "relu1": a2,
+        "pool1": a3,
+        "conv2.conv": a5,
+        "conv2.conv.cols": a4,
+        "relu2": a6,
+        "pool2": a7,
+        "flatten1": a8,
+        "out.matmul": a9,
+        "out": a10,
     }
 
 
@@ -313,7 +333,8 @@ def forward_train(x, P, S, B):
     # %conv1.conv: f32[8,m,8,8] = conv[dilation=1x1, groups=1, pads=1x1x1x1, stride=1x1] %conv1.W, %x
     conv1_conv_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_conv_cols = np.lib.stride_tricks.sliding_window_view(conv1_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
-    conv1_conv_cols = np.ascontiguousarray(conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
+    np.copyto(B["conv1.conv.cols"].reshape(1, 3, 3, m, 8, 8), conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*8*8) in one copy, into its planned array
+    conv1_conv_cols = B["conv1.conv.cols"].reshape(9, m * 64)
     conv1_conv = B["conv1.conv"]
     np.matmul(P["conv1.W"].reshape(8, 9), conv1_conv_cols, out=conv1_conv.reshape(8, m * 64))  # y = W @ cols
     # %relu1: f32[8,m,8,8], %bn1.mean: f32[8], %bn1.var: f32[8] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %conv1.conv, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
@@ -339,7 +360,8 @@ def forward_train(x, P, S, B):
     # %conv2.conv: f32[16,m,4,4] = conv[dilation=1x1, groups=2, pads=1x1x1x1, stride=1x1] %conv2.W, %pool1
     conv2_conv_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_conv_cols = np.lib.stride_tricks.sliding_window_view(conv2_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
-    conv2_conv_cols = np.ascontiguousarray(conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
+    np.copyto(B["conv2.conv.cols"].reshape(8, 3, 3, m, 4, 4), conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*4*4) in one copy, into its planned array
+    conv2_conv_cols = B["conv2.conv.cols"].reshape(2, 36, m * 16)  # in 2 groups of rows
     conv2_conv = B["conv2.conv"]
     np.matmul(P["conv2.W"].reshape(2, 8, 36), conv2_conv_cols, out=conv2_conv.reshape(2, 8, m * 16))  # y = W @ cols per group (one batched matmul)
     # %relu2: f32[16,m,4,4], %bn2.mean: f32[16], %bn2.var: f32[16] = batchnorm_act[act=relu, eps=1e-05, mode=train, momentum=0.1, negative_slope=0.0] %conv2.conv, %bn2.gamma, %bn2.beta, %bn2.running_mean, %bn2.running_var
@@ -373,26 +395,30 @@ def forward_train(x, P, S, B):
 
 def alloc_forward_train(m):
     """Buffers for forward_train at batch size m: one per batch-sized value written with out=.
-    B: 9 batch-sized buffers in 9 arrays."""
-    a0 = np.empty((8, m, 8, 8), DTYPE)
+    B: 11 batch-sized buffers in 11 arrays."""
+    a0 = np.empty((576, m), DTYPE)
     a1 = np.empty((8, m, 8, 8), DTYPE)
-    a2 = np.empty((8, m, 4, 4), DTYPE)
-    a3 = np.empty((16, m, 4, 4), DTYPE)
-    a4 = np.empty((16, m, 4, 4), DTYPE)
-    a5 = np.empty((16, m, 1, 1), DTYPE)
-    a6 = np.empty((16, m), DTYPE)
-    a7 = np.empty((10, m), DTYPE)
-    a8 = np.empty((10, m), DTYPE)
+    a2 = np.empty((8, m, 8, 8), DTYPE)
+    a3 = np.empty((8, m, 4, 4), DTYPE)
+    a4 = np.empty((1152, m), DTYPE)
+    a5 = np.empty((16, m, 4, 4), DTYPE)
+    a6 = np.empty((16, m, 4, 4), DTYPE)
+    a7 = np.empty((16, m, 1, 1), DTYPE)
+    a8 = np.empty((16, m), DTYPE)
+    a9 = np.empty((10, m), DTYPE)
+    a10 = np.empty((10, m), DTYPE)
     return {
-        "conv1.conv": a0,
-        "relu1": a1,
-        "pool1": a2,
-        "conv2.conv": a3,
-        "relu2": a4,
-        "pool2": a5,
-        "flatten1": a6,
-        "out.matmul": a7,
-        "out": a8,
+        "conv1.conv": a1,
+        "conv1.conv.cols": a0,
+        "relu1": a2,
+        "pool1": a3,
+        "conv2.conv": a5,
+        "conv2.conv.cols": a4,
+        "relu2": a6,
+        "pool2": a7,
+        "flatten1": a8,
+        "out.matmul": a9,
+        "out": a10,
     }
 
 
@@ -402,7 +428,8 @@ def evaluate(x, y, P, S, B):
     # %conv1.conv: f32[8,m,8,8] = conv[dilation=1x1, groups=1, pads=1x1x1x1, stride=1x1] %conv1.W, %x
     conv1_conv_xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 10x10: 1x1 before, 1x1 after
     conv1_conv_cols = np.lib.stride_tricks.sliding_window_view(conv1_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 8x8, 3x3), no copy
-    conv1_conv_cols = np.ascontiguousarray(conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(9, m * 64)  # im2col: (C*3*3, m*8*8) in one copy
+    np.copyto(B["conv1.conv.cols"].reshape(1, 3, 3, m, 8, 8), conv1_conv_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*8*8) in one copy, into its planned array
+    conv1_conv_cols = B["conv1.conv.cols"].reshape(9, m * 64)
     conv1_conv = B["conv1.conv"]
     np.matmul(P["conv1.W"].reshape(8, 9), conv1_conv_cols, out=conv1_conv.reshape(8, m * 64))  # y = W @ cols
     # %relu1: f32[8,m,8,8] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %conv1.conv, %bn1.gamma, %bn1.beta, %bn1.running_mean, %bn1.running_var
@@ -419,7 +446,8 @@ def evaluate(x, y, P, S, B):
     # %conv2.conv: f32[16,m,4,4] = conv[dilation=1x1, groups=2, pads=1x1x1x1, stride=1x1] %conv2.W, %pool1
     conv2_conv_xp = np.pad(pool1, ((0, 0), (0, 0), (1, 1), (1, 1)))  # zero padding: padded to 6x6: 1x1 before, 1x1 after
     conv2_conv_cols = np.lib.stride_tricks.sliding_window_view(conv2_conv_xp, (3, 3), axis=(2, 3))  # the 3x3 windows: a strided view (C, m, 4x4, 3x3), no copy
-    conv2_conv_cols = np.ascontiguousarray(conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3)).reshape(2, 36, m * 16)  # im2col: (C*3*3, m*4*4) in one copy, in 2 groups of rows
+    np.copyto(B["conv2.conv.cols"].reshape(8, 3, 3, m, 4, 4), conv2_conv_cols.transpose(0, 4, 5, 1, 2, 3))  # im2col: (C*3*3, m*4*4) in one copy, into its planned array
+    conv2_conv_cols = B["conv2.conv.cols"].reshape(2, 36, m * 16)  # in 2 groups of rows
     conv2_conv = B["conv2.conv"]
     np.matmul(P["conv2.W"].reshape(2, 8, 36), conv2_conv_cols, out=conv2_conv.reshape(2, 8, m * 16))  # y = W @ cols per group (one batched matmul)
     # %relu2: f32[16,m,4,4] = batchnorm_act[act=relu, eps=1e-05, mode=eval, momentum=0.1, negative_slope=0.0] %conv2.conv, %bn2.gamma, %bn2.beta, %bn2.running_mean, %bn2.running_var
@@ -449,24 +477,28 @@ def evaluate(x, y, P, S, B):
 
 def alloc_evaluate(m):
     """Buffers for evaluate at batch size m: one per batch-sized value written with out=.
-    B: 9 batch-sized buffers in 9 arrays."""
-    a0 = np.empty((8, m, 8, 8), DTYPE)
+    B: 11 batch-sized buffers in 11 arrays."""
+    a0 = np.empty((576, m), DTYPE)
     a1 = np.empty((8, m, 8, 8), DTYPE)
-    a2 = np.empty((8, m, 4, 4), DTYPE)
-    a3 = np.empty((16, m, 4, 4), DTYPE)
-    a4 = np.empty((16, m, 4, 4), DTYPE)
-    a5 = np.empty((16, m, 1, 1), DTYPE)
-    a6 = np.empty((16, m), DTYPE)
-    a7 = np.empty((10, m), DTYPE)
-    a8 = np.empty((10, m), DTYPE)
+    a2 = np.empty((8, m, 8, 8), DTYPE)
+    a3 = np.empty((8, m, 4, 4), DTYPE)
+    a4 = np.empty((1152, m), DTYPE)
+    a5 = np.empty((16, m, 4, 4), DTYPE)
+    a6 = np.empty((16, m, 4, 4), DTYPE)
+    a7 = np.empty((16, m, 1, 1), DTYPE)
+    a8 = np.empty((16, m), DTYPE)
+    a9 = np.empty((10, m), DTYPE)
+    a10 = np.empty((10, m), DTYPE)
     return {
-        "conv1.conv": a0,
-        "relu1": a1,
-        "pool1": a2,
-        "conv2.conv": a3,
-        "relu2": a4,
-        "pool2": a5,
-        "flatten1": a6,
-        "out.matmul": a7,
-        "out": a8,
+        "conv1.conv": a1,
+        "conv1.conv.cols": a0,
+        "relu1": a2,
+        "pool1": a3,
+        "conv2.conv": a5,
+        "conv2.conv.cols": a4,
+        "relu2": a6,
+        "pool2": a7,
+        "flatten1": a8,
+        "out.matmul": a9,
+        "out": a10,
     }
