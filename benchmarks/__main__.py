@@ -27,6 +27,7 @@ def parse(argv=None):
     ap.add_argument("--quick", action="store_true", help="one tiny config, a few rounds: checks that it runs")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     ap.add_argument("--no-sweeps", dest="sweeps", action="store_false", help="only the main configs")
+    ap.add_argument("--no-train", dest="train", action="store_false", help="skip the MLP training rows")
     ap.add_argument("--no-inference", dest="inference", action="store_false")
     ap.add_argument("--no-cnn", dest="cnn", action="store_false", help="skip the CNN rows (benchmarks/cnn.py)")
     ap.add_argument("--no-memory", dest="memory", action="store_false")

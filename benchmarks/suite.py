@@ -185,7 +185,7 @@ def run(args, env: dict, log=print) -> dict:
     runner = Runner(args, log)
     report = {"machine": machine(args.threads, env), "settings": _settings(args), "rows": []}
     started = time.perf_counter()
-    for cfg, with_compile, groups in todo["train"]:
+    for cfg, with_compile, groups in (todo["train"] if getattr(args, "train", True) else []):
         log(f"  train {cfg.label} ...")
         report["rows"].append(runner.train_row(cfg, with_compile, groups))
         log("    " + format_row(report["rows"][-1]))
@@ -210,7 +210,7 @@ def run(args, env: dict, log=print) -> dict:
 
 def _settings(args) -> dict:
     keys = ("threads", "rounds", "warmup", "warmup_seconds", "block", "gap", "threshold", "max_rounds_factor", "max_seconds",
-            "quick", "compile", "sweeps", "inference", "cnn", "memory", "blas_timeout")
+            "quick", "compile", "sweeps", "train", "inference", "cnn", "memory", "blas_timeout")
     return {k: getattr(args, k) for k in keys}
 
 
