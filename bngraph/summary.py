@@ -25,7 +25,12 @@ def _layer_of(name: str, nodes: set) -> str:
 def _shape(shape) -> str:
     if not shape:
         return "()"
-    dims = ("batch", *shape[:-1]) if shape[-1] == "m" else shape  # the graph's (features, m) is the API's (m, features)
+    if shape[-1] == "m":  # the graph's (features, m) is the API's (m, features)
+        dims = ("batch", *shape[:-1])
+    elif len(shape) > 2 and shape[1] == "m":  # a spatial (C, m, d...) is the API's (m, C, d...)
+        dims = ("batch", shape[0], *shape[2:])
+    else:
+        dims = shape
     return "(" + ", ".join(map(str, dims)) + ")"
 
 

@@ -68,3 +68,14 @@ def test_same_padding_follows_onnx():
     nodes = {n.name: n for n in g.nodes}
     assert nodes["up"].attr["pads"] == (0, 0, 1, 1) and nodes["lo"].attr["pads"] == (1, 1, 0, 0)  # the odd pixel after / before
     assert up.type.shape == lo.type.shape == (3, "m", 4, 3)  # ceil(7/2), ceil(6/2)
+
+
+def test_summary_shows_spatial_outputs_in_the_apis_order(capsys):
+    g = bg.Graph("cnn")
+    x, y = g.input("x", (1, 8, 8)), g.labels("y", 3)
+    h = g.maxpool(g.relu(g.batchnorm(g.conv(x, 4, 3, padding=1, name="c1"), name="bn1")), 2, name="p1")
+    g.softmax_cross_entropy(g.matmul(g.flatten(h, name="f"), 3, name="out"), y)
+    bg.compile(g).summary()
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "(batch, 1, 8, 8)" in rows["x"] and "(batch, 4, 8, 8)" in rows["c1"] and "(batch, 4, 4, 4)" in rows["p1"]
+    assert "(batch, 64)" in rows["f"] and "c1.b removed by fold_bias" in rows["c1"]
