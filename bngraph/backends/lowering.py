@@ -52,10 +52,10 @@ class Lowering:
     template: str | Callable[[dict], str]
     temps: tuple = ()
     temp_buffers: tuple | Callable[[dict], tuple] = ()
-    temp_buffer_types: Callable | None = None
     alias: bool = False
     context: Callable | None = None
     const: bool = False
+    temp_buffer_types: Callable | None = None  # last: Lowering's positional fields keep their places
 
     def template_for(self, attrs: dict) -> str:
         """The template file for a node with these attributes."""
