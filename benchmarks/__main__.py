@@ -31,6 +31,8 @@ def parse(argv=None):
     ap.add_argument("--no-inference", dest="inference", action="store_false")
     ap.add_argument("--no-cnn", dest="cnn", action="store_false", help="skip the CNN rows (benchmarks/cnn.py)")
     ap.add_argument("--no-memory", dest="memory", action="store_false")
+    ap.add_argument("--no-c", dest="c", action="store_false", help="skip the c target's side (it runs where a C++ "
+                                                                  "compiler is found)")
     ap.add_argument("--rounds", type=int, default=0, help="undisturbed rounds per row (default: 15, 10 or 7 "
                                                           "by the row's cost)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls of each side before the rounds")

@@ -42,7 +42,8 @@ def measure_here(side: str, widths, batch: int, optimizer: str, steps: int = 3) 
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident size
     base = _status_kib("VmRSS")
-    step = bngraph_step(cfg) if side == "bngraph" else torch_step(cfg)[0]
+    step = (bngraph_step(cfg) if side == "bngraph" else bngraph_step(cfg, target="c") if side == "bngraph-c"
+            else torch_step(cfg)[0])
     for _ in range(steps):
         step()
     peak = _status_kib("VmHWM")

@@ -38,14 +38,25 @@ def data(cfg: Config, seed: int = 0):
     return X, y
 
 
+def c_target_runs() -> bool:
+    """True where the c target can compile (a C++ compiler is found)."""
+    try:
+        from bngraph.backends.c_target.runtime import compiler, flags
+
+        flags(compiler())
+        return True
+    except Exception:  # noqa: BLE001 (no compiler, or one that cannot build a kernel)
+        return False
+
+
 # ---- bngraph -----------------------------------------------------------------------------------
 
 def bngraph_optimizer(name: str):
     return bg.optim.Adam(lr=LR["adam"]) if name == "adam" else bg.optim.SGD(lr=LR["momentum"], momentum=0.9)
 
 
-def bngraph_step(cfg: Config):
-    model = bg.compile(bg.mlp(list(cfg.widths)))
+def bngraph_step(cfg: Config, target: str = "numpy"):
+    model = bg.compile(bg.mlp(list(cfg.widths)), target=target)
     opt = bngraph_optimizer(cfg.optimizer)
     X, y = data(cfg)
     return lambda: model.train_step(X, y, opt)

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import cnn, floors, memory
-from .sides import (Config, bngraph_inference, bngraph_step, torch_inference, torch_step)
+from .sides import (Config, bngraph_inference, bngraph_step, c_target_runs, torch_inference, torch_step)
 from .timing import Meter, interleaved, wait_for_quiet
 
 SMALL = (64, 128, 128, 10)
@@ -57,6 +57,7 @@ class Runner:
         self.args, self.log = args, log
         self.meter = Meter(threshold=args.threshold)
         self.pool = ThreadPoolExecutor(max(1, args.threads - 1)) if args.threads > 1 else None
+        self.c = getattr(args, "c", True) and c_target_runs()  # the c target's side, where it compiles
 
     def time(self, sides: dict, rounds: int) -> dict:
         a = self.args
@@ -77,6 +78,8 @@ class Runner:
         bg_step = bngraph_step(cfg)
         t_step, _ = torch_step(cfg)
         sides = {"bngraph": bg_step, "torch": t_step}
+        if self.c:
+            sides["bngraph c"] = bngraph_step(cfg, target="c")
         compile_s = None
         if with_compile and self.args.compile:
             try:
@@ -102,6 +105,9 @@ class Runner:
                "vs_torch": med["bngraph"] / med["torch"], "vs_floor": med["bngraph"] / floor}
         if "torch.compile" in med:
             row["vs_torch_compile"] = med["bngraph"] / med["torch.compile"]
+        if "bngraph c" in med:
+            row.update(c_s=med["bngraph c"], c_vs_torch=med["bngraph c"] / med["torch"], c_vs_floor=med["bngraph c"] / floor,
+                       c_vs_numpy=med["bngraph c"] / med["bngraph"])
         return row
 
     def inference_row(self, widths, batch) -> dict:
@@ -121,12 +127,15 @@ class Runner:
                 "vs_torch": med["bngraph"] / med["torch"], "vs_floor": med["bngraph"] / floor}
 
     def memory_row(self, cfg: Config) -> dict | None:
-        got = {side: memory.measure(side, cfg.widths, cfg.batch, cfg.optimizer) for side in ("bngraph", "torch")}
-        if any(v is None for v in got.values()):
+        sides = ("bngraph", "torch") + (("bngraph-c",) if self.c else ())
+        got = {side: memory.measure(side, cfg.widths, cfg.batch, cfg.optimizer) for side in sides}
+        if got["bngraph"] is None or got["torch"] is None:
             return None
         b, t = got["bngraph"]["peak_bytes"], got["torch"]["peak_bytes"]
+        c = got.get("bngraph-c")
         return {"kind": "memory", "config": cfg.label, "widths": list(cfg.widths), "batch": cfg.batch,
-                "optimizer": cfg.optimizer, "bngraph_bytes": b, "torch_bytes": t, "vs_torch": b / t if t else math.nan}
+                "optimizer": cfg.optimizer, "bngraph_bytes": b, "torch_bytes": t, "vs_torch": b / t if t else math.nan,
+                "c_bytes": c["peak_bytes"] if c else None}
 
 
 def _rounds(res: dict) -> dict:
@@ -210,8 +219,8 @@ def run(args, env: dict, log=print) -> dict:
 
 def _settings(args) -> dict:
     keys = ("threads", "rounds", "warmup", "warmup_seconds", "block", "gap", "threshold", "max_rounds_factor", "max_seconds",
-            "quick", "compile", "sweeps", "train", "inference", "cnn", "memory", "blas_timeout")
-    return {k: getattr(args, k) for k in keys}
+            "quick", "compile", "sweeps", "train", "inference", "cnn", "memory", "blas_timeout", "c")
+    return {k: getattr(args, k, None) for k in keys}
 
 
 def _ms(s) -> str:
@@ -222,9 +231,11 @@ def format_row(r: dict) -> str:
     if r["kind"] == "train":
         tc = f"{_ms(r['torch_compile_s'])} ({r['vs_torch_compile']:.2f}x, compile {r['compile_s']:.0f} s)" \
             if r.get("torch_compile_s") else "-"
+        c = (f"c {_ms(r['c_s'])} ms, c/torch {r['c_vs_torch']:.2f}, c/floor {r['c_vs_floor']:.2f} | "
+             if r.get("c_s") else "")
         return (f"{r['config']:<34} bngraph {_ms(r['bngraph_s'])} ms | torch {_ms(r['torch_s'])} ms | "
                 f"bngraph/torch {r['vs_torch']:.2f} | floor {_ms(r['floor_s'])} ms, bngraph/floor {r['vs_floor']:.2f} | "
-                f"torch.compile {tc} | rounds kept / dropped {_kept(r)}")
+                f"{c}torch.compile {tc} | rounds kept / dropped {_kept(r)}")
     if r["kind"] == "inference":
         return (f"{r['config']:<34} bngraph {r['bngraph_per_s']:,.0f}/s | torch {r['torch_per_s']:,.0f}/s | "
                 f"time bngraph/torch {r['vs_torch']:.2f} | bngraph/floor {r['vs_floor']:.2f} | "
@@ -244,6 +255,13 @@ def markdown(report: dict) -> str:
         vc = f"{r['vs_torch_compile']:.2f}" if r.get("vs_torch_compile") else "-"
         out.append(f"| {r['config']} | {_ms(r['bngraph_s'])} | {_ms(r['torch_s'])} | **{r['vs_torch']:.2f}** | {tc} | "
                    f"{vc} | {_ms(r['floor_s'])} | {r['vs_floor']:.2f} | {_kept(r)} |")
+    ctrain = [r for r in rows if r["kind"] == "train" and r.get("c_s")]
+    if ctrain:
+        out += ["", "| config (c target) | c ms | numpy target ms | PyTorch eager ms | c / eager | c / numpy | floor ms | "
+                "c / floor |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['config']} | {_ms(r['c_s'])} | {_ms(r['bngraph_s'])} | {_ms(r['torch_s'])} | "
+                f"**{r['c_vs_torch']:.2f}** | {r['c_vs_numpy']:.2f} | {_ms(r['floor_s'])} | {r['c_vs_floor']:.2f} |"
+                for r in ctrain]
     inf = [r for r in rows if r["kind"] == "inference"]
     if inf:
         out += ["", "| inference (eval) | bngraph examples/s | PyTorch examples/s | bngraph / PyTorch time | "
@@ -256,6 +274,11 @@ def markdown(report: dict) -> str:
                 "|---|---|---|---|"]
         out += [f"| {r['config']} | {r['bngraph_bytes'] / 2**20:.1f} | {r['torch_bytes'] / 2**20:.1f} | "
                 f"{r['vs_torch']:.2f} |" for r in mem]
+        cmem = [r for r in mem if r.get("c_bytes")]
+        if cmem:
+            out += ["", "| peak memory (c target) | c MiB | numpy target MiB | c / numpy |", "|---|---|---|---|"]
+            out += [f"| {r['config']} | {r['c_bytes'] / 2**20:.1f} | {r['bngraph_bytes'] / 2**20:.1f} | "
+                    f"{r['c_bytes'] / r['bngraph_bytes']:.2f} |" for r in cmem]
     return "\n".join(out)
 
 

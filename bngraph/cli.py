@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each class of the training data held out for the per-epoch validation "
                         "figures (0: none); default 0.1 (resuming: the checkpoint's); the test split is evaluated "
                         "once, at the end")
-    t.add_argument("--target", default=None, help="numpy or cuda; default numpy (resuming: the checkpoint's)")
+    t.add_argument("--target", default=None, help="numpy, cuda or c; default numpy (resuming: the checkpoint's)")
     t.add_argument("--device", default=None, help="the target's device: cuda takes a GPU index (default 0) or "
                                                   "'emulator' (its kernels on the CPU)")
     t.add_argument("--distributed", action="store_true", help="data parallel: run under mpiexec -n N, each rank on "

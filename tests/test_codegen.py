@@ -109,7 +109,7 @@ def test_emit_does_not_mutate_the_graph():
 def test_emit_dtype_and_target_errors():
     src = bg.emit(bg.mlp([4, 5, 3]), dtype="float64")["mlp_numpy.py"]
     assert "DTYPE = np.float64" in src and "f64[5,m]" in src and "f32" not in src
-    with pytest.raises(bg.IRError, match="unknown target 'tpu': available targets are cuda, numpy"):
+    with pytest.raises(bg.IRError, match="unknown target 'tpu': available targets are c, cuda, numpy"):
         bg.emit(bg.mlp([4, 5, 3]), target="tpu")
 
 

@@ -187,7 +187,7 @@ def test_a_forward_op_it_lacks_is_the_plain_missing_lowering_error(lists):
 
 def test_export_to_an_unknown_target_or_device_is_refused(lists):
     model = bg.compile(bg.mlp([4, 5, 3]))
-    with pytest.raises(bg.IRError, match="unknown target 'nope': available targets are cuda, lists, numpy"):
+    with pytest.raises(bg.IRError, match="unknown target 'nope': available targets are c, cuda, lists, numpy"):
         model.export_inference(target="nope")
     with pytest.raises(ValueError, match="the lists target runs on the host CPU; got device 3"):
         model.export_inference(target="lists", device=3)

@@ -84,12 +84,12 @@ class Twin:
     k to the bias b that bngraph folded away (torch keeps it, frozen)."""
 
     def __init__(self, act="relu", loss="softmax_cross_entropy", bias=True, hidden=(7,), bn=True,
-                 dtype="float64", eps=1e-5, momentum=0.1, seed=0):
+                 dtype="float64", eps=1e-5, momentum=0.1, seed=0, target="numpy"):
         self.act, self.loss_kind, self.bias, self.bn, self.dtype = act, loss, bias, bn, dtype
         self.hidden = list(hidden)
         g = bg.mlp([N_IN, *hidden, N_OUT], activation=act, batchnorm=bn, bias=bias, loss=loss,
                    eps=eps, momentum=momentum, negative_slope=0.1)
-        self.model = bg.compile(g, target="numpy", dtype=dtype, seed=seed)
+        self.model = bg.compile(g, target=target, dtype=dtype, seed=seed)
         init = init_values(self.model.source_graph, seed)  # the values before the passes
         rng = np.random.default_rng(seed + 1000)
         tdt = TORCH_DTYPES[dtype]

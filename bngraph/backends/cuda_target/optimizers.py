@@ -141,7 +141,7 @@ class RecordKernels:
 
     def __init__(self, runtime, record: OptimizerRecord, dtype):
         self.name = f"optim_{record.name}"
-        self.source = module_source(record, dtype)
+        self.source = runtime.optimizer_source(record, dtype)
         self.launch = runtime.launcher.bind(runtime.compiler.compile(self.source))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from ...ir import IRError
 from ..base import Executable, Rendered, exec_source
 from ..device import Allocator, Compiler, Launcher, PartsRuntime
-from .optimizers import make_kernel
+from .optimizers import make_kernel, module_source
 from .step import GuardedStep
 
 
@@ -58,6 +58,11 @@ class CudaRuntime(PartsRuntime):
         module.scratch = self.zeros((module.SCRATCH,), np.float64)
         return Executable(self, rendered, {name: getattr(module, name) for name in rendered.plans},
                           module=module, launch=launch)
+
+    def optimizer_source(self, record, dtype) -> str:
+        """The module of ``record``'s kernel in ``dtype`` that this runtime compiles (the c target
+        renders its own, :mod:`bngraph.backends.c_target.optimizers`)."""
+        return module_source(record, dtype)
 
     def optimizer_kernel(self, executable: Executable, optimizer):
         """One launch per stretch of the flat buffer for a built-in optimizer (None otherwise)."""
