@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import jinja2
 
-from ...ir import DTYPES
-from ...version import __version__
 from ..base import Rendered, templates_dir
-from ..cuda_target.renderer import BLOCK, BN_CACHE, PARTS, CudaRenderer
+from ..cuda_target.renderer import CudaRenderer
 from .host import PRELUDE, to_host
 
 
@@ -32,15 +30,7 @@ class CRenderer(CudaRenderer):
         self.env.loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(d)) for d in self.template_dirs])
 
     def render(self, programs: dict, dtype: str, graph_name: str, docs: dict | None = None) -> Rendered:
-        docs = docs or {}
-        plans = {name: self.plan(name, g) for name, g in self.lower(programs).items()}
-        kernels, functions = [], []
-        for name, plan in plans.items():
-            fn, ks = self.render_program(plan, docs.get(name, f"Program {name} of graph {graph_name}."))
-            functions.append(fn)
-            kernels.append((name, ks))
-        common = dict(graph_name=graph_name, version=__version__, dtype=DTYPES[dtype], block=BLOCK, parts=PARTS,
-                      bn_cache=BN_CACHE[dtype], row=BN_CACHE[dtype] * BLOCK)
+        plans, kernels, functions, common = self.render_parts(programs, dtype, graph_name, docs)
         module = self.env.get_template("module.cpp.j2").render(ctype=self.language.types[dtype], programs=kernels,
                                                                prelude=PRELUDE.rstrip("\n"), **common)
         py = self.env.get_template("driver.py.j2").render(functions=functions, **common)

@@ -23,8 +23,8 @@ import numpy as np
 from ... import hostthreads
 from ...ir import IRError
 from ..base import Executable, exec_source
-from ..device import Compiler, HostMemory, Launcher
-from ..cuda_target.emulator import _c_arg, gemm
+from ..device import Compiler, HostMemory
+from ..cuda_target.emulator import HostLauncher, _c_arg
 from ..cuda_target.runtime import CudaRuntime
 from ..cuda_target.step import GuardedStep
 from . import host, optimizers
@@ -117,15 +117,11 @@ class HostCCompiler(Compiler):
         return compile_source(source)
 
 
-class CLauncher(Launcher):
+class CLauncher(HostLauncher):
     """Calls ``launch__<kernel>(work, *args)`` through ctypes, ``work`` being the launch's
     ``grid * block`` (the driver's count of elements); ``capture`` records the calls (arguments
-    converted once) and the matrix products, and ``replay`` runs the list again."""
-
-    captures = True
-
-    def __init__(self):
-        self._recording = None  # a list while capturing
+    converted once) and the matrix products, and ``replay`` runs the list again (the emulator's
+    launcher's, :class:`~bngraph.backends.cuda_target.emulator.HostLauncher`: only ``bind`` differs)."""
 
     def bind(self, binary):
         entries: dict = {}
@@ -141,24 +137,6 @@ class CLauncher(Launcher):
                 fn(*call[1])
 
         return launch
-
-    def gemm(self, *args):
-        if self._recording is not None:
-            self._recording.append((gemm, args))
-            return args[-1]
-        return gemm(*args)
-
-    def capture(self, fn):
-        self._recording = []
-        try:
-            fn()
-        finally:
-            graph, self._recording = self._recording, None
-        return graph
-
-    def replay(self, graph) -> None:
-        for fn, args in graph:
-            fn(*args)
 
 
 # host templates of the driver that only launch kernels or call gemm: a program made of them alone

@@ -50,7 +50,9 @@ class CudaRenderer(Renderer):
         (verified after each pass, like any pipeline)."""
         return {name: run_pipeline(g, self.passes).graph for name, g in programs.items()}
 
-    def render(self, programs: dict, dtype: str, graph_name: str, docs: dict | None = None) -> Rendered:
+    def render_parts(self, programs: dict, dtype: str, graph_name: str, docs: dict | None = None) -> tuple:
+        """(plans, each program's kernels, each program's driver function, the templates' common
+        variables): what a module of this target's kernels is made of (the c target's too)."""
         docs = docs or {}
         plans = {name: self.plan(name, g) for name, g in self.lower(programs).items()}
         kernels, functions = [], []
@@ -60,6 +62,10 @@ class CudaRenderer(Renderer):
             kernels.append((name, ks))
         common = dict(graph_name=graph_name, version=__version__, dtype=DTYPES[dtype], block=BLOCK, parts=PARTS,
                       bn_cache=BN_CACHE[dtype], row=BN_CACHE[dtype] * BLOCK)
+        return plans, kernels, functions, common
+
+    def render(self, programs: dict, dtype: str, graph_name: str, docs: dict | None = None) -> Rendered:
+        plans, kernels, functions, common = self.render_parts(programs, dtype, graph_name, docs)
         cu = self.env.get_template("module.cu.j2").render(ctype=self.language.types[dtype], programs=kernels, **common)
         py = self.env.get_template("driver.py.j2").render(functions=functions, **common)
         sources = {f"{graph_name}_cuda.cu": cu.rstrip("\n") + "\n", f"{graph_name}_cuda.py": py.rstrip("\n") + "\n"}
