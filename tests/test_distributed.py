@@ -248,3 +248,25 @@ def test_nccl_on_one_gpu_sums_like_the_identity_and_trains():
     ref = bg.compile(bg.mlp([64, 12, 10]), target="cuda", dtype="float64", seed=0)
     assert abs(m.train_step(X[:14], y[:14], bg.optim.SGD(lr=0.1)) - ref.train_step(X[:14], y[:14],
                                                                                    bg.optim.SGD(lr=0.1))) < 1e-10
+
+
+@needs_mpi
+def test_the_command_line_trains_on_two_ranks_like_one_process_and_checkpoints_move(tmp_path):
+    """mpiexec -n 2 bngraph train --distributed (float64: the same run as one process, to round-off),
+    rank 0 alone printing and writing; its checkpoint resumes in one process."""
+    flags = ["train", "--epochs", "3", "--dtype", "float64", "--quiet"]
+    cli = [sys.executable, "-m", "bngraph.cli"]
+    two = subprocess.run([MPIEXEC, "-n", "2", *cli, *flags, "--distributed", "--save", str(tmp_path / "two.npz"),
+                          "--json", str(tmp_path / "two.json")], capture_output=True, text=True, timeout=240)
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = subprocess.run([*cli, *flags, "--json", str(tmp_path / "one.json"), "--no-save"], capture_output=True,
+                         text=True, timeout=240)
+    assert one.returncode == 0, one.stderr
+    a, b = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("two", "one"))
+    assert a["test"]["accuracy"] == b["test"]["accuracy"]
+    np.testing.assert_allclose([h["loss"] for h in a["history"]], [h["loss"] for h in b["history"]], rtol=1e-10)
+    assert two.stdout.count("test accuracy") == 1  # rank 0 alone prints
+    resumed = subprocess.run([*cli, "train", "--resume", str(tmp_path / "two.npz"), "--epochs", "4", "--quiet",
+                              "--no-save"], capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "test accuracy" in resumed.stdout
