@@ -270,3 +270,57 @@ def test_the_command_line_trains_on_two_ranks_like_one_process_and_checkpoints_m
                               "--no-save"], capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     assert "test accuracy" in resumed.stdout
+
+
+class _DeviceArray(np.lib.mixins.NDArrayOperatorsMixin):
+    """An array like CuPy's on the host: NumPy's functions dispatch to it (NEP 18), but converting it
+    to a NumPy array implicitly (np.asarray) is refused, as CuPy refuses it."""
+
+    def __init__(self, a):
+        self.a = np.asarray(a)
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    @staticmethod
+    def _unwrap(x):
+        return x.a if isinstance(x, _DeviceArray) else x
+
+    def _wrap(self, r):
+        return _DeviceArray(r) if isinstance(r, np.ndarray) or np.isscalar(r) else r
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return self._wrap(getattr(ufunc, method)(*map(self._unwrap, inputs), **kwargs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        return self._wrap(func(*map(self._unwrap, args), **{k: self._unwrap(v) for k, v in kwargs.items()}))
+
+    def __getitem__(self, index):
+        return self._wrap(self.a[self._unwrap(index)])
+
+    def astype(self, dtype):
+        return _DeviceArray(self.a.astype(dtype))
+
+    def sum(self):
+        return _DeviceArray(self.a.sum())
+
+    @property
+    def shape(self):
+        return self.a.shape
+
+    @property
+    def dtype(self):
+        return self.a.dtype
+
+
+@pytest.mark.parametrize("options, weight, want", [({}, None, 4.0), ({"ignore_index": 1}, None, 3.0),
+                                                    ({"ignore_index": 1}, [1.0, 2.0, 3.0], 7.0)])
+def test_loss_count_takes_device_arrays_it_may_not_copy_to_the_host(options, weight, want):
+    """The CUDA target hands the collective ops' reference code CuPy arrays: loss_count must stay on
+    their array module (np.asarray of the labels or of the sum raised on a GPU)."""
+    from bngraph.ops_collective import loss_count
+
+    dev = _DeviceArray
+    ins = [dev(np.zeros((3, 4))), dev([0, 2, 1, 2])] + ([dev(weight)] if weight else [])
+    (count,) = loss_count(ins, {"loss": "softmax_cross_entropy", **options})
+    assert isinstance(count, dev) and float(count.a) == want
