@@ -43,7 +43,7 @@ def single():
     return ref, m
 
 
-@pytest.fixture(scope="module", params=[2, 3])
+@pytest.fixture(scope="module", params=[1, 2, 3])
 def ranks(request, single, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"ranks{request.param}")
     single[1].save(out / "single.npz")
@@ -83,6 +83,8 @@ def test_spatial_batch_norm_is_synchronized_over_ranks_and_positions(ranks):
 
 @needs_mpi
 def test_without_sync_bn_the_model_changes_with_the_replicas(ranks, single):
+    if ranks[0] == 1:
+        pytest.skip("one replica: its own statistics are the global batch's")
     _, _, got = ranks
     values, losses = single[0]["adam"]
     arrays, info = got[0]
@@ -113,7 +115,7 @@ def test_a_failure_on_one_rank_stops_every_rank_naming_it(ranks):
     for _, info in got:
         assert info["bad_data"] == f"rank {n - 1}: train_step: X row 1 contains NaN or inf (1 bad rows)"
         assert info["bad_data_unchanged"] and info["diverged_unchanged"]
-        assert info["diverged"].startswith("rank 1: ") and "nothing was updated" in info["diverged"]
+        assert info["diverged"].startswith(f"rank {min(1, n - 1)}: ") and "nothing was updated" in info["diverged"]
         assert info["ctrl_c"].startswith(f"fit: interrupted (Ctrl-C on rank {n - 1}) at epoch 1, after step 2 of 4")
         assert info["ctrl_c"].endswith("| step 2")
 
