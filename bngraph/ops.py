@@ -52,6 +52,7 @@ import numpy as np
 
 # the activation table lives in its own module; ops re-exports it (bngraph.ops.ACTIVATIONS)
 from .activations import ACTIVATIONS, act_derivative, act_fn, sigmoid as _sigmoid
+from .bn_math import bn_scale_shift, running_blend  # noqa: F401  (bn_scale_shift: bngraph.ops' public name)
 from .ir import BATCH, DTYPES, IRError, TensorType
 from .opdef import (OPS, REDUCTIONS, OpDef, _expect_activation, _expect_arity, _expect_float,  # noqa: F401
                     _expect_same_dtype, _expect_shape, _expect_units, _per_unit, _scalar, get_op, register, unit_rows)
@@ -228,12 +229,6 @@ def bn_statistics(z, rm, rv, attrs):
     return rm, rv
 
 
-def bn_scale_shift(gamma, beta, mu, var, eps):
-    """s = gamma / sqrt(var + eps),  t = beta - mu * s   (so that BN(z) = z*s + t)."""
-    s = gamma / np.sqrt(var + eps)
-    return s, beta - mu * s
-
-
 def _bn_ref(ins, attrs):
     # The textbook form: normalize, then scale and shift (three passes over z).
     z, gamma, beta, rm, rv = ins
@@ -304,9 +299,7 @@ def _running_update_infer(where, types, attrs):
 def _running_update_ref(ins, attrs):
     rm, rv, mu, var, z = ins
     m = z.size // z.shape[0]  # the count each statistic is over: the batch (times the positions)
-    mom = attrs["momentum"]
-    unbiased = var * (m / (m - 1)) if m > 1 else np.full_like(var, np.nan)
-    return ((1 - mom) * rm + mom * mu, (1 - mom) * rv + mom * unbiased)
+    return running_blend(rm, rv, mu, var, m, attrs["momentum"])
 
 
 register(OpDef(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import act_derivative, act_fn
+from .bn_math import bn_scale_shift, running_blend
 from .ir import IRError, TensorType
 from .opdef import (OpDef, _expect_arity, _expect_float, _expect_same_dtype, _expect_units, _per_unit, _scalar,
                     register, unit_rows)
@@ -101,9 +102,7 @@ def _partial_m2_infer(where, types, attrs):
     _expect_units(where, "bn_partial_m2 input", z)
     _expect_same_dtype(where, types)
     _per_unit(where, "sum", s, z.shape[0])
-    _expect_float(where, "count", n)
-    if n.shape != ():
-        raise IRError(f"{where}: count expected a scalar, got {n}")
+    _check_count(where, n)
     return (s, s)
 
 
@@ -139,8 +138,7 @@ def _sync_infer(where, types, attrs):
 
 def batchnorm_sync(z, gamma, beta, mean, m2, n, attrs):
     var = m2 / n
-    s = gamma / np.sqrt(var + attrs["eps"])
-    t = beta - mean * s
+    s, t = bn_scale_shift(gamma, beta, mean, var, attrs["eps"])
     rows = unit_rows(z)
     y = act_fn(attrs)(rows * _col(s) + _col(t))
     return y.reshape(z.shape), var
@@ -222,9 +220,7 @@ def _running_sync_infer(where, types, attrs):
 
 
 def running_update_sync(rm, rv, mean, var, n, attrs):
-    mom = attrs["momentum"]
-    unbiased = var * (n / (n - 1)) if n > 1 else np.full_like(var, np.nan)
-    return (1 - mom) * rm + mom * mean, (1 - mom) * rv + mom * unbiased
+    return running_blend(rm, rv, mean, var, n, attrs["momentum"])
 
 
 register(OpDef(

@@ -27,6 +27,12 @@ MESSAGE = 240  # bytes of a rank's message in agree()
 BUCKET_BYTES = 16 << 20  # the gradient allreduce's bucket size (16 MiB, PyTorch DDP's order of size)
 
 
+def buckets(n: int, itemsize: int, bucket_bytes: int = BUCKET_BYTES) -> list:
+    """(start, stop) of each bucket of a flat buffer of ``n`` items."""
+    step = max(1, bucket_bytes // itemsize)
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
 class DistributedError(RuntimeError):
     """A rank stopped the job: ``rank`` and ``cause`` say which and why (the same on every rank)."""
 
@@ -150,10 +156,9 @@ class MPIReplicas(Replicas):
     def allreduce_inplace(self, flat) -> None:
         if self.size == 1:
             return
-        step = max(1, BUCKET_BYTES // flat.itemsize)
         reqs = []  # every bucket issued before any is waited for: the engine overlaps them
-        for a in range(0, flat.size, step):
-            reqs.append(self.comm.Iallreduce(self.MPI.IN_PLACE, flat[a:a + step], op=self.MPI.SUM))
+        for a, b in buckets(flat.size, flat.itemsize):
+            reqs.append(self.comm.Iallreduce(self.MPI.IN_PLACE, flat[a:b], op=self.MPI.SUM))
         for r in reqs:
             self._wait(r, f"gradient allreduce of {flat.size} values")
 

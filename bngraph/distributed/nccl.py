@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .comm import BUCKET_BYTES, MPIReplicas
+from .comm import MPIReplicas, buckets  # noqa: F401  (buckets: where the NCCL tests find it)
 
 # NumPy dtype -> NCCL's ncclDataType_t (nccl.h: ncclFloat32 = 7, ncclFloat64 = 8, ncclInt64 = 4)
 NCCL_DTYPES = {np.dtype(np.float32): 7, np.dtype(np.float64): 8, np.dtype(np.int64): 4}
@@ -33,12 +33,6 @@ def share_unique_id(comm, make_id):
     """Rank 0 makes the NCCL unique id (``make_id()``, 128 bytes), every rank gets it over MPI."""
     uid = make_id() if comm.Get_rank() == 0 else None
     return comm.bcast(uid, root=0)
-
-
-def buckets(n: int, itemsize: int, bucket_bytes: int = BUCKET_BYTES) -> list:
-    """(start, stop) of each bucket of a flat buffer of ``n`` items."""
-    step = max(1, bucket_bytes // itemsize)
-    return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
 class NCCLReplicas(MPIReplicas):
