@@ -35,9 +35,9 @@ import numpy as np
 from . import checkpoint, optim, training
 from .cli_callbacks import ResumableEarlyStopping, kept_weights, monitor_of, schedule_of
 from .cli_report import header, metrics_line, note, nothing_saved_note, print_written, write_report
-from .cliutil import (DEFAULT_LR, OPTIMIZERS, CLIError, default_model, example_words, load_model, model_example_shape,
+from .cliutil import (DEFAULT_LR, OPTIMIZERS, CLIError, default_model, load_model, model_example_shape,
                       model_path, parse_passes, refuse_same_files, shaped_for)
-from .datasets import load_dataset, split_rows
+from .datasets import load_dataset, shape_words, split_rows
 from .fileio import check_writable
 
 EXIT_INTERRUPTED = 130
@@ -395,8 +395,8 @@ def _check_against_data(graph, ds, hint=""):
         if len(want) == len(ds.example_shape) == 1:
             raise CLIError(f"the model's input takes {want[0]} features but dataset {ds.name} has "
                            f"{ds.num_features}{hint}")
-        raise CLIError(f"the model's input takes {example_words(want)} ({math.prod(want)} values per example) but "
-                       f"dataset {ds.name} has {example_words(ds.example_shape)}{hint}")
+        raise CLIError(f"the model's input takes {shape_words(want)} ({math.prod(want)} values per example) but "
+                       f"dataset {ds.name} has {shape_words(ds.example_shape)}{hint}")
     target = next((v for v in graph.inputs if v.name == labels), None)
     if target is None:
         return

@@ -226,7 +226,3 @@ def shaped_for(ds, graph):
     except DatasetError:
         return ds
 
-
-def example_words(shape) -> str:
-    """'64 features' or 'images of shape (1, 8, 8)'."""
-    return f"{shape[0]} features" if len(shape) == 1 else f"images of shape {tuple(shape)}"

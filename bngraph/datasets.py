@@ -91,7 +91,7 @@ class Dataset:
             return self
         if int(np.prod(want)) != self.num_features or (len(want) > 1 and len(have) > 1):
             raise DatasetError(f"dataset {self.name}: examples of shape {have} ({self.num_features} values) cannot be "
-                               f"read as {_shape_words(want)}; expected {int(np.prod(want))} features per example"
+                               f"read as {shape_words(want)}; expected {int(np.prod(want))} features per example"
                                f"{'' if len(want) == 1 else f' or images of shape {want}'}")
         X_train, X_test = (X.reshape(len(X), *want) for X in (self.X_train, self.X_test))
         return Dataset(self.name, X_train, self.y_train, X_test, self.y_test, self.num_classes, self.targets)
@@ -112,7 +112,7 @@ class Dataset:
         return f"Dataset({self.name!r}: train X{self.X_train.shape}, test X{self.X_test.shape}, {per}, {what})"
 
 
-def _shape_words(shape) -> str:
+def shape_words(shape) -> str:
     """'64 features' or 'images of shape (1, 8, 8)'."""
     return f"{shape[0]} features" if len(shape) == 1 else f"images of shape {tuple(shape)}"
 
@@ -235,8 +235,8 @@ def _read_npz(path, dtype=None, loss=None, ignore_index=None, where=None) -> dic
             if len(test_shape) == len(train_shape) == 1:
                 raise DatasetError(f"{where}: X_test has {test_shape[0]} features but X has {train_shape[0]}; "
                                    f"expected the same number")
-            raise DatasetError(f"{where}: X_test has {_shape_words(test_shape)} but X has "
-                               f"{_shape_words(train_shape)}; expected the same shape per example")
+            raise DatasetError(f"{where}: X_test has {shape_words(test_shape)} but X has "
+                               f"{shape_words(train_shape)}; expected the same shape per example")
         arrays["y_test"] = _check_y(where, "y_test", arrays["y_test"], "X_test", len(arrays["X_test"]), loss, dtype,
                                     ignore_index)
         if arrays["y_test"].shape[1:] != arrays["y"].shape[1:]:

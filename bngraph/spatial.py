@@ -164,7 +164,8 @@ def conv_grad_input(W, dy, in_size, stride, pads, dilation, groups=1):
 # --------------------------------------------------------------------------------------------
 
 
-def _pool_geometry(x_size, kernel, stride, pads, dilation, ceil_mode):
+def pool_geometry(x_size, kernel, stride, pads, dilation, ceil_mode):
+    """(the output size, the padding past ``pads`` each last window needs): ceil mode's windows fit."""
     out = out_shape(x_size, kernel, stride, pads, dilation, ceil_mode)
     return out, _extra_end(x_size, kernel, stride, pads, dilation, out)
 
@@ -172,7 +173,7 @@ def _pool_geometry(x_size, kernel, stride, pads, dilation, ceil_mode):
 def maxpool(x, kernel, stride, pads, dilation, ceil_mode=False):
     """The maximum of each window (padding counts as -inf): (C, m, *d) -> (C, m, *o)."""
     k = len(kernel)
-    out, extra = _pool_geometry(x.shape[2:], kernel, stride, pads, dilation, ceil_mode)
+    out, extra = pool_geometry(x.shape[2:], kernel, stride, pads, dilation, ceil_mode)
     w = windows(pad(x, pads, extra, -np.inf), kernel, stride, dilation, out)
     return w.max(axis=tuple(range(1, 1 + k)))
 
@@ -181,7 +182,7 @@ def maxpool_grad(dy, x, y, kernel, stride, pads, dilation, ceil_mode=False):
     """dx: each window's dy goes to its maximum (the first in row-major order when tied, as
     PyTorch), added over the kernel offsets; a NaN window sends it to its NaN."""
     k = len(kernel)
-    out, extra = _pool_geometry(x.shape[2:], kernel, stride, pads, dilation, ceil_mode)
+    out, extra = pool_geometry(x.shape[2:], kernel, stride, pads, dilation, ceil_mode)
     xp = pad(x, pads, extra, -np.inf)
     dxp = np.zeros(xp.shape, dy.dtype)
     taken = np.zeros(y.shape, bool)
@@ -214,7 +215,7 @@ def avgpool(x, kernel, stride, pads, ceil_mode=False, count_include_pad=False):
     """The mean of each window: (C, m, *d) -> (C, m, *o)."""
     k = len(kernel)
     dil = (1,) * k
-    out, extra = _pool_geometry(x.shape[2:], kernel, stride, pads, dil, ceil_mode)
+    out, extra = pool_geometry(x.shape[2:], kernel, stride, pads, dil, ceil_mode)
     w = windows(pad(x, pads, extra), kernel, stride, dil, out)
     s = w.sum(axis=tuple(range(1, 1 + k)))
     return s / avg_divisor(x.shape[2:], kernel, stride, pads, out, count_include_pad).astype(x.dtype)
@@ -225,7 +226,7 @@ def avgpool_grad(dy, in_size, kernel, stride, pads, ceil_mode=False, count_inclu
     k = len(kernel)
     dil = (1,) * k
     out = dy.shape[2:]
-    _, extra = _pool_geometry(in_size, kernel, stride, pads, dil, ceil_mode)
+    _, extra = pool_geometry(in_size, kernel, stride, pads, dil, ceil_mode)
     g = dy / avg_divisor(in_size, kernel, stride, pads, out, count_include_pad).astype(dy.dtype)
     padded = tuple(in_size[i] + pads[i] + pads[k + i] + extra[i] for i in range(k))
     dxp = np.zeros((*dy.shape[:2], *padded), dy.dtype)

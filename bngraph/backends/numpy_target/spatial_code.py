@@ -274,11 +274,9 @@ def conv_grad_input_context(node, ins):
 
 
 def _pool_window(node, x_type, dilation):
-    a, d, k = node.attr, x_type.shape[2:], len(node.attr["kernel"])
-    out = spatial.out_shape(d, a["kernel"], a["stride"], a["pads"], dilation, a["ceil_mode"])
+    a, d = node.attr, x_type.shape[2:]
     # ceil mode: padding past the end so that the last window fits (what it reads there counts for nothing)
-    extra = [max(0, (o - 1) * s + dl * (kk - 1) + 1 - (n + a["pads"][i] + a["pads"][k + i]))
-             for i, (n, kk, s, dl, o) in enumerate(zip(d, a["kernel"], a["stride"], dilation, out))]
+    out, extra = spatial.pool_geometry(d, a["kernel"], a["stride"], a["pads"], dilation, a["ceil_mode"])
     return Window(d, a["kernel"], a["stride"], a["pads"], dilation, out, extra)
 
 
