@@ -143,9 +143,6 @@ class Kernel(Lowering):
 
     spec: Callable[[At], KernelSpec] | None = None
     host: str | Callable[[dict], str] = "launch.py.j2"
-    # batch-sized temporaries of their own shape (im2col's columns): at -> {name: TensorType}, each
-    # a buffer ``B["<first output>.<name>"]`` of the plan (CudaRenderer.plan adds them)
-    buffers: Callable[[At], dict] | None = None
 
     def host_for(self, attrs: dict) -> str:
         """The driver template for a node with these attributes."""

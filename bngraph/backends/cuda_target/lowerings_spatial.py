@@ -54,7 +54,7 @@ def _buffer(at, temp: str) -> str:
     return f'B["{at.node.outputs[0].name}.{temp}"]'
 
 
-def _cols_buffer(at, x: TensorType, kernel, out: TensorType) -> dict:
+def _cols_buffer(x: TensorType, kernel, out: TensorType) -> dict:
     """The im2col columns (C*k, m*o) as a batch-sized buffer typed (C*k*o, m): the same number of
     elements, and a (features, m) type, so the columns of one layer's forward and backward (the same
     size) share one array (bngraph.backends.liveness)."""
@@ -112,12 +112,14 @@ def _conv_grad_input_spec(at):
     return KernelSpec([cin("dcols"), cout("dx")], [], [dcols, at.step.outs[0]], _grid(dx), dict(g, gemm=gemm))
 
 
-CONV = Kernel("im2col.cu.j2", spec=_conv_spec, host="conv.py.j2",
-              buffers=lambda at: _cols_buffer(at, at.ins[1], at.ins[0].shape[2:], at.outs[0]))
-CONV_GRAD_WEIGHT = Kernel("im2col.cu.j2", spec=_conv_grad_weight_spec, host="conv.py.j2",
-                          buffers=lambda at: _cols_buffer(at, at.ins[1], at.node.attr["kernel"], at.ins[0]))
+# the columns: a planned batch-sized temporary of each conv node (Lowering.temp_buffer_types)
+CONV = Kernel("im2col.cu.j2", spec=_conv_spec, host="conv.py.j2", temp_buffers=("cols",),
+              temp_buffer_types=lambda node, t: _cols_buffer(t[1], t[0].shape[2:], node.outputs[0].type))
+CONV_GRAD_WEIGHT = Kernel("im2col.cu.j2", spec=_conv_grad_weight_spec, host="conv.py.j2", temp_buffers=("cols",),
+                          temp_buffer_types=lambda node, t: _cols_buffer(t[1], node.attr["kernel"], t[0]))
 CONV_GRAD_INPUT = Kernel("col2im.cu.j2", spec=_conv_grad_input_spec, host="conv_grad_input.py.j2",
-                         buffers=lambda at: _cols_buffer(at, at.outs[0], at.ins[0].shape[2:], at.ins[1]))
+                         temp_buffers=("cols",),
+                         temp_buffer_types=lambda node, t: _cols_buffer(node.outputs[0].type, t[0].shape[2:], t[1]))
 
 # ---- pooling -------------------------------------------------------------------------------------
 

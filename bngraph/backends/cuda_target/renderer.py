@@ -14,7 +14,6 @@ from ...passes import run_pipeline
 from ...printer import format_node
 from ...version import __version__
 from ..base import Rendered, Renderer, template_env
-from ..liveness import live_ranges, previous_occupants, share
 from ..lowering import LoweringError, Plan
 from . import lowerings_spatial  # noqa: F401  (registers the spatial ops' rows into LOWERINGS)
 from . import lowerings_collective  # noqa: F401  (registers the collective ops' rows into LOWERINGS)
@@ -70,28 +69,6 @@ class CudaRenderer(Renderer):
         py = self.env.get_template("driver.py.j2").render(functions=functions, **common)
         sources = {f"{graph_name}_cuda.cu": cu.rstrip("\n") + "\n", f"{graph_name}_cuda.py": py.rstrip("\n") + "\n"}
         return Rendered(sources, plans, dtype, graph_name)
-
-    def plan(self, name: str, graph) -> Plan:
-        """The target-independent plan, plus the batch-sized temporaries of the rows that declare
-        their own shapes (``Kernel.buffers``: im2col's columns), then the buffers' sharing again."""
-        plan = super().plan(name, graph)
-        added = False
-        for step in plan.steps:
-            low = step.lowering
-            if isinstance(low, Kernel) and low.buffers is not None:
-                for temp, t in low.buffers(At(step.node, step, plan)).items():
-                    key = f"{step.node.outputs[0].name}.{temp}"
-                    step.temp_buffers[temp] = key
-                    plan.buffers.append((key, t))
-                    added = True
-        if added:  # as plan_program does (bngraph.backends.lowering), with the new temporaries
-            plan.live = live_ranges(plan)
-            plan.slots = share(plan, plan.live)
-            reuses = previous_occupants(plan.slots, plan.live)
-            for step in plan.steps:
-                written = [d.key for d in step.dests if d is not None and d.kind == "buffer"]
-                step.reuses = {k: reuses[k] for k in written + list(step.temp_buffers.values()) if k in reuses}
-        return plan
 
     # ---- one program -------------------------------------------------------------------------
     def render_program(self, plan: Plan, doc: str):
