@@ -18,12 +18,13 @@ the result (``Plan.slots``, ``Plan.live``, ``Step.reuses``); every target alloca
 from __future__ import annotations
 
 from ..ir import BATCH
+from ..ops_spatial import is_spatial
 
 
 def is_batch_sized(t) -> bool:
     """A ``(features, m)`` value or a spatial ``(C, m, d...)`` one: what gets a buffer per batch
     size, and what may share one."""
-    return (t.rank == 2 and BATCH in t.shape) or (t.rank > 2 and t.shape[1] == BATCH)
+    return (t.rank == 2 and BATCH in t.shape) or is_spatial(t)
 
 
 def live_ranges(plan) -> dict:

@@ -15,7 +15,7 @@ from ..base import Rendered, Renderer, template_env
 from ..lowering import Plan
 from . import lowerings_collective  # noqa: F401  (registers the collective ops' rows into LOWERINGS)
 from .lowerings import LOWERINGS, Act, node_act
-from .spatial_code import LOOP_VARS
+from .spatial_code import LOOP_VARS, shape_text
 
 
 class NumpyRenderer(Renderer):
@@ -58,7 +58,7 @@ class NumpyRenderer(Renderer):
         # alloc_<fn>(m): one np.empty per array of the plan, each buffer key mapped to its array
         arrays, array_of = [], {}
         for i, (keys, t) in enumerate(plan.arrays):
-            arrays.append((f"a{i}", _shape_expr(t)))
+            arrays.append((f"a{i}", shape_text(t)))
             array_of.update((k, f"a{i}") for k in keys)
         name, axis = plan.batch
         returns, args = plan.returns(), plan.signature()
@@ -80,7 +80,3 @@ class TypedNode:
     def __getattr__(self, name):
         return getattr(self._node, name)
 
-
-def _shape_expr(t) -> str:
-    dims = ", ".join("m" if d == "m" else str(d) for d in t.shape)
-    return f"({dims},)" if len(t.shape) == 1 else f"({dims})"

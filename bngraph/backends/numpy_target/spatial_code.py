@@ -22,6 +22,7 @@ import math
 
 from ... import spatial
 from ...ir import BATCH, TensorType
+from ...ops_spatial import is_spatial
 
 LOOP_VARS = ("i", "j")  # the kernel offset of the col2im and pooling-gradient loops (reserved names)
 
@@ -60,7 +61,7 @@ class Units:
     is a product; ``col``: the index that broadcasts a per-unit vector against the value."""
 
     def __init__(self, t):
-        self.spatial = t.rank > 2
+        self.spatial = is_spatial(t)
         self.units = t.shape[0]
         self.t = t
         positions = math.prod(t.shape[2:])
