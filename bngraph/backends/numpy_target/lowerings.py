@@ -159,7 +159,7 @@ SPATIAL_LOWERINGS = {
                                 context=spatial_code.conv_grad_input_context),
     "maxpool": Lowering("maxpool.j2", temps=("xp",), context=spatial_code.pool_context),
     "avgpool": Lowering("avgpool.j2", temps=("xp",), context=spatial_code.pool_context),
-    "maxpool_grad": Lowering("maxpool_grad.j2", temps=("xp", "dxp", "taken", "nan", "hit"),
+    "maxpool_grad": Lowering("maxpool_grad.j2", temps=("xp", "dxp", "free", "nan", "hit"),
                              context=spatial_code.pool_grad_context),
     "avgpool_grad": Lowering("avgpool_grad.j2", temps=("share", "dxp"), context=spatial_code.pool_grad_context),
     "global_avgpool": Lowering("global_avgpool.j2", context=spatial_code.global_avgpool_context),

@@ -152,14 +152,14 @@ def train_step(x, y, P, S, G, B):
     # %relu1.grad: f32[8,m,8,8] = maxpool_grad[dilation=1x1, kernel=2x2, pads=0x0x0x0, stride=2x2] %pool1.grad, %relu1, %pool1
     relu1_grad = B["relu1.grad"]
     relu1_grad.fill(0)  # dx: the kernel offsets' contributions are added into it
-    relu1_grad_taken = np.zeros(pool1.shape, bool)  # the windows whose maximum has its gradient already
+    relu1_grad_free = np.ones(pool1.shape, bool)  # the windows whose maximum has not had its gradient yet
     relu1_grad_nan = np.isnan(pool1)  # a window holding a NaN has it for its maximum
     for i, j in np.ndindex(2, 2):  # each window's dy goes to its maximum, the first in row-major order when tied (PyTorch's choice): 4 vectorized passes
         relu1_grad_hit = relu1[:, :, i:i + 7:2, j:j + 7:2] == pool1
         relu1_grad_hit |= relu1_grad_nan & np.isnan(relu1[:, :, i:i + 7:2, j:j + 7:2])
-        relu1_grad_hit &= ~relu1_grad_taken
-        relu1_grad[:, :, i:i + 7:2, j:j + 7:2] += np.where(relu1_grad_hit, pool1_grad, 0)
-        relu1_grad_taken |= relu1_grad_hit
+        relu1_grad_hit &= relu1_grad_free
+        np.add(relu1_grad[:, :, i:i + 7:2, j:j + 7:2], pool1_grad, out=relu1_grad[:, :, i:i + 7:2, j:j + 7:2], where=relu1_grad_hit)  # += dy where hit, no temporary
+        relu1_grad_free ^= relu1_grad_hit  # hit lies inside free: this clears it
     # %conv1.conv.grad: f32[8,m,8,8], %bn1.gamma.grad: f32[8], %bn1.beta.grad: f32[8] = batchnorm_act_grad[act=relu, eps=1e-05, mode=train, negative_slope=0.0] %relu1.grad, %relu1, %conv1.conv, %bn1.gamma, %bn1.mean, %bn1.var
     conv1_conv_grad, bn1_gamma_grad, bn1_beta_grad = B["conv1.conv.grad"], G["bn1.gamma"], G["bn1.beta"]
 
